@@ -1,0 +1,1 @@
+"""Learned retrievers and readers for open-domain question answering in JAX/Flax."""

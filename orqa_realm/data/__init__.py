@@ -1,0 +1,1 @@
+"""Data: tokenization, documents, block store, QA datasets."""

@@ -1,0 +1,84 @@
+"""Opening local input files (plain or gzip) and reading JSON lines with located errors."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from orqa_realm.errors import InputError
+
+
+def open_text(path: str | os.PathLike) -> TextIO:
+  """Opens a UTF-8 text file for reading, decompressing it when the name ends in `.gz`."""
+  path = os.fspath(path)
+  if not os.path.isfile(path):
+    raise InputError("no such file", path=path)
+  if path.endswith(".gz"):
+    return gzip.open(path, "rt", encoding="utf-8")
+  return open(path, encoding="utf-8")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+  """Parses a whole JSON file."""
+  with open_text(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise InputError(f"malformed JSON: {e.msg}", path=path, line=e.lineno) from e
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+  """Yields (1-based line number, object) for each non-empty line of a JSON-lines file."""
+  with open_text(path) as f:
+    for line_number, line in enumerate(f, start=1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"malformed JSON: {e.msg}", path=path, line=line_number) from e
+      if not isinstance(record, dict):
+        raise InputError(f"expected a JSON object, got {type(record).__name__}",
+                         path=path, line=line_number)
+      yield line_number, record
+
+
+def required_string(record: dict[str, Any], field: str, *, path, line: int | None,
+                    allow_empty: bool = False) -> str:
+  """Returns record[field] as a string, or raises an InputError naming the field."""
+  if field not in record:
+    raise InputError("missing field", path=path, line=line, field=field)
+  value = record[field]
+  if not isinstance(value, str):
+    raise InputError(f"expected a string, got {type(value).__name__}",
+                     path=path, line=line, field=field)
+  if not allow_empty and not value.strip():
+    raise InputError("empty string", path=path, line=line, field=field)
+  return value
+
+
+def required_string_list(record: dict[str, Any], field: str, *, path,
+                         line: int | None) -> tuple[str, ...]:
+  """Returns record[field] as a non-empty tuple of non-empty strings, or raises an InputError."""
+  if field not in record:
+    raise InputError("missing field", path=path, line=line, field=field)
+  return check_string_list(record[field], field, path=path, line=line)
+
+
+def check_string_list(value: Any, field: str, *, path, line: int | None) -> tuple[str, ...]:
+  """Checks that `value` is a non-empty list of non-empty strings."""
+  if not isinstance(value, (list, tuple)):
+    raise InputError(f"expected a list of strings, got {type(value).__name__}",
+                     path=path, line=line, field=field)
+  if not value:
+    raise InputError("empty list", path=path, line=line, field=field)
+  for item in value:
+    if not isinstance(item, str):
+      raise InputError(f"expected strings, found {type(item).__name__} {item!r}",
+                       path=path, line=line, field=field)
+    if not item.strip():
+      raise InputError("empty string in list", path=path, line=line, field=field)
+  return tuple(value)

