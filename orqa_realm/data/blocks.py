@@ -262,6 +262,23 @@ def build_block_store(
   shutil.rmtree(partial_dir, ignore_errors=True)
   os.makedirs(partial_dir)
 
+  try:
+    _write_store(documents, tokenizer, partial_dir, max_block_length=max_block_length,
+                 max_title_length=max_title_length, source=source, chunk_size=chunk_size,
+                 show_progress=show_progress)
+  except BaseException:
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    raise
+  if os.path.exists(output_dir):
+    shutil.rmtree(output_dir)
+  os.replace(partial_dir, output_dir)
+  return BlockStore(output_dir)
+
+
+def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_dir: str, *,
+                 max_block_length: int, max_title_length: int, source: str, chunk_size: int,
+                 show_progress: bool) -> None:
+  """Writes every column and the manifest of a block store into `partial_dir`."""
   block_token_ids = columns.RaggedColumnWriter(partial_dir, "block_token_ids", np.int32)
   block_text = columns.RaggedColumnWriter(partial_dir, "block_text", np.uint8)
   sentence_token_starts = columns.RaggedColumnWriter(
@@ -339,7 +356,3 @@ def build_block_store(
       **counts, columns=column_entries)
   with open(os.path.join(partial_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2)
-  if os.path.exists(output_dir):
-    shutil.rmtree(output_dir)
-  os.replace(partial_dir, output_dir)
-  return BlockStore(output_dir)
