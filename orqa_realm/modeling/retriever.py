@@ -1,0 +1,124 @@
+"""The dual-encoder retriever: BERT -> pooled vector -> dense(128) -> LayerNorm (-> dropout).
+
+Queries and blocks have their own BERT (the ORQA paper) or share one (the reference code):
+`share_encoders`. Relevance is the inner product of the two embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Literal
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm, mean_pool
+
+Pooling = Literal["pooled", "cls", "mean"]
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieverConfig:
+  """The retriever's architecture.
+
+  Attributes:
+    bert: the encoder architecture.
+    projection_size: size of the projected embedding (128 in ORQA); 0 keeps the pooled vector.
+    pooling: "pooled" (BERT's tanh pooler on [CLS], as ORQA), "cls" (the raw [CLS] state) or
+      "mean" (mean over real tokens, as sentence-transformers models such as MiniLM were trained).
+    share_encoders: one BERT for queries and blocks.
+  """
+  bert: BertConfig
+  projection_size: int = 128
+  pooling: Pooling = "pooled"
+  share_encoders: bool = False
+
+  def __post_init__(self):
+    if self.pooling not in ("pooled", "cls", "mean"):
+      raise ValueError(f"pooling {self.pooling!r} is not one of 'pooled', 'cls', 'mean'")
+
+  @property
+  def embedding_size(self) -> int:
+    return self.projection_size or self.bert.hidden_size
+
+
+class EncoderTower(nn.Module):
+  """One tower: BERT, pooling and the optional projection with LayerNorm."""
+  config: RetrieverConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, batch: TokenBatch, deterministic: bool = True) -> jax.Array:
+    """[batch, length] inputs -> [batch, embedding_size] float32 embeddings."""
+    output = BertModel(self.config.bert, self.dtype, self.remat, name="bert")(
+        batch.token_ids, batch.segment_ids, batch.input_mask, deterministic)
+    if self.config.pooling == "pooled":
+      pooled = output.pooled_output
+    elif self.config.pooling == "cls":
+      pooled = output.sequence_output[:, 0]
+    else:
+      pooled = mean_pool(output.sequence_output, batch.input_mask)
+    if not self.config.projection_size:
+      return pooled
+    projected = dense(self.config.projection_size, self.config.bert, self.dtype, "projection")(pooled)
+    projected = layer_norm(self.config.bert, "projection_layer_norm")(projected)
+    return nn.Dropout(self.config.bert.hidden_dropout_prob)(projected, deterministic=deterministic)
+
+
+class DualEncoder(nn.Module):
+  """Query and block towers; their params live under 'query_encoder'/'block_encoder', or under
+  'encoder' when shared."""
+  config: RetrieverConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  def setup(self):
+    make = lambda name: EncoderTower(self.config, self.dtype, self.remat, name=name)
+    if self.config.share_encoders:
+      self.encoder = make("encoder")
+    else:
+      self.query_encoder = make("query_encoder")
+      self.block_encoder = make("block_encoder")
+
+  def embed_queries(self, queries: TokenBatch, deterministic: bool = True) -> jax.Array:
+    """[batch, query_length] -> [batch, embedding_size]."""
+    tower = self.encoder if self.config.share_encoders else self.query_encoder
+    return tower(queries, deterministic)
+
+  def embed_blocks(self, blocks: TokenBatch, deterministic: bool = True) -> jax.Array:
+    """[batch, block_length] -> [batch, embedding_size]."""
+    tower = self.encoder if self.config.share_encoders else self.block_encoder
+    return tower(blocks, deterministic)
+
+  def __call__(self, queries: TokenBatch, blocks: TokenBatch,
+               deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
+    return self.embed_queries(queries, deterministic), self.embed_blocks(blocks, deterministic)
+
+
+def tower_names(config: RetrieverConfig) -> tuple[str, ...]:
+  return ("encoder",) if config.share_encoders else ("query_encoder", "block_encoder")
+
+
+def init_params(config: RetrieverConfig, rng: jax.Array,
+                bert_params: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Retriever params, each tower's BERT taken from `bert_params` (e.g. `load_hf_bert`) if given.
+
+  The projection is always freshly initialised: pretrained checkpoints have none.
+  """
+  dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
+  params = DualEncoder(config).init(rng, dummy, dummy)["params"]
+  if bert_params is not None:
+    shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+    expected = shapes(params[tower_names(config)[0]]["bert"])
+    if shapes(bert_params) != expected:
+      raise ValueError("the BERT params do not fit the retriever's BERT architecture "
+                       f"{config.bert}")
+    params = dict(params)
+    for name in tower_names(config):
+      tower = dict(params[name])
+      tower["bert"] = jax.tree.map(jnp.asarray, bert_params)
+      params[name] = tower
+  return params
