@@ -193,6 +193,10 @@ class BlockStore:
   def sentence_token_starts(self, block: int) -> np.ndarray:
     return np.asarray(self._sentence_token_starts[block])
 
+  def sentence_counts(self) -> np.ndarray:
+    """[num_blocks] int64 sentences (packing units) per block."""
+    return self._sentence_token_starts.lengths()
+
   def sentence_char_starts(self, block: int) -> np.ndarray:
     return np.asarray(self._sentence_char_starts[block])
 
