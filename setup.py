@@ -20,6 +20,7 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "safetensors>=0.4",
         "scann>=1.3",
+        "tensorboardX>=2.6",
         "tqdm>=4.66",
         "transformers>=4.45",  # tokenizers only: the BERT is ours
     ],

@@ -1,0 +1,1 @@
+"""Training objectives; each plugs into the one loop in `orqa_realm.train`."""

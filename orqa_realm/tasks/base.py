@@ -1,0 +1,45 @@
+"""What a training objective provides to the generic loop in `orqa_realm.train`."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+
+Params = Any
+Batch = Any  # a pytree of numpy arrays whose leading axis is the global batch
+
+
+class Task(abc.ABC):
+  """A training objective: its model, data and loss.
+
+  The loop owns the optimizer, the mesh, checkpoints and logging; a task only says how to build
+  its parameters, which global batch step k uses, and the loss of a batch. `loss` must be a pure
+  function of its arguments (it is jitted with the batch sharded over the mesh and written over
+  the global batch).
+  """
+
+  name: str
+
+  @abc.abstractmethod
+  def model_config(self) -> dict[str, Any]:
+    """The architecture, as JSON data; a resumed run must have the same."""
+
+  @abc.abstractmethod
+  def init_params(self, rng: jax.Array) -> Params:
+    """Initial parameters (from pretrained weights where the task says so)."""
+
+  @abc.abstractmethod
+  def train_batch(self, step: int) -> Batch:
+    """The global batch of step `step`, a pure function of the task's seed and `step`."""
+
+  @abc.abstractmethod
+  def loss(self, params: Params, batch: Batch, rng: jax.Array,
+           deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(scalar loss, metrics) over the global batch; `rng` drives dropout."""
+
+  def eval_batches(self) -> Iterator[Batch]:
+    """Held-out batches on which the loop reports the mean of `loss`'s metrics (none by default)."""
+    return iter(())

@@ -1,0 +1,117 @@
+"""The Inverse Cloze Task (ORQA): pretrain the retriever to find a sentence's own block.
+
+Loss: softmax over the global batch of blocks, each query's positive being its own block. Blocks
+held out of training (`heldout_fraction`) give the evaluation batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.ict import ICTSampler
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.losses import in_batch_softmax_loss
+from orqa_realm.modeling import retriever
+from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.tasks import retriever_flags
+from orqa_realm.tasks.base import Task
+
+_REMOVE_PROB = flags.DEFINE_float(
+    "ict_remove_prob", 0.9, "Probability that the query sentence is removed from its block.")
+_HELDOUT_FRACTION = flags.DEFINE_float(
+    "ict_heldout_fraction", 0.05, "Fraction of blocks held out of ICT training for evaluation.")
+_EVAL_BATCHES = flags.DEFINE_integer(
+    "ict_eval_batches", 4, "Held-out batches (of the training batch size) per evaluation.")
+
+
+class ICTInputs(NamedTuple):
+  queries: TokenBatch  # [batch, query_length]
+  blocks: TokenBatch  # [batch, block_length]
+
+
+@dataclasses.dataclass(frozen=True)
+class ICTConfig:
+  block_store: str
+  retriever: retriever.RetrieverConfig
+  bert_dir: str  # the tokenizer (and, unless from scratch, the weights) of the model
+  batch_size: int
+  seed: int = 0
+  query_length: int = 64
+  block_length: int = 288
+  remove_prob: float = 0.9
+  heldout_fraction: float = 0.05
+  eval_batches: int = 4
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+
+def split_blocks(num_blocks: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(training blocks, held-out blocks), a seeded random split."""
+  order = np.random.default_rng([seed, 1 << 20]).permutation(num_blocks)
+  num_heldout = int(round(num_blocks * heldout_fraction))
+  return np.sort(order[num_heldout:]), np.sort(order[:num_heldout])
+
+
+class ICTTask(Task):
+  name = "ict"
+
+  def __init__(self, config: ICTConfig, bert_params: Any = None):
+    self.config = config
+    self.store = BlockStore(config.block_store)
+    self.store.check_tokenizer(Tokenizer(config.bert_dir))
+    self.model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
+    self._bert_params = bert_params
+    train_blocks, self.heldout_blocks = split_blocks(len(self.store), config.heldout_fraction,
+                                                     config.seed)
+    sampler = lambda blocks, seed: ICTSampler(
+        self.store, batch_size=config.batch_size, query_length=config.query_length,
+        block_length=config.block_length, remove_prob=config.remove_prob, seed=seed,
+        candidate_blocks=blocks)
+    self.train_sampler = sampler(train_blocks, config.seed)
+    self.eval_sampler = (sampler(self.heldout_blocks, config.seed + 1)
+                         if config.eval_batches and len(self.heldout_blocks) else None)
+
+  @classmethod
+  def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> ICTTask:
+    config = ICTConfig(
+        block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_flags.retriever_config(),
+        bert_dir=resolve_model_dir(retriever_flags.BERT.value), batch_size=batch_size, seed=seed,
+        query_length=retriever_flags.QUERY_LENGTH.value,
+        block_length=retriever_flags.BLOCK_LENGTH.value, remove_prob=_REMOVE_PROB.value,
+        heldout_fraction=_HELDOUT_FRACTION.value, eval_batches=_EVAL_BATCHES.value, dtype=dtype,
+        remat=remat)
+    return cls(config, retriever_flags.pretrained_bert_params())
+
+  def model_config(self) -> dict[str, Any]:
+    retriever_config = self.config.retriever
+    return dict(task=self.name, bert=retriever_config.bert.to_dict(),
+                projection_size=retriever_config.projection_size,
+                pooling=retriever_config.pooling, share_encoders=retriever_config.share_encoders)
+
+  def init_params(self, rng: jax.Array) -> Any:
+    return retriever.init_params(self.config.retriever, rng, self._bert_params)
+
+  def train_batch(self, step: int) -> ICTInputs:
+    batch = self.train_sampler.batch(step)
+    return ICTInputs(batch.queries, batch.blocks)
+
+  def loss(self, params, batch: ICTInputs, rng, deterministic: bool):
+    query_embeddings, block_embeddings = self.model.apply(
+        {"params": params}, batch.queries, batch.blocks, deterministic, rngs={"dropout": rng})
+    result = in_batch_softmax_loss(query_embeddings, block_embeddings)
+    return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
+
+  def eval_batches(self) -> Iterator[ICTInputs]:
+    if self.eval_sampler is None:
+      return
+    for step in range(self.config.eval_batches):
+      batch = self.eval_sampler.batch(step)
+      yield ICTInputs(batch.queries, batch.blocks)

@@ -1,0 +1,42 @@
+"""Flags shared by every task that trains the dual-encoder retriever (ICT, ORQA, DPR, ANCE)."""
+
+from __future__ import annotations
+
+from absl import flags
+
+from orqa_realm.modeling.hf_import import load_hf_bert, read_config
+from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.modeling.retriever import RetrieverConfig
+
+BLOCK_STORE = flags.DEFINE_string(
+    "block_store", None, "Block store directory (built with python -m orqa_realm.preprocess).")
+BERT = flags.DEFINE_string(
+    "bert", "minilm", "Hugging Face BERT directory (config.json, model.safetensors, vocab) or a "
+    "packaged model name ('minilm'): the architecture, the tokenizer, and the initial weights "
+    "unless --from_scratch.")
+FROM_SCRATCH = flags.DEFINE_bool(
+    "from_scratch", False, "Initialise BERT randomly (keeping --bert's architecture and vocab).")
+SHARE_ENCODERS = flags.DEFINE_bool(
+    "share_encoders", False, "One BERT for queries and blocks (the ORQA reference code) instead "
+    "of two (the paper).")
+PROJECTION_SIZE = flags.DEFINE_integer(
+    "projection_size", 128, "Retrieval embedding size after dense + LayerNorm; 0: no projection.")
+POOLING = flags.DEFINE_enum(
+    "pooling", "pooled", ["pooled", "cls", "mean"],
+    "Vector a tower projects: BERT's pooler output on [CLS] (ORQA), the raw [CLS] state, or the "
+    "mean over tokens (how sentence-transformers models such as MiniLM were trained).")
+QUERY_LENGTH = flags.DEFINE_integer("query_length", 64, "Wordpieces per query, [CLS]/[SEP] included.")
+BLOCK_LENGTH = flags.DEFINE_integer(
+    "block_length", 288, "Wordpieces per encoded block, title and special tokens included.")
+
+
+def retriever_config() -> RetrieverConfig:
+  """The retriever architecture the flags describe."""
+  return RetrieverConfig(bert=read_config(resolve_model_dir(BERT.value)),
+                         projection_size=PROJECTION_SIZE.value, pooling=POOLING.value,
+                         share_encoders=SHARE_ENCODERS.value)
+
+
+def pretrained_bert_params():
+  """The BERT weights to start from, or None for --from_scratch."""
+  return None if FROM_SCRATCH.value else load_hf_bert(resolve_model_dir(BERT.value)).params

@@ -1,0 +1,285 @@
+"""The training loop every objective plugs into.
+
+    python -m orqa_realm.train --flagfile=configs/ict_demo.cfg
+
+A task (`--task`, see `TASKS`) provides parameters, the global batch of each step and a loss; this
+module owns the rest: the ("data",) mesh over all devices, the jitted step (batch sharded, params
+replicated, state donated), AdamW with linear warmup and decay and gradient clipping, orbax
+checkpoints (async, keep-N, automatic resume from --workdir, save on SIGTERM), evaluation every N
+steps, and metrics to stdout, `workdir/metrics.jsonl` and TensorBoard (`workdir/tensorboard`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import tqdm
+from absl import app, flags, logging
+
+from orqa_realm import checkpoints, parallel
+from orqa_realm.errors import InputError
+from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.ict import ICTTask
+
+# name -> a constructor from flags: (batch_size, seed, dtype, remat) -> Task
+TASKS: dict[str, Callable[..., Task]] = {
+    "ict": ICTTask.from_flags,
+}
+
+_TASK = flags.DEFINE_enum("task", "ict", sorted(TASKS), "The training objective.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, metrics, flags. A run resumes from it.")
+_NUM_TRAIN_STEPS = flags.DEFINE_integer("num_train_steps", 1000, "Optimizer steps.")
+_BATCH_SIZE = flags.DEFINE_integer(
+    "batch_size", 32, "Global batch size (over all devices and hosts); ICT and DPR negatives "
+    "come from the whole global batch.")
+_LEARNING_RATE = flags.DEFINE_float("learning_rate", 1e-4, "Peak learning rate.")
+_WARMUP_STEPS = flags.DEFINE_integer(
+    "warmup_steps", -1, "Linear warmup steps; -1: ORQA's min(10000, max(100, steps / 10)).")
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 0.01, "AdamW decoupled weight decay (not on LayerNorm parameters or biases).")
+_MAX_GRAD_NORM = flags.DEFINE_float("max_grad_norm", 1.0, "Clip gradients to this global norm.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", "float32", ["float32", "bfloat16"],
+    "Matmul compute dtype; bfloat16 accumulates in float32. Parameters stay float32.")
+_REMAT = flags.DEFINE_bool("remat", False, "Recompute each BERT layer in the backward pass.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seeds initialisation, dropout and the data order.")
+_CHECKPOINT_EVERY_STEPS = flags.DEFINE_integer("checkpoint_every_steps", 500, "Save interval.")
+_KEEP_CHECKPOINTS = flags.DEFINE_integer("keep_checkpoints", 3, "Checkpoints kept on disk.")
+_LOG_EVERY_STEPS = flags.DEFINE_integer("log_every_steps", 10, "Metrics logging interval.")
+_EVAL_EVERY_STEPS = flags.DEFINE_integer(
+    "eval_every_steps", 0, "Evaluation interval on the task's held-out batches; 0: at the end only.")
+# Orbax logs every checkpoint step at INFO; keep the console to our metrics (--verbosity=0 shows it).
+flags.FLAGS.set_default("verbosity", logging.WARNING)
+
+_MULTIHOST = flags.DEFINE_bool(
+    "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """Everything about a run that is not the task."""
+  workdir: str
+  num_train_steps: int
+  batch_size: int
+  learning_rate: float = 1e-4
+  warmup_steps: int = -1
+  weight_decay: float = 0.01
+  max_grad_norm: float = 1.0
+  seed: int = 0
+  checkpoint_every_steps: int = 500
+  keep_checkpoints: int = 3
+  log_every_steps: int = 10
+  eval_every_steps: int = 0
+  async_checkpoints: bool = True
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # [] int32, optimizer steps completed
+  params: Any
+  opt_state: Any
+
+
+def default_warmup_steps(num_train_steps: int) -> int:
+  """ORQA's warmup: min(10000, max(100, num_train_steps / 10))."""
+  return min(10000, max(100, num_train_steps // 10))
+
+
+def learning_rate_schedule(options: TrainOptions) -> optax.Schedule:
+  """Linear warmup to the peak, then linear decay to zero at the last step."""
+  warmup = (default_warmup_steps(options.num_train_steps) if options.warmup_steps < 0
+            else options.warmup_steps)
+  warmup = min(warmup, options.num_train_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, options.learning_rate, max(warmup, 1)),
+       optax.linear_schedule(options.learning_rate, 0.0,
+                             max(options.num_train_steps - warmup, 1))],
+      boundaries=[warmup])
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """Decay matrices (kernels, embeddings), as BERT does; not LayerNorm scales or biases."""
+  return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+
+
+def make_optimizer(options: TrainOptions) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(options.max_grad_norm),
+      optax.adamw(learning_rate_schedule(options), b1=0.9, b2=0.999, eps=1e-6,
+                  weight_decay=options.weight_decay, mask=weight_decay_mask))
+
+
+class MetricsLog:
+  """Metrics to `metrics.jsonl` and TensorBoard (first host only)."""
+
+  def __init__(self, workdir: str, resumed_step: int):
+    self._enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    if not self._enabled:
+      return
+    if os.path.isfile(self.path):
+      # Steps past the checkpoint we resume from will be run (and logged) again.
+      with open(self.path, encoding="utf-8") as f:
+        kept = [line for line in f if json.loads(line)["step"] <= resumed_step]
+      with open(self.path, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+    from tensorboardX import SummaryWriter
+
+    self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step: int, metrics: dict[str, float]) -> None:
+    if not self._enabled:
+      return
+    with open(self.path, "a", encoding="utf-8") as f:
+      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    for name, value in metrics.items():
+      self._writer.add_scalar(name, value, step)
+    self._writer.flush()
+
+  def close(self) -> None:
+    if self._enabled:
+      self._writer.close()
+
+
+class StopOnSigterm:
+  """Records a SIGTERM (preemption) so that the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc_info):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format(metrics: dict[str, float]) -> str:
+  return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+
+
+def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "") -> TrainState:
+  """Trains `task` until options.num_train_steps, resuming from the workdir's last checkpoint."""
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_batch_size(options.batch_size, mesh)
+  checkpoints.check_or_save_model_config(options.workdir, task.model_config())
+  if flags_text:
+    checkpoints.save_flags(options.workdir, flags_text)
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  optimizer = make_optimizer(options)
+  schedule = learning_rate_schedule(options)
+
+  params = jax.device_put(task.init_params(jax.random.key(options.seed)), replicated)
+  opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
+  state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), params, opt_state)
+  checkpointer = checkpoints.Checkpointer(
+      options.workdir, save_every_steps=options.checkpoint_every_steps,
+      keep=options.keep_checkpoints, async_save=options.async_checkpoints)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    state = checkpointer.restore(latest, checkpoints.abstract_like(state))
+    if jax.process_index() == 0:
+      print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
+  start_step = int(state.step)
+
+  dropout_key = jax.random.fold_in(jax.random.key(options.seed), 1)
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(dropout_key, state.step)
+    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
+    (_, metrics), grads = jax.value_and_grad(
+        lambda params: loss_fn(params, batch), has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],
+                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+  def evaluate(params) -> dict[str, float]:
+    totals, count = {}, 0
+    for batch in task.eval_batches():
+      for name, value in jax.device_get(eval_step(params, parallel.to_global(batch, mesh))).items():
+        totals[name] = totals.get(name, 0.0) + float(value)
+      count += 1
+    return {f"eval_{name}": total / count for name, total in totals.items()}
+
+  log = MetricsLog(options.workdir, start_step)
+  progress = tqdm.tqdm(initial=start_step, total=options.num_train_steps, unit="step",
+                       disable=not sys.stderr.isatty() or jax.process_index() != 0)
+  window_start, window_steps = time.perf_counter(), 0
+  with StopOnSigterm() as stop:
+    for step in range(start_step, options.num_train_steps):
+      state, metrics = train_step(state, parallel.to_global(task.train_batch(step), mesh))
+      completed = step + 1
+      window_steps += 1
+      progress.update(1)
+      final = completed == options.num_train_steps
+      if completed % options.log_every_steps == 0 or final:
+        values = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - window_start
+        values["examples_per_second"] = window_steps * options.batch_size / elapsed
+        log.write(completed, values)
+        progress.write(f"step {completed}/{options.num_train_steps}: {_format(values)}")
+        window_start, window_steps = time.perf_counter(), 0
+      if (options.eval_every_steps and completed % options.eval_every_steps == 0) or final:
+        evaluation = evaluate(state.params)
+        if evaluation:
+          log.write(completed, evaluation)
+          progress.write(f"step {completed}: {_format(evaluation)}")
+      checkpointer.save(completed, state, force=final or stop.requested)
+      if stop.requested:
+        progress.write(f"SIGTERM: saved checkpoint {completed}, stopping")
+        break
+  checkpointer.wait()
+  checkpointer.close()
+  progress.close()
+  log.close()
+  return state
+
+
+def main(argv):
+  del argv
+  if _MULTIHOST.value:
+    parallel.initialize_multihost()
+  if not _WORKDIR.value:
+    sys.exit("error: --workdir is required")
+  options = TrainOptions(
+      workdir=_WORKDIR.value, num_train_steps=_NUM_TRAIN_STEPS.value,
+      batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
+      warmup_steps=_WARMUP_STEPS.value, weight_decay=_WEIGHT_DECAY.value,
+      max_grad_norm=_MAX_GRAD_NORM.value, seed=_SEED.value,
+      checkpoint_every_steps=_CHECKPOINT_EVERY_STEPS.value,
+      keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every_steps=_LOG_EVERY_STEPS.value,
+      eval_every_steps=_EVAL_EVERY_STEPS.value)
+  try:
+    task = TASKS[_TASK.value](batch_size=options.batch_size, seed=options.seed,
+                              dtype=jnp.dtype(_DTYPE.value), remat=_REMAT.value)
+    print(f"task {_TASK.value} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+          f"{jax.process_count()} host(s); global batch {options.batch_size}", flush=True)
+    train(task, options, flags_text=flags.FLAGS.flags_into_string())
+  except InputError as e:
+    sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,55 @@
+"""Run in a subprocess with 4 simulated CPU devices: ICT on a 4-device mesh == on 1 device.
+
+Prints one JSON line with the largest differences found; the test asserts on them.
+"""
+
+import json
+import sys
+
+import jax
+import numpy as np
+
+from orqa_realm import parallel
+from orqa_realm.train import TrainOptions, train
+from tests.tasks.tiny_ict import tiny_ict_task
+
+
+def loss_and_grads(task, params, batch, mesh):
+  """The ICT loss (dropout on) and its gradients, jitted with the batch sharded over `mesh`."""
+  rng = jax.random.key(3)
+  step = jax.jit(
+      lambda p, b: jax.value_and_grad(task.loss, has_aux=True)(p, b, rng, False),
+      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
+      out_shardings=parallel.replicated(mesh))
+  (loss, _), grads = step(jax.device_put(params, parallel.replicated(mesh)),
+                          parallel.to_global(batch, mesh))
+  return float(loss), jax.device_get(grads)
+
+
+def main(block_store, bert_dir, workdir):
+  assert jax.device_count() == 4, jax.devices()
+  one, four = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh()
+  task = tiny_ict_task(block_store, bert_dir, batch_size=8)
+  params = task.init_params(jax.random.key(0))
+  batch = task.train_batch(0)
+  loss_one, grads_one = loss_and_grads(task, params, batch, one)
+  loss_four, grads_four = loss_and_grads(task, params, batch, four)
+  grad_scale = float(np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(grads_one))))
+  grad_difference = max(float(np.abs(a - b).max())
+                        for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_four)))
+
+  # Three whole optimizer steps through the training loop on each mesh.
+  states = []
+  for name, mesh in (("one", one), ("four", four)):
+    options = TrainOptions(workdir=f"{workdir}/{name}", num_train_steps=3, batch_size=8,
+                           learning_rate=1e-3, warmup_steps=1, log_every_steps=1,
+                           checkpoint_every_steps=100, async_checkpoints=False)
+    states.append(jax.device_get(train(task, options, mesh=mesh).params))
+  param_difference = max(float(np.abs(a - b).max())
+                         for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])))
+  print(json.dumps(dict(loss_one=loss_one, loss_four=loss_four, grad_scale=grad_scale,
+                        grad_difference=grad_difference, param_difference=param_difference)))
+
+
+if __name__ == "__main__":
+  main(*sys.argv[1:])

@@ -1,0 +1,135 @@
+"""The training loop on ICT: multi-device equality, resume after a kill, SIGTERM, config guard."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from orqa_realm import train as train_lib
+from orqa_realm.errors import InputError
+from tests.conftest import REPO_ROOT
+from tests.tasks.tiny_ict import make_tiny_bert_dir, tiny_ict_task
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(minilm_dir, tmp_path_factory):
+  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+def subprocess_env(**extra):
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
+  env.pop("XLA_FLAGS", None)
+  env.update(extra)
+  return env
+
+
+def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "tests.tasks.sharded_ict_check", squad_block_store.directory,
+       tiny_bert_dir, str(tmp_path)],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  found = json.loads(result.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
+  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
+  assert found["param_difference"] <= 1e-5
+
+
+def run_training(workdir, block_store, bert_dir, *extra, wait=True):
+  command = [sys.executable, "-m", "orqa_realm.train", "--task=ict", f"--workdir={workdir}",
+             f"--block_store={block_store}", f"--bert={bert_dir}", "--from_scratch",
+             "--projection_size=16", "--query_length=16", "--block_length=48", "--batch_size=8",
+             "--num_train_steps=8", "--learning_rate=1e-3", "--warmup_steps=2",
+             "--log_every_steps=1", "--checkpoint_every_steps=2", "--ict_heldout_fraction=0.1",
+             "--ict_eval_batches=1", *extra]
+  if not wait:
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=subprocess_env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.run(command, cwd=REPO_ROOT, env=subprocess_env(), capture_output=True,
+                        text=True, timeout=600)
+
+
+def logged_losses(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
+  return {r["step"]: r["loss"] for r in records if "loss" in r}
+
+
+def wait_for_step(workdir, step, process, timeout=300):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(path) and max(logged_losses(workdir), default=0) >= step:
+      return
+    time.sleep(0.2)
+  raise TimeoutError(f"step {step} was not reached")
+
+
+def test_killed_run_resumes_with_the_same_losses(squad_block_store, tiny_bert_dir, tmp_path):
+  store = squad_block_store.directory
+  reference = run_training(tmp_path / "reference", store, tiny_bert_dir)
+  assert reference.returncode == 0, reference.stderr[-3000:]
+  expected = logged_losses(tmp_path / "reference")
+  assert sorted(expected) == list(range(1, 9))
+
+  workdir = tmp_path / "killed"
+  process = run_training(workdir, store, tiny_bert_dir, wait=False)
+  wait_for_step(workdir, 5, process)
+  process.kill()  # SIGKILL: no chance to save anything
+  process.communicate()
+  resumed = run_training(workdir, store, tiny_bert_dir)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed from checkpoint" in resumed.stdout
+  losses = logged_losses(workdir)
+  assert sorted(losses) == list(range(1, 9))
+  for step in range(1, 9):
+    np.testing.assert_allclose(losses[step], expected[step], rtol=1e-6, err_msg=f"step {step}")
+
+
+def test_sigterm_saves_a_checkpoint_and_stops(squad_block_store, tiny_bert_dir, tmp_path):
+  workdir = tmp_path / "preempted"
+  process = run_training(workdir, squad_block_store.directory, tiny_bert_dir,
+                         "--num_train_steps=1000", "--checkpoint_every_steps=1000", wait=False)
+  wait_for_step(workdir, 3, process)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 0, stderr[-3000:]
+  assert "SIGTERM: saved checkpoint" in stdout
+  saved = int(stdout.split("SIGTERM: saved checkpoint ")[1].split(",")[0])
+  assert saved >= 3 and str(saved) in os.listdir(workdir / "checkpoints")
+
+
+def test_workdir_of_another_model_config_is_refused(squad_block_store, tiny_bert_dir, tmp_path):
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  options = train_lib.TrainOptions(workdir=str(tmp_path), num_train_steps=1, batch_size=8,
+                                   async_checkpoints=False)
+  train_lib.train(task, options)
+  with pytest.raises(InputError, match=r"model_config\.json: this workdir holds a run of another "
+                                       r"model configuration \(projection_size: saved 16, now 8\)"):
+    from orqa_realm.modeling.retriever import RetrieverConfig
+    other = tiny_ict_task(squad_block_store.directory, tiny_bert_dir,
+                          retriever=RetrieverConfig(task.config.retriever.bert, projection_size=8))
+    train_lib.train(other, options)
+
+
+def test_learning_rate_schedule_and_weight_decay_mask():
+  options = train_lib.TrainOptions(workdir="", num_train_steps=100, batch_size=1,
+                                   learning_rate=1e-4, warmup_steps=10)
+  schedule = train_lib.learning_rate_schedule(options)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(55), schedule(100)],
+                             [0.0, 5e-5, 1e-4, 5e-5, 0.0], atol=1e-10)
+  assert train_lib.default_warmup_steps(100_000) == 10_000
+  assert train_lib.default_warmup_steps(500) == 100
+  assert train_lib.default_warmup_steps(30_000) == 3_000
+  params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)}}
+  assert train_lib.weight_decay_mask(params) == {
+      "dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
