@@ -10,41 +10,21 @@ shared machines are noisy; the ratios within one run are what to compare.
 from __future__ import annotations
 
 import os
-import sys
-import time
 
 from absl import app, flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from common import DEMO_SQUAD, bert_forward_flops, print_table, time_calls
 
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Blocks per forward pass.")
 _LENGTH = flags.DEFINE_integer("length", 128, "Wordpieces per block.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 10, "Timed forward passes per configuration.")
 _MODEL = flags.DEFINE_string("model", "minilm", "Hugging Face BERT directory or packaged name.")
 
-DEMO_SQUAD = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                          "demo_data", "squad", "dev-v1.1.public36.json.gz")
-
-
-def forward_flops(config, length: int) -> float:
-  """Matmul FLOPs of one sequence's forward pass (2 per multiply-add)."""
-  hidden, inner = config.hidden_size, config.intermediate_size
-  per_layer = 2 * length * (4 * hidden * hidden + 2 * hidden * inner) + 2 * 2 * length * length * hidden
-  return config.num_hidden_layers * per_layer + 2 * hidden * hidden  # + pooler
-
-
-def time_calls(function, iterations: int) -> float:
-  """Seconds per call after two warm-up calls (compilation, allocator warm-up)."""
-  function()
-  function()
-  started = time.perf_counter()
-  for _ in range(iterations):
-    function()
-  return (time.perf_counter() - started) / iterations
-
 
 def main(argv):
   del argv
+  import tempfile
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -57,8 +37,6 @@ def main(argv):
   from orqa_realm.modeling.bert import BertModel
   from orqa_realm.modeling.hf_import import load_hf_bert
   from orqa_realm.modeling.pretrained import resolve_model_dir
-
-  import tempfile
 
   model_dir = resolve_model_dir(_MODEL.value)
   batch_size, length = _BATCH_SIZE.value, _LENGTH.value
@@ -92,15 +70,14 @@ def main(argv):
     results.append((name, time_calls(lambda: torch_forward(autocast), _ITERATIONS.value)))
 
   reference = dict(results)["pytorch bf16 autocast"]
-  flops = forward_flops(hf.config, length) * batch_size
-  print(f"BERT forward, {hf.config.num_hidden_layers} layers x {hf.config.hidden_size}, batch "
-        f"{batch_size} x {length} tokens, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
-        f"jax {jax.__version__}, torch {torch.__version__}")
-  print(f"| {'implementation':<22} | {'sequences/s':>11} | {'vs PyTorch bf16':>15} | {'GFLOP/s':>8} |")
-  print(f"|{'-' * 24}|{'-' * 12}:|{'-' * 16}:|{'-' * 9}:|")
-  for name, seconds in results:
-    print(f"| {name:<22} | {batch_size / seconds:>11.1f} | {reference / seconds:>14.2f}x "
-          f"| {flops / seconds / 1e9:>8.1f} |")
+  flops = bert_forward_flops(hf.config, length) * batch_size
+  print_table(
+      f"BERT forward, {hf.config.num_hidden_layers} layers x {hf.config.hidden_size}, batch "
+      f"{batch_size} x {length} tokens, {jax.devices()[0].platform}, {os.cpu_count()} cores, "
+      f"jax {jax.__version__}, torch {torch.__version__}",
+      ["implementation", "sequences/s", "vs PyTorch bf16", "GFLOP/s"],
+      [[name, f"{batch_size / seconds:.1f}", f"{reference / seconds:.2f}x",
+        f"{flops / seconds / 1e9:.1f}"] for name, seconds in results])
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ _LOG_EVERY_STEPS = flags.DEFINE_integer("log_every_steps", 10, "Metrics logging 
 _EVAL_EVERY_STEPS = flags.DEFINE_integer(
     "eval_every_steps", 0, "Evaluation interval on the task's held-out batches; 0: at the end only.")
 # Orbax logs every checkpoint step at INFO; keep the console to our metrics (--verbosity=0 shows it).
-flags.FLAGS.set_default("verbosity", logging.WARNING)
+flags.FLAGS.set_default("verbosity", logging.converter.ABSL_WARNING)
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
@@ -174,6 +174,23 @@ def _format(metrics: dict[str, float]) -> str:
   return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
 
 
+def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    dropout_key: jax.Array) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+  """One optimizer step on a global batch: (state, batch) -> (new state, metrics)."""
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(dropout_key, state.step)
+    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
+    (_, metrics), grads = jax.value_and_grad(
+        lambda params: loss_fn(params, batch), has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
 def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "") -> TrainState:
   """Trains `task` until options.num_train_steps, resuming from the workdir's last checkpoint."""
   mesh = mesh if mesh is not None else parallel.make_mesh()
@@ -199,18 +216,8 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
   start_step = int(state.step)
 
   dropout_key = jax.random.fold_in(jax.random.key(options.seed), 1)
-
-  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
-    rng = jax.random.fold_in(dropout_key, state.step)
-    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
-    (_, metrics), grads = jax.value_and_grad(
-        lambda params: loss_fn(params, batch), has_aux=True)(state.params)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
-    return TrainState(state.step + 1, params, opt_state), metrics
-
-  train_step = jax.jit(train_step, in_shardings=(replicated, batch_sharding),
+  train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key),
+                       in_shardings=(replicated, batch_sharding),
                        out_shardings=(replicated, replicated), donate_argnums=(0,))
   eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],
                       in_shardings=(replicated, batch_sharding), out_shardings=replicated)
@@ -226,7 +233,8 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
   log = MetricsLog(options.workdir, start_step)
   progress = tqdm.tqdm(initial=start_step, total=options.num_train_steps, unit="step",
                        disable=not sys.stderr.isatty() or jax.process_index() != 0)
-  window_start, window_steps = time.perf_counter(), 0
+  # Throughput counts training only: time spent evaluating and saving is taken out of the window.
+  window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   with StopOnSigterm() as stop:
     for step in range(start_step, options.num_train_steps):
       state, metrics = train_step(state, parallel.to_global(task.train_batch(step), mesh))
@@ -236,17 +244,19 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
       final = completed == options.num_train_steps
       if completed % options.log_every_steps == 0 or final:
         values = {name: float(value) for name, value in jax.device_get(metrics).items()}
-        elapsed = time.perf_counter() - window_start
+        elapsed = time.perf_counter() - window_start - window_pauses
         values["examples_per_second"] = window_steps * options.batch_size / elapsed
         log.write(completed, values)
         progress.write(f"step {completed}/{options.num_train_steps}: {_format(values)}")
-        window_start, window_steps = time.perf_counter(), 0
+        window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+      paused = time.perf_counter()
       if (options.eval_every_steps and completed % options.eval_every_steps == 0) or final:
         evaluation = evaluate(state.params)
         if evaluation:
           log.write(completed, evaluation)
           progress.write(f"step {completed}: {_format(evaluation)}")
       checkpointer.save(completed, state, force=final or stop.requested)
+      window_pauses += time.perf_counter() - paused
       if stop.requested:
         progress.write(f"SIGTERM: saved checkpoint {completed}, stopping")
         break

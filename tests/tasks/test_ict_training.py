@@ -24,10 +24,9 @@ def tiny_bert_dir(minilm_dir, tmp_path_factory):
 
 
 def subprocess_env(**extra):
-  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), **extra)
-  env.pop("XLA_FLAGS", None)
-  env.update(extra)
-  return env
+  """This environment without inherited XLA flags (device counts are the test's choice)."""
+  env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+  return dict(env, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):

@@ -1,0 +1,61 @@
+"""Helpers shared by the benchmark scripts: timing, FLOP counts, the machine's measured peak."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+DEMO_SQUAD = os.path.join(REPO_ROOT, "demo_data", "squad", "dev-v1.1.public36.json.gz")
+
+
+def time_calls(function, iterations: int, warmup: int = 2) -> float:
+  """Seconds per call after `warmup` calls (compilation, allocator warm-up)."""
+  for _ in range(warmup):
+    function()
+  started = time.perf_counter()
+  for _ in range(iterations):
+    function()
+  return (time.perf_counter() - started) / iterations
+
+
+def bert_forward_flops(config, length: int) -> float:
+  """Matmul FLOPs of one sequence's BERT forward pass (2 per multiply-add)."""
+  hidden, inner = config.hidden_size, config.intermediate_size
+  per_layer = (2 * length * (4 * hidden * hidden + 2 * hidden * inner)
+               + 2 * 2 * length * length * hidden)
+  return config.num_hidden_layers * per_layer + 2 * hidden * hidden  # + pooler
+
+
+def measured_peak_flops(size: int = 2048, iterations: int = 10) -> dict[str, float]:
+  """Float32 FLOP/s of a large matmul in JAX and, when installed, PyTorch on this machine.
+
+  MFU is reported against the larger of the two: the best this machine is seen to do, not the
+  ceiling of one library's matmul.
+  """
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((size, size), jnp.float32)
+  matmul = jax.jit(lambda x, y: x @ y)
+  peaks = {"jax": 2 * size ** 3 / time_calls(lambda: matmul(a, a).block_until_ready(), iterations)}
+  try:
+    import torch
+  except ImportError:
+    return peaks
+  b = torch.ones((size, size))
+  peaks["torch"] = 2 * size ** 3 / time_calls(lambda: torch.mm(b, b), iterations)
+  return peaks
+
+
+def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+  """A Markdown table, ready to paste into the README."""
+  print(title)
+  widths = [max(len(column), *(len(row[i]) for row in rows)) for i, column in enumerate(columns)]
+  print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+  print("|" + "|".join("-" * (w + 1) + ("-" if i == 0 else ":") for i, w in enumerate(widths)) + "|")
+  for row in rows:
+    print("| " + " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
+                            for i, (cell, w) in enumerate(zip(row, widths))) + " |")
