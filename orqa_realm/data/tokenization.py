@@ -61,7 +61,10 @@ def pack_inputs(
 
 
 class Tokenizer:
-  """A local BERT WordPiece tokenizer (a directory with tokenizer.json or vocab.txt)."""
+  """A local BERT WordPiece tokenizer (a directory with tokenizer.json or vocab.txt).
+
+  `hf_tokenizer` is the underlying transformers fast tokenizer, for reference comparisons.
+  """
 
   def __init__(self, model_dir: str | os.PathLike):
     # transformers is imported here so that modules which only pack ids do not pay for it.
@@ -72,19 +75,19 @@ class Tokenizer:
                for name in ("tokenizer.json", "vocab.txt")):
       raise InputError("no tokenizer.json or vocab.txt in the tokenizer directory", path=model_dir)
     self.model_dir = model_dir
-    self._tokenizer = transformers.BertTokenizerFast.from_pretrained(
+    self.hf_tokenizer = transformers.BertTokenizerFast.from_pretrained(
         model_dir, local_files_only=True)
-    self.cls_id = self._tokenizer.cls_token_id
-    self.sep_id = self._tokenizer.sep_token_id
-    self.pad_id = self._tokenizer.pad_token_id
-    self.mask_id = self._tokenizer.mask_token_id
-    self.vocab_size = len(self._tokenizer.get_vocab())
+    self.cls_id = self.hf_tokenizer.cls_token_id
+    self.sep_id = self.hf_tokenizer.sep_token_id
+    self.pad_id = self.hf_tokenizer.pad_token_id
+    self.mask_id = self.hf_tokenizer.mask_token_id
+    self.vocab_size = len(self.hf_tokenizer.get_vocab())
     self.fingerprint = self._fingerprint()
 
   def _fingerprint(self) -> str:
     """A hash of the vocabulary and the normaliser (lowercasing, accents): what decides the ids."""
-    vocab = self._tokenizer.get_vocab()
-    backend = json.loads(self._tokenizer.backend_tokenizer.to_str())
+    vocab = self.hf_tokenizer.get_vocab()
+    backend = json.loads(self.hf_tokenizer.backend_tokenizer.to_str())
     digest = hashlib.sha256()
     digest.update("\n".join(sorted(vocab, key=vocab.__getitem__)).encode("utf-8"))
     digest.update(json.dumps(backend.get("normalizer"), sort_keys=True).encode("utf-8"))
@@ -92,17 +95,17 @@ class Tokenizer:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """WordPiece ids of each text, without special tokens."""
-    return self._tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return self.hf_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
   def tokenize_with_offsets(
       self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """WordPiece ids and the character span of each piece, for each text."""
-    encoded = self._tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    encoded = self.hf_tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
 
   def decode(self, token_ids: Sequence[int]) -> str:
     """Text of WordPiece ids with the '##' continuations joined."""
-    return self._tokenizer.decode(list(token_ids), skip_special_tokens=True)
+    return self.hf_tokenizer.decode(list(token_ids), skip_special_tokens=True)
 
   def pack(self, first, second=None, *, max_length: int,
            max_first_length: int | None = None) -> TokenBatch:

@@ -17,8 +17,8 @@ TEXTS = ["Super Bowl 50 was an American football game to determine the champion 
 def hf_encode(tokenizer, first, second, max_length):
   kwargs = dict(max_length=max_length, padding="max_length", return_tensors="np",
                 truncation="only_second" if second is not None else True)
-  return (tokenizer._tokenizer(first, second, **kwargs) if second is not None
-          else tokenizer._tokenizer(first, **kwargs))
+  return (tokenizer.hf_tokenizer(first, second, **kwargs) if second is not None
+          else tokenizer.hf_tokenizer(first, **kwargs))
 
 
 def test_queries_match_hugging_face(tokenizer):

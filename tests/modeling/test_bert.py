@@ -25,7 +25,7 @@ def real_batch(tokenizer):
   for article in squad["data"][:6]:
     paragraph = article["paragraphs"][0]
     texts += [paragraph["context"], paragraph["qas"][0]["question"]]
-  encoded = tokenizer._tokenizer(texts, padding=True, truncation=True, max_length=192,
+  encoded = tokenizer.hf_tokenizer(texts, padding=True, truncation=True, max_length=192,
                                  return_tensors="np")
   batch = {name: encoded[name].astype(np.int32)
            for name in ("input_ids", "token_type_ids", "attention_mask")}
