@@ -7,9 +7,7 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
-import optax
 import pytest
 
 from orqa_realm import train as train_lib
