@@ -207,13 +207,17 @@ class BlockStore:
         sentence_token_starts=self.sentence_token_starts(block),
         sentence_char_starts=self.sentence_char_starts(block))
 
+  def pack(self, first, second=None, *, max_length: int) -> TokenBatch:
+    """`pack_inputs` with the special ids of the tokenizer the store was built with."""
+    special = self.manifest["tokenizer"]["special_ids"]
+    return pack_inputs(first, second, max_length, cls_id=special["cls"], sep_id=special["sep"],
+                       pad_id=special["pad"])
+
   def encode(self, blocks: Sequence[int], max_length: int | None = None) -> TokenBatch:
     """`[CLS] title [SEP] text [SEP]` inputs for the given block indices, padded to max_length."""
-    special = self.manifest["tokenizer"]["special_ids"]
-    return pack_inputs([self.title_token_ids(b) for b in blocks],
-                       [self.token_ids(b) for b in blocks],
-                       max_length or self.max_block_length,
-                       cls_id=special["cls"], sep_id=special["sep"], pad_id=special["pad"])
+    return self.pack([self.title_token_ids(b) for b in blocks],
+                     [self.token_ids(b) for b in blocks],
+                     max_length=max_length or self.max_block_length)
 
   def check_tokenizer(self, tokenizer: Tokenizer) -> None:
     """Refuses a tokenizer whose vocabulary differs from the one the store was built with."""

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.tokenization import TokenBatch, pack_inputs
+from orqa_realm.data.tokenization import TokenBatch
 
 
 class ICTBatch(NamedTuple):
@@ -113,11 +113,9 @@ class ICTSampler:
       removed += list(plan.removed[offset:offset + take])
       epoch, offset = epoch + 1, 0
     queries, contexts = zip(*(self.example(b, s, r) for b, s, r in zip(blocks, sentences, removed)))
-    special = self.store.manifest["tokenizer"]["special_ids"]
-    ids = dict(cls_id=special["cls"], sep_id=special["sep"], pad_id=special["pad"])
     return ICTBatch(
-        queries=pack_inputs(queries, None, self.query_length, **ids),
-        blocks=pack_inputs([self.store.title_token_ids(b) for b in blocks], contexts,
-                           self.block_length, **ids),
+        queries=self.store.pack(queries, max_length=self.query_length),
+        blocks=self.store.pack([self.store.title_token_ids(b) for b in blocks], contexts,
+                               max_length=self.block_length),
         block_indices=np.asarray(blocks, dtype=np.int64),
         removed=np.asarray(removed, dtype=bool))
