@@ -55,10 +55,10 @@ class Checkpointer:
     self._manager.close()
 
 
-def abstract_like(state: Any) -> Any:
-  """ShapeDtypeStructs with the shardings of `state`, the target of a restore."""
+def abstract_with_sharding(shapes: Any, sharding: jax.sharding.Sharding) -> Any:
+  """The target of a restore: `shapes` (e.g. from `jax.eval_shape`) placed with `sharding`."""
   return jax.tree.map(
-      lambda array: jax.ShapeDtypeStruct(array.shape, array.dtype, sharding=array.sharding), state)
+      lambda shape: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding), shapes)
 
 
 def check_or_save_model_config(workdir: str, model_config: dict[str, Any]) -> None:

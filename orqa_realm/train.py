@@ -202,15 +202,22 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
   optimizer = make_optimizer(options)
   schedule = learning_rate_schedule(options)
 
-  params = jax.device_put(task.init_params(jax.random.key(options.seed)), replicated)
-  opt_state = jax.jit(optimizer.init, out_shardings=replicated)(params)
-  state = TrainState(jax.device_put(jnp.zeros((), jnp.int32), replicated), params, opt_state)
+  init_rng = jax.random.key(options.seed)
+
+  def state_from(params) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
   checkpointer = checkpoints.Checkpointer(
       options.workdir, save_every_steps=options.checkpoint_every_steps,
       keep=options.keep_checkpoints, async_save=options.async_checkpoints)
   latest = checkpointer.latest_step()
-  if latest is not None:
-    state = checkpointer.restore(latest, checkpoints.abstract_like(state))
+  if latest is None:
+    params = jax.device_put(task.init_params(init_rng), replicated)
+    state = jax.jit(state_from, out_shardings=replicated)(params)
+  else:
+    # A restore needs only shapes and shardings: nothing is initialised on the devices.
+    shapes = jax.eval_shape(lambda: state_from(task.init_params(init_rng)))
+    state = checkpointer.restore(latest, checkpoints.abstract_with_sharding(shapes, replicated))
     if jax.process_index() == 0:
       print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
   start_step = int(state.step)
