@@ -11,27 +11,45 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from absl import flags
 
 from orqa_realm.errors import InputError
 
 MODEL_CONFIG_FILE = "model_config.json"
 FLAGS_FILE = "flags.txt"
 
+WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory: checkpoints, model_config.json, flags, metrics. Training "
+    "resumes from it; embedding, refreshing and evaluation read its checkpoints.")
+CHECKPOINT_STEP = flags.DEFINE_integer(
+    "checkpoint_step", -1, "Checkpoint of --workdir to embed or evaluate; -1: the newest.")
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.abspath(os.path.join(workdir, "checkpoints"))
+
 
 class Checkpointer:
   """Saves and restores the train state under `workdir/checkpoints/<step>`."""
 
-  def __init__(self, workdir: str, *, save_every_steps: int, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  def __init__(self, workdir: str, *, save_every_steps: int, keep: int, async_save: bool = True,
+               on_commit: Callable[[], None] | None = None):
+    """`on_commit` is called (on orbax's thread when saving asynchronously) once a checkpoint is
+    complete on disk: the in-process refresher's wake-up call."""
+    self.directory = checkpoint_dir(workdir)
+    self._on_commit = on_commit
+    self._async = async_save
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every_steps,
-            enable_async_checkpointing=async_save, create=True))
+            enable_async_checkpointing=async_save, create=True,
+            async_options=ocp.AsyncOptions(post_finalization_callback=on_commit)))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -41,7 +59,10 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, *, force: bool = False) -> bool:
     """Starts saving `state` as checkpoint `step` if it is due (or forced); returns whether."""
-    return self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    saved = self._manager.save(step, args=ocp.args.StandardSave(state), force=force)
+    if saved and not self._async and self._on_commit is not None:
+      self._on_commit()
+    return saved
 
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
@@ -55,10 +76,61 @@ class Checkpointer:
     self._manager.close()
 
 
+class CheckpointReader:
+  """Read-only access to another process's (or thread's) checkpoints: the refresher's view.
+
+  It lists only committed checkpoints (orbax writes each under a temporary name and renames it
+  when complete) and restores parts of one, e.g. the block encoder without the optimizer state.
+  """
+
+  def __init__(self, directory: str):
+    self.directory = os.path.abspath(directory)
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True))
+
+  def latest_step(self) -> int | None:
+    """The newest committed checkpoint, re-reading the directory."""
+    self._manager.reload()
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    self._manager.reload()
+    return list(self._manager.all_steps())
+
+  def restore_params(self, step: int, abstract_params: Any) -> Any:
+    """The `params` subtree named by `abstract_params` (shapes with shardings) of checkpoint
+    `step`; the rest of the train state is not read."""
+    target = {"params": abstract_params}
+    restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target)
+    # A manager of its own: one opened before the first checkpoint existed does not know the
+    # directory holds a single item and refuses a non-Composite restore.
+    manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(read_only=True))
+    try:
+      restored = manager.restore(step, args=ocp.args.PyTreeRestore(
+          item=target, restore_args=restore_args, partial_restore=True))
+    finally:
+      manager.close()
+    return restored["params"]
+
+  def close(self) -> None:
+    self._manager.close()
+
+
 def abstract_with_sharding(shapes: Any, sharding: jax.sharding.Sharding) -> Any:
   """The target of a restore: `shapes` (e.g. from `jax.eval_shape`) placed with `sharding`."""
   return jax.tree.map(
       lambda shape: jax.ShapeDtypeStruct(shape.shape, shape.dtype, sharding=sharding), shapes)
+
+
+def read_model_config(workdir: str) -> dict[str, Any]:
+  """The model configuration a run was started with (written by the trainer)."""
+  path = os.path.join(workdir, MODEL_CONFIG_FILE)
+  try:
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  except FileNotFoundError as e:
+    raise InputError("not a training run directory: no model configuration", path=path) from e
 
 
 def check_or_save_model_config(workdir: str, model_config: dict[str, Any]) -> None:

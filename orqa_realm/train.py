@@ -29,6 +29,8 @@ from absl import app, flags, logging
 
 from orqa_realm import checkpoints, parallel
 from orqa_realm.errors import InputError
+from orqa_realm.index import refresher
+from orqa_realm.index.handle import IndexHandle, LoadedIndex
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.ict import ICTTask
 
@@ -38,8 +40,6 @@ TASKS: dict[str, Callable[..., Task]] = {
 }
 
 _TASK = flags.DEFINE_enum("task", "ict", sorted(TASKS), "The training objective.")
-_WORKDIR = flags.DEFINE_string(
-    "workdir", None, "Run directory: checkpoints, metrics, flags. A run resumes from it.")
 _NUM_TRAIN_STEPS = flags.DEFINE_integer("num_train_steps", 1000, "Optimizer steps.")
 _BATCH_SIZE = flags.DEFINE_integer(
     "batch_size", 32, "Global batch size (over all devices and hosts); ICT and DPR negatives "
@@ -63,6 +63,17 @@ _EVAL_EVERY_STEPS = flags.DEFINE_integer(
 # Orbax logs every checkpoint step at INFO; keep the console to our metrics (--verbosity=0 shows it).
 flags.FLAGS.set_default("verbosity", logging.converter.ABSL_WARNING)
 
+_REFRESH_INDEX = flags.DEFINE_bool(
+    "refresh_index", False, "Run the index refresher as a thread of the trainer: each committed "
+    "checkpoint is embedded and published under --index_dir; the index version in use and its "
+    "staleness are logged. (Or run `python -m orqa_realm.refresh` on other devices.)")
+_REFRESH_EVERY_STEPS = flags.DEFINE_integer(
+    "refresh_every_steps", 0, "Also checkpoint every N steps so that the refresher has a new "
+    "checkpoint to index that often; 0: checkpoints only every --checkpoint_every_steps.")
+REFRESH_POLL_SECONDS = flags.DEFINE_float(
+    "refresh_poll_seconds", 10.0, "How often the refresher and the index handle re-read the "
+    "checkpoint directory and the index pointer when nothing woke them.")
+
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
 
@@ -82,6 +93,7 @@ class TrainOptions:
   keep_checkpoints: int = 3
   log_every_steps: int = 10
   eval_every_steps: int = 0
+  refresh_every_steps: int = 0
   async_checkpoints: bool = True
 
 
@@ -191,8 +203,25 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedul
   return train_step
 
 
-def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "") -> TrainState:
-  """Trains `task` until options.num_train_steps, resuming from the workdir's last checkpoint."""
+def _index_metrics(index: LoadedIndex | None, step: int) -> dict[str, float]:
+  """Which index version training sees, and how many steps older its checkpoint is."""
+  if index is None:
+    return {}
+  metrics = {"index_version": float(index.version.version)}
+  if index.version.checkpoint_step is not None:
+    metrics["index_staleness_steps"] = float(step - index.version.checkpoint_step)
+  return metrics
+
+
+def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
+          on_checkpoint_commit: Callable[[], None] | None = None,
+          index_handle: IndexHandle | None = None) -> TrainState:
+  """Trains `task` until options.num_train_steps, resuming from the workdir's last checkpoint.
+
+  `on_checkpoint_commit` is called whenever a checkpoint is complete on disk (the in-process
+  refresher's wake-up); `index_handle`'s newest loaded version is taken between steps and its
+  version and staleness logged.
+  """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch_size(options.batch_size, mesh)
   checkpoints.check_or_save_model_config(options.workdir, task.model_config())
@@ -209,7 +238,8 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
 
   checkpointer = checkpoints.Checkpointer(
       options.workdir, save_every_steps=options.checkpoint_every_steps,
-      keep=options.keep_checkpoints, async_save=options.async_checkpoints)
+      keep=options.keep_checkpoints, async_save=options.async_checkpoints,
+      on_commit=on_checkpoint_commit)
   latest = checkpointer.latest_step()
   if latest is None:
     params = jax.device_put(task.init_params(init_rng), replicated)
@@ -244,6 +274,7 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   with StopOnSigterm() as stop:
     for step in range(start_step, options.num_train_steps):
+      index = index_handle.current() if index_handle is not None else None
       state, metrics = train_step(state, parallel.to_global(task.train_batch(step), mesh))
       completed = step + 1
       window_steps += 1
@@ -253,6 +284,7 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
         values = {name: float(value) for name, value in jax.device_get(metrics).items()}
         elapsed = time.perf_counter() - window_start - window_pauses
         values["examples_per_second"] = window_steps * options.batch_size / elapsed
+        values.update(_index_metrics(index, completed))
         log.write(completed, values)
         progress.write(f"step {completed}/{options.num_train_steps}: {_format(values)}")
         window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
@@ -262,7 +294,8 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "")
         if evaluation:
           log.write(completed, evaluation)
           progress.write(f"step {completed}: {_format(evaluation)}")
-      checkpointer.save(completed, state, force=final or stop.requested)
+      refresh_due = bool(options.refresh_every_steps) and completed % options.refresh_every_steps == 0
+      checkpointer.save(completed, state, force=final or stop.requested or refresh_due)
       window_pauses += time.perf_counter() - paused
       if stop.requested:
         progress.write(f"SIGTERM: saved checkpoint {completed}, stopping")
@@ -278,24 +311,38 @@ def main(argv):
   del argv
   if _MULTIHOST.value:
     parallel.initialize_multihost()
-  if not _WORKDIR.value:
+  if not checkpoints.WORKDIR.value:
     sys.exit("error: --workdir is required")
   options = TrainOptions(
-      workdir=_WORKDIR.value, num_train_steps=_NUM_TRAIN_STEPS.value,
+      workdir=checkpoints.WORKDIR.value, num_train_steps=_NUM_TRAIN_STEPS.value,
       batch_size=_BATCH_SIZE.value, learning_rate=_LEARNING_RATE.value,
       warmup_steps=_WARMUP_STEPS.value, weight_decay=_WEIGHT_DECAY.value,
       max_grad_norm=_MAX_GRAD_NORM.value, seed=_SEED.value,
       checkpoint_every_steps=_CHECKPOINT_EVERY_STEPS.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every_steps=_LOG_EVERY_STEPS.value,
-      eval_every_steps=_EVAL_EVERY_STEPS.value)
+      eval_every_steps=_EVAL_EVERY_STEPS.value, refresh_every_steps=_REFRESH_EVERY_STEPS.value)
+  refresher_thread, index_handle = None, None
   try:
     task = TASKS[_TASK.value](batch_size=options.batch_size, seed=options.seed,
                               dtype=jnp.dtype(_DTYPE.value), remat=_REMAT.value)
     print(f"task {_TASK.value} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"{jax.process_count()} host(s); global batch {options.batch_size}", flush=True)
-    train(task, options, flags_text=flags.FLAGS.flags_into_string())
+    if _REFRESH_INDEX.value:
+      index_handle = refresher.handle_from_flags(poll_seconds=REFRESH_POLL_SECONDS.value)
+      refresher_thread = refresher.RefresherThread(
+          refresher.refresher_from_flags(options.workdir, task.model_config(),
+                                         on_publish=lambda version: index_handle.notify()),
+          poll_seconds=REFRESH_POLL_SECONDS.value).start()
+    train(task, options, flags_text=flags.FLAGS.flags_into_string(),
+          on_checkpoint_commit=refresher_thread.notify if refresher_thread else None,
+          index_handle=index_handle)
   except InputError as e:
     sys.exit(f"error: {e}")
+  finally:
+    if refresher_thread is not None:
+      refresher_thread.close()
+    if index_handle is not None:
+      index_handle.close()
 
 
 if __name__ == "__main__":

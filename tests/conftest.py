@@ -5,11 +5,19 @@ from __future__ import annotations
 import os
 import pathlib
 
+import numpy as np
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO_SQUAD = REPO_ROOT / "demo_data" / "squad" / "dev-v1.1.public36.json.gz"
 SHARED_DATA = pathlib.Path(os.environ.get("ORQA_REALM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+  """This environment for a test's subprocess, without inherited XLA flags (device counts are
+  the test's choice), with the repository importable."""
+  env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
+  return dict(env, PYTHONPATH=str(REPO_ROOT), **extra)
 
 
 def pytest_configure(config):
@@ -51,3 +59,35 @@ def squad_block_store(tokenizer, tmp_path_factory):
   spec = f"squad:{DEMO_SQUAD}"
   return build_block_store(load_documents(spec), tokenizer,
                            tmp_path_factory.mktemp("stores") / "squad", source=spec)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(minilm_dir, tmp_path_factory) -> str:
+  """MiniLM's tokenizer with a tiny random architecture (tests/tasks/tiny_ict.py)."""
+  from tests.tasks.tiny_ict import make_tiny_bert_dir
+
+  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert")))
+
+
+@pytest.fixture(scope="session")
+def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
+  """Real embeddings: MiniLM (mean pooling, as trained) over the SQuAD blocks cut to 64
+  wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)"""
+  import jax
+
+  from orqa_realm.data.qa import read_squad
+  from orqa_realm.embed import embed_blocks
+  from orqa_realm.modeling import retriever
+  from orqa_realm.modeling.hf_import import load_hf_bert
+
+  hf = load_hf_bert(minilm_dir)
+  config = retriever.RetrieverConfig(hf.config, projection_size=0, pooling="mean",
+                                     share_encoders=True, block_format="joined")
+  params = retriever.init_params(config, jax.random.key(0), hf.params)
+  blocks = embed_blocks(squad_block_store, params, config, block_length=64, batch_size=64,
+                        dtype=jax.numpy.float32)
+  questions = read_squad(DEMO_SQUAD)[::27][:300]
+  queries = tokenizer.encode_queries([q.question for q in questions], max_length=32)
+  query_embeddings = retriever.DualEncoder(config).apply(
+      {"params": params}, queries, method=retriever.DualEncoder.embed_queries)
+  return blocks, np.asarray(query_embeddings), questions

@@ -17,7 +17,7 @@ import json
 import os
 import shutil
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import blingfire
 import numpy as np
@@ -31,6 +31,15 @@ from orqa_realm.errors import InputError
 FORMAT = "orqa_realm.block_store"
 VERSION = 1
 MANIFEST = "manifest.json"
+
+BlockFormat = Literal["pair", "joined"]
+# How a block becomes model input:
+BLOCK_FORMATS = {
+    # ORQA/REALM: [CLS] title [SEP] text [SEP], the text as segment 1.
+    "pair": "[CLS] title [SEP] text [SEP]",
+    # sentence-transformers and BEIR: [CLS] title text [SEP], one segment.
+    "joined": "[CLS] title text [SEP]",
+}
 
 
 class Sentence(NamedTuple):
@@ -213,11 +222,28 @@ class BlockStore:
     return pack_inputs(first, second, max_length, cls_id=special["cls"], sep_id=special["sep"],
                        pad_id=special["pad"])
 
-  def encode(self, blocks: Sequence[int], max_length: int | None = None) -> TokenBatch:
-    """`[CLS] title [SEP] text [SEP]` inputs for the given block indices, padded to max_length."""
-    return self.pack([self.title_token_ids(b) for b in blocks],
-                     [self.token_ids(b) for b in blocks],
-                     max_length=max_length or self.max_block_length)
+  def pack_blocks(self, titles: Sequence[Sequence[int]], texts: Sequence[Sequence[int]], *,
+                  max_length: int, block_format: BlockFormat = "pair") -> TokenBatch:
+    """Block inputs from title and text ids in `block_format` (see BLOCK_FORMATS)."""
+    if block_format == "pair":
+      return self.pack(titles, texts, max_length=max_length)
+    if block_format == "joined":
+      return self.pack([np.concatenate([title, text]).astype(np.int32)
+                        for title, text in zip(titles, texts)], max_length=max_length)
+    raise ValueError(f"block format {block_format!r} is not one of {sorted(BLOCK_FORMATS)}")
+
+  def encode(self, blocks: Sequence[int], max_length: int | None = None,
+             block_format: BlockFormat = "pair") -> TokenBatch:
+    """Inputs for the given block indices, padded to max_length (default: the store's)."""
+    return self.pack_blocks([self.title_token_ids(b) for b in blocks],
+                            [self.token_ids(b) for b in blocks],
+                            max_length=max_length or self.max_block_length,
+                            block_format=block_format)
+
+  def input_lengths(self, block_format: BlockFormat = "pair") -> np.ndarray:
+    """[num_blocks] int64 length of each block's untruncated input in `block_format`."""
+    title_lengths = self._title_token_ids.lengths()[self.document_indices()]
+    return title_lengths + self.token_lengths() + (3 if block_format == "pair" else 2)
 
   def check_tokenizer(self, tokenizer: Tokenizer) -> None:
     """Refuses a tokenizer whose vocabulary differs from the one the store was built with."""

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.blocks import BlockFormat, BlockStore
 from orqa_realm.data.tokenization import TokenBatch
 
 
@@ -53,8 +53,9 @@ class ICTSampler:
 
   def __init__(self, store: BlockStore, *, batch_size: int, query_length: int = 64,
                block_length: int = 288, remove_prob: float = 0.9, seed: int = 0,
-               candidate_blocks: np.ndarray | None = None):
+               candidate_blocks: np.ndarray | None = None, block_format: BlockFormat = "pair"):
     self.store = store
+    self.block_format = block_format
     self.batch_size = batch_size
     self.query_length = query_length
     self.block_length = block_length
@@ -115,7 +116,7 @@ class ICTSampler:
     queries, contexts = zip(*(self.example(b, s, r) for b, s, r in zip(blocks, sentences, removed)))
     return ICTBatch(
         queries=self.store.pack(queries, max_length=self.query_length),
-        blocks=self.store.pack([self.store.title_token_ids(b) for b in blocks], contexts,
-                               max_length=self.block_length),
+        blocks=self.store.pack_blocks([self.store.title_token_ids(b) for b in blocks], contexts,
+                                      max_length=self.block_length, block_format=self.block_format),
         block_indices=np.asarray(blocks, dtype=np.int64),
         removed=np.asarray(removed, dtype=bool))

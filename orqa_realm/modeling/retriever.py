@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm, mean_pool
 
@@ -29,15 +30,34 @@ class RetrieverConfig:
     pooling: "pooled" (BERT's tanh pooler on [CLS], as ORQA), "cls" (the raw [CLS] state) or
       "mean" (mean over real tokens, as sentence-transformers models such as MiniLM were trained).
     share_encoders: one BERT for queries and blocks.
+    block_format: how blocks are packed into the block tower's input (`BLOCK_FORMATS`): "pair"
+      as ORQA, "joined" as sentence-transformers models were trained.
   """
   bert: BertConfig
   projection_size: int = 128
   pooling: Pooling = "pooled"
   share_encoders: bool = False
+  block_format: BlockFormat = "pair"
 
   def __post_init__(self):
     if self.pooling not in ("pooled", "cls", "mean"):
       raise ValueError(f"pooling {self.pooling!r} is not one of 'pooled', 'cls', 'mean'")
+    if self.block_format not in BLOCK_FORMATS:
+      raise ValueError(f"block format {self.block_format!r} is not one of "
+                       f"{sorted(BLOCK_FORMATS)}")
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready, as saved in a run's model_config.json."""
+    return dict(bert=self.bert.to_dict(), projection_size=self.projection_size,
+                pooling=self.pooling, share_encoders=self.share_encoders,
+                block_format=self.block_format)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> RetrieverConfig:
+    """The inverse of `to_dict`; other keys (a run's task name) are ignored."""
+    return cls(bert=BertConfig.from_dict(values["bert"]), projection_size=values["projection_size"],
+               pooling=values["pooling"], share_encoders=values["share_encoders"],
+               block_format=values["block_format"])
 
   @property
   def embedding_size(self) -> int:

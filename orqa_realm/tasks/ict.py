@@ -74,7 +74,7 @@ class ICTTask(Task):
     sampler = lambda blocks, seed: ICTSampler(
         self.store, batch_size=config.batch_size, query_length=config.query_length,
         block_length=config.block_length, remove_prob=config.remove_prob, seed=seed,
-        candidate_blocks=blocks)
+        candidate_blocks=blocks, block_format=config.retriever.block_format)
     self.train_sampler = sampler(train_blocks, config.seed)
     self.eval_sampler = (sampler(self.heldout_blocks, config.seed + 1)
                          if config.eval_batches and len(self.heldout_blocks) else None)
@@ -91,10 +91,7 @@ class ICTTask(Task):
     return cls(config, retriever_flags.pretrained_bert_params())
 
   def model_config(self) -> dict[str, Any]:
-    retriever_config = self.config.retriever
-    return dict(task=self.name, bert=retriever_config.bert.to_dict(),
-                projection_size=retriever_config.projection_size,
-                pooling=retriever_config.pooling, share_encoders=retriever_config.share_encoders)
+    return dict(task=self.name, **self.config.retriever.to_dict())
 
   def init_params(self, rng: jax.Array) -> Any:
     return retriever.init_params(self.config.retriever, rng, self._bert_params)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from absl import flags
 
+from orqa_realm.data.blocks import BLOCK_FORMATS
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.modeling.retriever import RetrieverConfig
@@ -25,6 +26,10 @@ POOLING = flags.DEFINE_enum(
     "pooling", "pooled", ["pooled", "cls", "mean"],
     "Vector a tower projects: BERT's pooler output on [CLS] (ORQA), the raw [CLS] state, or the "
     "mean over tokens (how sentence-transformers models such as MiniLM were trained).")
+BLOCK_FORMAT = flags.DEFINE_enum(
+    "block_format", "pair", sorted(BLOCK_FORMATS),
+    "Block input: 'pair' = [CLS] title [SEP] text [SEP] with the text as segment 1 (ORQA); "
+    "'joined' = [CLS] title text [SEP] in one segment (sentence-transformers, BEIR).")
 QUERY_LENGTH = flags.DEFINE_integer("query_length", 64, "Wordpieces per query, [CLS]/[SEP] included.")
 BLOCK_LENGTH = flags.DEFINE_integer(
     "block_length", 288, "Wordpieces per encoded block, title and special tokens included.")
@@ -34,7 +39,7 @@ def retriever_config() -> RetrieverConfig:
   """The retriever architecture the flags describe."""
   return RetrieverConfig(bert=read_config(resolve_model_dir(BERT.value)),
                          projection_size=PROJECTION_SIZE.value, pooling=POOLING.value,
-                         share_encoders=SHARE_ENCODERS.value)
+                         share_encoders=SHARE_ENCODERS.value, block_format=BLOCK_FORMAT.value)
 
 
 def pretrained_bert_params():

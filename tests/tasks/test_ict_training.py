@@ -12,19 +12,8 @@ import pytest
 
 from orqa_realm import train as train_lib
 from orqa_realm.errors import InputError
-from tests.conftest import REPO_ROOT
-from tests.tasks.tiny_ict import make_tiny_bert_dir, tiny_ict_task
-
-
-@pytest.fixture(scope="module")
-def tiny_bert_dir(minilm_dir, tmp_path_factory):
-  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert")))
-
-
-def subprocess_env(**extra):
-  """This environment without inherited XLA flags (device counts are the test's choice)."""
-  env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
-  return dict(env, PYTHONPATH=str(REPO_ROOT), **extra)
+from tests.conftest import REPO_ROOT, subprocess_env
+from tests.tasks.tiny_ict import tiny_ict_task
 
 
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):

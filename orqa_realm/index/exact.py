@@ -1,0 +1,135 @@
+"""Exact maximum inner product search on the devices of a mesh.
+
+The corpus is split into one shard per device (rows padded to equal shards). Each device scans its
+shard in chunks, keeping a running top-k, so memory stays at [queries, chunk] scores whatever the
+corpus size; the per-device top-k lists are then all-gathered and merged. At 13M x 128 float32
+(6.8 GB) this is the exact baseline the ORQA/REALM papers' ScaNN indexes approximate.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from orqa_realm import parallel
+from orqa_realm.index.searcher import SearchResult, check_search_args
+
+
+def _next_power_of_two(n: int) -> int:
+  return 1 << max(n - 1, 0).bit_length()
+
+
+def merge_top_k(scores: jax.Array, ids: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+  """The k best of candidate lists [..., n] (scores with their ids), best first.
+
+  Among equal scores the earlier candidate wins, so merging lists in corpus order breaks ties
+  towards the lower id, as a single `lax.top_k` over the whole corpus would.
+  """
+  best_scores, positions = lax.top_k(scores, k)
+  return best_scores, jnp.take_along_axis(ids, positions, axis=-1)
+
+
+def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: int,
+                 num_rows: int) -> tuple[jax.Array, jax.Array]:
+  """Top k of one device's shard, scanned in chunks: [B, D] x [rows, D] -> [B, k] scores, ids."""
+  rows_per_shard, dim = shard.shape
+  first_row = lax.axis_index(parallel.DATA_AXIS) * rows_per_shard
+  chunks = shard.reshape(rows_per_shard // chunk_size, chunk_size, dim)  # [chunks, chunk, D]
+
+  def scan_chunk(best, chunk_and_index):
+    chunk, chunk_index = chunk_and_index
+    scores = jnp.dot(queries, chunk.T, preferred_element_type=jnp.float32)  # [B, chunk]
+    ids = first_row + chunk_index * chunk_size + jnp.arange(chunk_size)  # [chunk]
+    # Padding rows (past the corpus) must never be chosen.
+    scores = jnp.where(ids < num_rows, scores, -jnp.inf)
+    chunk_scores, chunk_ids = merge_top_k(scores, jnp.broadcast_to(ids, scores.shape), k)
+    merged = merge_top_k(jnp.concatenate([best[0], chunk_scores], axis=1),
+                         jnp.concatenate([best[1], chunk_ids], axis=1), k)
+    return merged, None
+
+  num_queries = queries.shape[0]
+  # The running top-k differs per device ("varying" over the mesh axis) from the first chunk on.
+  initial = lax.pcast((jnp.full((num_queries, k), -jnp.inf, jnp.float32),
+                       jnp.full((num_queries, k), num_rows, jnp.int32)),
+                      (parallel.DATA_AXIS,), to="varying")
+  best, _ = lax.scan(scan_chunk, initial, (chunks, jnp.arange(chunks.shape[0])))
+  return best
+
+
+class ExactSearcher:
+  """Exact top-k by inner product, the corpus sharded over the devices of `mesh`.
+
+  Args:
+    embeddings: [num_rows, dim] block embeddings.
+    mesh: the ("data",) mesh whose devices hold the shards (default: all devices).
+    chunk_size: rows scored at once per device; bounds memory at [query_batch, chunk_size].
+    query_batch_size: most queries per device call; query batches are padded to a power of two
+      so that few shapes are compiled.
+    dtype: how the corpus is held on device (bfloat16 halves memory; scores accumulate in
+      float32 either way).
+  """
+
+  def __init__(self, embeddings: np.ndarray, *, mesh: Mesh | None = None,
+               chunk_size: int = 32768, query_batch_size: int = 512, dtype=jnp.float32):
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or not len(embeddings):
+      raise ValueError(f"expected [num_rows, dim] embeddings, got shape {embeddings.shape}")
+    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    self._num_rows, self.dim = embeddings.shape
+    self.dtype = jnp.dtype(dtype)
+    self.query_batch_size = query_batch_size
+    rows_per_device = math.ceil(self._num_rows / self.mesh.size)
+    self.chunk_size = min(chunk_size, rows_per_device)
+    rows_per_device = math.ceil(rows_per_device / self.chunk_size) * self.chunk_size
+    padded = np.zeros((rows_per_device * self.mesh.size, self.dim), self.dtype)
+    padded[:self._num_rows] = embeddings
+    self._corpus = jax.device_put(padded, NamedSharding(self.mesh, PartitionSpec(parallel.DATA_AXIS)))
+    self._replicated = parallel.replicated(self.mesh)
+    # Built per searcher (not a jitted method with a static `self`), so that the compilation
+    # cache does not keep a replaced index's corpus alive.
+    self._search_fn = jax.jit(self._make_search_fn(), static_argnames="k")
+
+  def _make_search_fn(self):
+    mesh, chunk_size, num_rows, dtype = self.mesh, self.chunk_size, self._num_rows, self.dtype
+
+    def search(queries: jax.Array, corpus: jax.Array, k: int):
+      shard_search = functools.partial(_shard_top_k, k=k, chunk_size=chunk_size,
+                                       num_rows=num_rows)
+      # [B, devices * k]: the shards' lists side by side in corpus order (XLA all-gathers them).
+      shard_scores, shard_ids = jax.shard_map(
+          shard_search, mesh=mesh,
+          in_specs=(PartitionSpec(), PartitionSpec(parallel.DATA_AXIS)),
+          out_specs=PartitionSpec(None, parallel.DATA_AXIS))(queries.astype(dtype), corpus)
+      return merge_top_k(shard_scores, shard_ids, k)
+
+    return search
+
+  @property
+  def num_rows(self) -> int:
+    return self._num_rows
+
+  def search_on_device(self, queries: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """Top k for [B, dim] queries already on the devices (e.g. inside a training step's data
+    pipeline): (scores, ids), each [B, k], replicated over the mesh."""
+    return self._search_fn(jax.device_put(queries, self._replicated), self._corpus, k=k)
+
+  def search(self, queries: np.ndarray, k: int) -> SearchResult:
+    queries = check_search_args(queries, k, num_rows=self._num_rows, dim=self.dim)
+    if k > self.chunk_size:
+      raise ValueError(f"k={k} exceeds the chunk size {self.chunk_size}; raise chunk_size")
+    ids, scores = [], []
+    for start in range(0, len(queries), self.query_batch_size):
+      batch = queries[start:start + self.query_batch_size]
+      padded_size = min(_next_power_of_two(max(len(batch), 8)), self.query_batch_size)
+      padded = np.zeros((max(padded_size, len(batch)), self.dim), np.float32)
+      padded[:len(batch)] = batch
+      batch_scores, batch_ids = jax.device_get(self.search_on_device(padded, k))
+      scores.append(batch_scores[:len(batch)])
+      ids.append(batch_ids[:len(batch)])
+    return SearchResult(np.concatenate(ids).astype(np.int64), np.concatenate(scores))

@@ -1,0 +1,31 @@
+"""Run in a subprocess with 4 simulated CPU devices: exact search sharded over 4 devices == on 1.
+
+Prints one JSON line; the test asserts on it.
+"""
+
+import json
+
+import jax
+import numpy as np
+
+from orqa_realm import parallel
+from orqa_realm.index.exact import ExactSearcher
+
+
+def main():
+  assert jax.device_count() == 4, jax.devices()
+  rng = np.random.default_rng(0)
+  # 1003 rows: neither the shards nor the chunks divide it, so padding rows are exercised.
+  embeddings = rng.normal(size=(1003, 32)).astype(np.float32)
+  queries = rng.normal(size=(37, 32)).astype(np.float32)
+  one = ExactSearcher(embeddings, mesh=parallel.make_mesh(jax.devices()[:1]), chunk_size=64)
+  four = ExactSearcher(embeddings, mesh=parallel.make_mesh(), chunk_size=64)
+  result_one, result_four = one.search(queries, 20), four.search(queries, 20)
+  print(json.dumps(dict(
+      same_ids=bool((result_one.ids == result_four.ids).all()),
+      max_score_difference=float(np.abs(result_one.scores - result_four.scores).max()),
+      shards=four.mesh.size, rows_per_device=four._corpus.shape[0] // 4)))
+
+
+if __name__ == "__main__":
+  main()

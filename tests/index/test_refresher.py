@@ -1,0 +1,166 @@
+"""The asynchronous refresher and the trainer's index handle, on short real ICT runs."""
+
+import json
+import os
+import shutil
+import threading
+import time
+
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from orqa_realm import checkpoints
+from orqa_realm import train as train_lib
+from orqa_realm.index.handle import IndexHandle
+from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.index.storage import IndexRoot, load_embeddings
+from orqa_realm.modeling import retriever
+from tests.tasks.tiny_ict import tiny_ict_task
+
+BLOCK_LENGTH = 48
+
+
+def options(workdir, **overrides):
+  values = dict(workdir=str(workdir), num_train_steps=6, batch_size=8, learning_rate=1e-3,
+                warmup_steps=1, checkpoint_every_steps=2, log_every_steps=1)
+  values.update(overrides)
+  return train_lib.TrainOptions(**values)
+
+
+def make_refresher(task, workdir, index_dir, **overrides):
+  values = dict(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
+                config=task.config.retriever, index_root=IndexRoot(str(index_dir)),
+                block_length=BLOCK_LENGTH, batch_size=32, dtype=jnp.float32)
+  values.update(overrides)
+  return Refresher(**values)
+
+
+class GatedRefresher(Refresher):
+  """Holds every refresh until the test opens the gate, and says when one is waiting."""
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.waiting, self.gate = threading.Event(), threading.Event()
+
+  def refresh(self, step):
+    self.waiting.set()
+    assert self.gate.wait(timeout=300)
+    return super().refresh(step)
+
+
+def embeddings_of_checkpoint(task, workdir, step):
+  """Independently of the refresher: a plain orbax restore of the whole checkpoint, and the
+  block tower applied to every block padded to the full length in one batch."""
+  restored = ocp.StandardCheckpointer().restore(
+      os.path.join(checkpoints.checkpoint_dir(str(workdir)), str(step), "default"))
+  model = retriever.DualEncoder(task.config.retriever)
+  inputs = task.store.encode(range(len(task.store)), BLOCK_LENGTH)
+  return np.asarray(model.apply({"params": restored["params"]}, inputs,
+                                method=retriever.DualEncoder.embed_blocks))
+
+
+def test_training_never_waits_and_the_index_is_its_checkpoints_embeddings(
+    squad_block_store, tiny_bert_dir, tmp_path):
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  refresher = GatedRefresher(**dict(
+      checkpoint_dir=checkpoints.checkpoint_dir(str(tmp_path / "run")), store=task.store,
+      config=task.config.retriever, index_root=IndexRoot(str(tmp_path / "index")),
+      block_length=BLOCK_LENGTH, batch_size=32, dtype=jnp.float32))
+  thread = RefresherThread(refresher, poll_seconds=60).start()
+  # Woken by checkpoint commits alone: the 60 s poll would outlast the whole run.
+  # Keeps every checkpoint: the held refresh must still find its own after training.
+  train_lib.train(task, options(tmp_path / "run", keep_checkpoints=10),
+                  on_checkpoint_commit=thread.notify)
+  # Training finished all its steps while a refresh was held: it never waited for one.
+  assert refresher.waiting.is_set() and not refresher.gate.is_set()
+  refresher.gate.set()
+  thread.close()
+  version = IndexRoot(str(tmp_path / "index")).latest()
+  assert version is not None and version.checkpoint_step in (1, 2, 4, 6)
+  np.testing.assert_allclose(load_embeddings(version),
+                             embeddings_of_checkpoint(task, tmp_path / "run", version.checkpoint_step),
+                             atol=1e-5, rtol=1e-5)
+
+
+class WaitForIndexAt:
+  """The ICT task, except that the batch of `step` is made only once the handle has a version:
+  the test's way of making the refresh land mid-run deterministically."""
+
+  def __init__(self, task, handle, step):
+    self._task, self._handle, self._step = task, handle, step
+
+  def __getattr__(self, name):
+    return getattr(self._task, name)
+
+  def train_batch(self, step):
+    if step == self._step:
+      self._handle.wait_for_version(timeout=300)
+    return self._task.train_batch(step)
+
+
+def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(
+    squad_block_store, tiny_bert_dir, tmp_path):
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  handle = IndexHandle(IndexRoot(str(tmp_path / "index")), task.store, poll_seconds=60)
+  refresher = make_refresher(task, tmp_path / "run", tmp_path / "index",
+                             on_publish=lambda version: handle.notify())
+  thread = RefresherThread(refresher, poll_seconds=60).start()
+  train_lib.train(WaitForIndexAt(task, handle, step=3), options(tmp_path / "run"),
+                  on_checkpoint_commit=thread.notify, index_handle=handle)
+  thread.close()
+  handle.close()
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    logged = [json.loads(line) for line in f]
+  with_index = [entry for entry in logged if "index_version" in entry]
+  # The trainer takes the newest version at the start of a step: the batch of step 3 waited
+  # for it, so step 4 (logged as 5 completed) is the first to see it.
+  assert with_index and with_index[0]["step"] == 5
+  first = with_index[0]
+  assert first["index_version"] == 1
+  built_from = IndexRoot(str(tmp_path / "index")).read(1).checkpoint_step
+  assert built_from in (1, 2)
+  assert first["index_staleness_steps"] == 5 - built_from
+
+
+def test_a_failed_refresh_keeps_the_previous_version(squad_block_store, tiny_bert_dir, tmp_path):
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  train_lib.train(task, options(tmp_path / "run", num_train_steps=4, async_checkpoints=False))
+  index_root = IndexRoot(str(tmp_path / "index"))
+  refresher = make_refresher(task, tmp_path / "run", tmp_path / "index")
+  refresher.refresh(2)
+  handle = IndexHandle(index_root, task.store, poll_seconds=60)
+  assert handle.wait_for_version(timeout=60).version.version == 1
+  # Checkpoint 4 loses its arrays: its refresh must fail without touching the published index.
+  shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(str(tmp_path / "run")), "4", "default"))
+  stop, wake = threading.Event(), threading.Event()
+  runner = threading.Thread(target=refresher.run, args=(stop, wake, 0.05))
+  runner.start()
+  deadline = time.time() + 60
+  while refresher.failures == 0 and time.time() < deadline:
+    time.sleep(0.05)
+  stop.set()
+  runner.join()
+  assert refresher.failures == 1
+  assert refresher.last_indexed_step == 4  # not retried
+  assert index_root.latest_version() == 1 and index_root.versions() == [1]
+  handle.notify()
+  assert handle.current().version.checkpoint_step == 2
+  handle.close()
+
+
+def test_a_version_that_fails_to_load_is_skipped_by_the_handle(squad_block_store, tmp_path):
+  root = IndexRoot(str(tmp_path))
+  rows = len(squad_block_store)
+  root.publish(np.ones((rows, 4), np.float32), store_fingerprint=squad_block_store.fingerprint,
+               checkpoint_step=1)
+  handle = IndexHandle(root, squad_block_store, poll_seconds=0.05)
+  assert handle.wait_for_version(timeout=60).version.version == 1
+  root.publish(np.ones((rows, 4), np.float32), store_fingerprint="another store",
+               checkpoint_step=2)
+  deadline = time.time() + 60
+  while handle.last_error is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert "block_store" in str(handle.last_error)
+  assert handle.current().version.version == 1
+  handle.close()
