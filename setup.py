@@ -15,9 +15,11 @@ setuptools.setup(
         "blingfire>=0.1.8",  # sentence boundaries with character offsets, fast enough for Wikipedia
         "flax>=0.10",
         "jax>=0.7",
+        "matplotlib>=3.8",  # recall@k plots of evaluate.py
         "numpy>=1.26",
         "optax>=0.2.4",
         "orbax-checkpoint>=0.11",
+        "pytrec-eval-terrier>=0.5.6",  # nDCG and recall from qrels, the evaluator BEIR uses
         "safetensors>=0.4",
         "scann>=1.3",
         "tensorboardX>=2.6",

@@ -116,16 +116,16 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
   return embeddings
 
 
-def abstract_block_tower(config: retriever.RetrieverConfig, sharding) -> dict[str, Any]:
-  """Shapes and shardings of the block tower's params, the target of a partial restore."""
+def restore_retriever(reader: checkpoints.CheckpointReader, step: int,
+                      config: retriever.RetrieverConfig, mesh, *,
+                      block_tower_only: bool = False) -> dict[str, Any]:
+  """The retriever params (or only the block tower's) of checkpoint `step`, replicated over
+  `mesh`; the optimizer state is not read."""
   shapes = jax.eval_shape(lambda: retriever.init_params(config, jax.random.key(0)))
-  return checkpoints.abstract_with_sharding(block_tower_params(shapes, config), sharding)
-
-
-def restore_block_tower(reader: checkpoints.CheckpointReader, step: int,
-                        config: retriever.RetrieverConfig, mesh) -> dict[str, Any]:
-  """The block tower's params of checkpoint `step`, replicated over `mesh`."""
-  return reader.restore_params(step, abstract_block_tower(config, parallel.replicated(mesh)))
+  if block_tower_only:
+    shapes = block_tower_params(shapes, config)
+  return reader.restore_params(
+      step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
 
 
 def embed_and_publish(store: BlockStore, params: Any, config: retriever.RetrieverConfig,
@@ -147,8 +147,33 @@ def embed_and_publish(store: BlockStore, params: Any, config: retriever.Retrieve
                     blocks_per_second=round(len(store) / embed_seconds, 1)))
 
 
-def _model_from_flags(mesh) -> tuple[retriever.RetrieverConfig, Any, int | None]:
-  """(config, block tower params, checkpoint step) from --workdir, or from --bert's weights."""
+def embed_queries(questions: list[str], params: Any, config: retriever.RetrieverConfig,
+                  tokenizer: Tokenizer, *, query_length: int, batch_size: int = 256,
+                  dtype=jnp.float32, mesh=None) -> np.ndarray:
+  """[num_questions, embedding_size] float32 query-tower embeddings of `questions`."""
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  batch_size = math.ceil(min(batch_size, max(len(questions), 1)) / mesh.size) * mesh.size
+  replicated = parallel.replicated(mesh)
+  model = retriever.DualEncoder(config, dtype)
+  embed = jax.jit(lambda p, batch: model.apply({"params": p}, batch,
+                                               method=retriever.DualEncoder.embed_queries),
+                  in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                  out_shardings=replicated)
+  params = jax.device_put(params, replicated)
+  embeddings = np.empty((len(questions), config.embedding_size), np.float32)
+  for start in range(0, len(questions), batch_size):
+    chunk = questions[start:start + batch_size]
+    # The last batch is padded with empty questions, whose results are dropped.
+    inputs = tokenizer.encode_queries(chunk + [""] * (batch_size - len(chunk)), query_length)
+    result = jax.device_get(embed(params, parallel.to_global(inputs, mesh)))
+    embeddings[start:start + len(chunk)] = result[:len(chunk)]
+  return embeddings
+
+
+def retriever_from_flags(mesh, *, block_tower_only: bool
+                         ) -> tuple[retriever.RetrieverConfig, Any, int | None]:
+  """(config, params, checkpoint step) from --workdir's checkpoint, or from --bert's weights
+  (step None). Only the block tower's params when `block_tower_only`."""
   workdir = checkpoints.WORKDIR.value
   if workdir:
     config = retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir))
@@ -157,7 +182,7 @@ def _model_from_flags(mesh) -> tuple[retriever.RetrieverConfig, Any, int | None]
     step = reader.latest_step() if step < 0 else step
     if step is None:
       raise InputError("the run has no checkpoint yet", path=reader.directory)
-    params = restore_block_tower(reader, step, config, mesh)
+    params = restore_retriever(reader, step, config, mesh, block_tower_only=block_tower_only)
     reader.close()
     return config, params, step
   config = retriever_flags.retriever_config()
@@ -166,7 +191,7 @@ def _model_from_flags(mesh) -> tuple[retriever.RetrieverConfig, Any, int | None]
                      "pass --projection_size=0 (a fresh projection would be random)",
                      field="projection_size")
   params = retriever.init_params(config, jax.random.key(0), retriever_flags.pretrained_bert_params())
-  return config, block_tower_params(params, config), None
+  return config, block_tower_params(params, config) if block_tower_only else params, None
 
 
 def main(argv):
@@ -177,7 +202,7 @@ def main(argv):
   try:
     store = BlockStore(retriever_flags.BLOCK_STORE.value)
     store.check_tokenizer(Tokenizer(resolve_model_dir(retriever_flags.BERT.value)))
-    config, params, step = _model_from_flags(mesh)
+    config, params, step = retriever_from_flags(mesh, block_tower_only=True)
     version = embed_and_publish(
         store, params, config,
         IndexRoot(index_flags.INDEX_DIR.value, keep=index_flags.INDEX_KEEP_VERSIONS.value),

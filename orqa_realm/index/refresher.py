@@ -69,7 +69,8 @@ class Refresher:
       raise FileNotFoundError(
           f"checkpoint {step} of {self.reader.directory} was deleted before it could be indexed "
           "(the trainer keeps --keep_checkpoints); the newest one will be indexed instead")
-    params = embed.restore_block_tower(self.reader, step, self.config, self.mesh)
+    params = embed.restore_retriever(self.reader, step, self.config, self.mesh,
+                                     block_tower_only=True)
     version = embed.embed_and_publish(
         self.store, params, self.config, self.index_root, checkpoint_step=step,
         block_length=self.block_length, batch_size=self.batch_size, dtype=self.dtype,

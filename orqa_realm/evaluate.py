@@ -1,0 +1,181 @@
+"""Retrieval evaluation of a retriever (a run's checkpoint, or HF weights) over a published index.
+
+Answer recall@k on a QA set (an answer string occurs in one of the top k blocks; regexes for
+CuratedTREC) and, where the set names gold paragraphs (SQuAD), gold-paragraph recall@k:
+
+    python -m orqa_realm.evaluate --block_store=runs/blocks/squad_demo --workdir=runs/ict_demo \\
+        --index_dir=runs/index/squad_demo --qa_dataset=squad:demo_data/squad/dev-v1.1.public36.json.gz \\
+        --output_dir=runs/eval/ict_demo
+
+nDCG@10 and recall@100 from BEIR qrels, documents ranked by their best block (computed by
+pytrec_eval, the evaluator BEIR itself uses):
+
+    python -m orqa_realm.evaluate --block_store=runs/blocks/scifact --index_dir=runs/index/scifact \\
+        --bert=minilm --pooling=mean --projection_size=0 --block_format=joined \\
+        --beir_queries=../shared/data/scifact/queries.test.tsv.gz \\
+        --beir_qrels=../shared/data/scifact/qrels.test.txt --output_dir=runs/eval/scifact
+
+Writes `metrics.json` and `recall_at_k.png` to --output_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+from absl import app, flags
+
+from orqa_realm import embed, parallel
+from orqa_realm.data import beir
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.qa import QAExample, load_qa_dataset
+from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.errors import InputError
+from orqa_realm.index import index_flags
+from orqa_realm.index.handle import open_index
+from orqa_realm.index.storage import IndexRoot
+from orqa_realm.metrics import has_answer, recall_at_k
+from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.tasks import retriever_flags
+
+_QA_DATASET = flags.DEFINE_string(
+    "qa_dataset", None, "QA set as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
+    "squad) for answer recall@k.")
+_BEIR_QUERIES = flags.DEFINE_string("beir_queries", None, "BEIR queries TSV (id<TAB>text).")
+_BEIR_QRELS = flags.DEFINE_string("beir_qrels", None, "TREC/BEIR qrels for --beir_queries.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and the plot go.")
+_RECALL_KS = flags.DEFINE_list("recall_ks", ["1", "5", "20", "100"], "Cut-offs for recall@k.")
+_BEIR_BLOCK_DEPTH = flags.DEFINE_integer(
+    "beir_block_depth", 1000, "Blocks retrieved per BEIR query before ranking their documents.")
+
+
+def answer_hits(block_ids: np.ndarray, store: BlockStore,
+                examples: Sequence[QAExample]) -> np.ndarray:
+  """[questions, k] bool: whether the r-th retrieved block's text contains an answer."""
+  return np.array([[has_answer(store.text(block), example.answers, example.kind)
+                    for block in blocks] for blocks, example in zip(block_ids, examples)])
+
+
+def gold_hits(block_ids: np.ndarray, store: BlockStore,
+              examples: Sequence[QAExample]) -> np.ndarray:
+  """[questions, k] bool: whether the r-th retrieved block comes from the gold paragraph."""
+  return np.array([[store.document_id(block) == example.gold_document_id for block in blocks]
+                   for blocks, example in zip(block_ids, examples)])
+
+
+def document_run(query_ids: Sequence[str], block_ids: np.ndarray, block_scores: np.ndarray,
+                 store: BlockStore) -> dict[str, dict[str, float]]:
+  """{query id: {document id: score}}, each document scored by its best retrieved block."""
+  run = {}
+  for query_id, blocks, scores in zip(query_ids, block_ids, block_scores):
+    documents: dict[str, float] = {}
+    for block, score in zip(blocks, scores):
+      document = store.document_id(block)
+      documents[document] = max(documents.get(document, -np.inf), float(score))
+    run[query_id] = documents
+  return run
+
+
+def beir_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
+                 ) -> dict[str, float]:
+  """Mean nDCG@10, recall@100 (and recall@k curve points) over the judged queries."""
+  import pytrec_eval
+
+  judged = {qid: run.get(qid, {}) for qid in qrels}
+  measures = {"ndcg_cut.10", "recall.1", "recall.5", "recall.10", "recall.20", "recall.100"}
+  per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(judged)
+  names = ["ndcg_cut_10", "recall_1", "recall_5", "recall_10", "recall_20", "recall_100"]
+  return {name: float(np.mean([scores[name] for scores in per_query.values()]))
+          for name in names}
+
+
+def plot_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, title: str) -> None:
+  """Recall@k curves ({name: (ks, recalls)}) to a PNG."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  from matplotlib import pyplot
+
+  figure, axes = pyplot.subplots(figsize=(6, 4))
+  for name, (ks, recalls) in curves.items():
+    axes.plot(ks, recalls, label=name, marker="." if len(ks) < 20 else None)
+  axes.set(xscale="log", xlabel="k", ylabel="recall@k", ylim=(0, 1), title=title)
+  axes.grid(True, alpha=0.3)
+  axes.legend()
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def recall_curve(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(ks, recall@k) for every k = 1..depth of [questions, depth] hits."""
+  return np.arange(1, hits.shape[1] + 1), np.logical_or.accumulate(hits, axis=1).mean(axis=0)
+
+
+def main(argv):
+  del argv
+  if not (index_flags.INDEX_DIR.value and retriever_flags.BLOCK_STORE.value and _OUTPUT_DIR.value):
+    sys.exit("error: --block_store, --index_dir and --output_dir are required")
+  if bool(_QA_DATASET.value) == bool(_BEIR_QUERIES.value):
+    sys.exit("error: pass exactly one of --qa_dataset and --beir_queries (with --beir_qrels)")
+  ks = sorted(int(k) for k in _RECALL_KS.value)
+  mesh = parallel.make_mesh()
+  try:
+    store = BlockStore(retriever_flags.BLOCK_STORE.value)
+    tokenizer = Tokenizer(resolve_model_dir(retriever_flags.BERT.value))
+    store.check_tokenizer(tokenizer)
+    version = IndexRoot(index_flags.INDEX_DIR.value).latest()
+    if version is None:
+      raise InputError("no index version yet: run python -m orqa_realm.embed first",
+                       path=index_flags.INDEX_DIR.value)
+    searcher = open_index(version, store, backend=index_flags.INDEX_BACKEND.value,
+                          mesh=mesh).searcher
+    config, params, step = embed.retriever_from_flags(mesh, block_tower_only=False)
+    if version.checkpoint_step != step:
+      print(f"warning: the index was built from checkpoint {version.checkpoint_step}, the "
+            f"queries are embedded with checkpoint {step}", file=sys.stderr)
+    if _QA_DATASET.value:
+      examples = load_qa_dataset(_QA_DATASET.value)
+      texts, source = [example.question for example in examples], _QA_DATASET.value
+    else:
+      if not _BEIR_QRELS.value:
+        raise InputError("--beir_queries needs --beir_qrels", field="beir_qrels")
+      queries, qrels = beir.read_queries(_BEIR_QUERIES.value), beir.read_qrels(_BEIR_QRELS.value)
+      query_ids = [qid for qid in queries if qid in qrels]
+      texts, source = [queries[qid] for qid in query_ids], _BEIR_QUERIES.value
+  except InputError as e:
+    sys.exit(f"error: {e}")
+  query_embeddings = embed.embed_queries(
+      texts, params, config, tokenizer, query_length=retriever_flags.QUERY_LENGTH.value,
+      dtype=index_flags.embed_dtype(), mesh=mesh)
+  depth = min(len(store), max(ks) if _QA_DATASET.value else _BEIR_BLOCK_DEPTH.value)
+  result = searcher.search(query_embeddings, depth)
+  metrics = dict(source=source, num_queries=len(texts), index_version=version.version,
+                 index_checkpoint_step=version.checkpoint_step, query_checkpoint_step=step,
+                 num_blocks=len(store))
+  curves = {}
+  if _QA_DATASET.value:
+    hits = answer_hits(result.ids, store, examples)
+    metrics["answer_recall"] = {f"@{k}": v for k, v in recall_at_k(hits, [k for k in ks if k <= depth]).items()}
+    curves["answer"] = recall_curve(hits)
+    if all(example.gold_document_id for example in examples):
+      gold = gold_hits(result.ids, store, examples)
+      metrics["gold_paragraph_recall"] = {
+          f"@{k}": v for k, v in recall_at_k(gold, [k for k in ks if k <= depth]).items()}
+      curves["gold paragraph"] = recall_curve(gold)
+  else:
+    metrics.update(beir_metrics(document_run(query_ids, result.ids, result.scores, store), qrels))
+    beir_ks = np.array([1, 5, 10, 20, 100])
+    curves["documents"] = (beir_ks, np.array([metrics[f"recall_{k}"] for k in beir_ks]))
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
+  with open(os.path.join(_OUTPUT_DIR.value, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(metrics, f, indent=2)
+  plot_recall(curves, os.path.join(_OUTPUT_DIR.value, "recall_at_k.png"), os.path.basename(source))
+  print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,92 @@
+"""Evaluation pieces: BEIR readers, documents ranked by their best block, pytrec_eval metrics
+against a hand computation, answer and gold-paragraph hits on the real SQuAD store."""
+
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from orqa_realm import evaluate
+from orqa_realm.data import beir
+from orqa_realm.data.qa import QAExample
+from orqa_realm.errors import InputError
+from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
+
+
+def test_ndcg_and_recall_equal_a_hand_computation():
+  qrels = {"q1": {"d1": 1, "d2": 1}, "q2": {"d4": 2}}
+  run = {"q1": {"d3": 3.0, "d1": 2.0, "d2": 1.0}, "q2": {"d5": 1.0}}
+  metrics = evaluate.beir_metrics(run, qrels)
+  ndcg_q1 = (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
+  assert metrics["ndcg_cut_10"] == pytest.approx((ndcg_q1 + 0.0) / 2)
+  assert metrics["recall_100"] == pytest.approx((1.0 + 0.0) / 2)
+  assert metrics["recall_1"] == pytest.approx(0.0)
+
+
+def test_a_document_scores_its_best_block(squad_block_store):
+  store = squad_block_store
+  documents = store.document_indices()
+  # Two blocks of one document and one block of another.
+  pair = [b for b in range(len(store) - 1) if documents[b] == documents[b + 1]][0]
+  other = next(b for b in range(len(store)) if documents[b] != documents[pair])
+  run = evaluate.document_run(["q"], np.array([[pair, other, pair + 1]]),
+                              np.array([[1.0, 0.5, 3.0]]), store)
+  assert run == {"q": {store.document_id(pair): 3.0, store.document_id(other): 0.5}}
+
+
+def test_answer_and_gold_hits(squad_block_store):
+  store = squad_block_store
+  text = store.text(0)
+  answer = " ".join(text.split()[3:6])
+  example = QAExample("q?", (answer,), gold_document_id=store.document_id(0))
+  far = len(store) - 1
+  assert evaluate.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
+      [False, True]]
+  assert evaluate.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
+  ks, recalls = evaluate.recall_curve(np.array([[False, True], [False, False]]))
+  assert ks.tolist() == [1, 2] and recalls.tolist() == [0.0, 0.5]
+
+
+def test_beir_readers_on_the_real_scifact_files(shared_data):
+  queries = beir.read_queries(shared_data / "scifact" / "queries.test.tsv.gz")
+  qrels = beir.read_qrels(shared_data / "scifact" / "qrels.test.txt")
+  assert len(queries) == 300 and len(qrels) == 300
+  assert sum(len(documents) for documents in qrels.values()) == 339
+  assert set(qrels) <= set(queries)
+
+
+def test_beir_readers_locate_bad_lines(tmp_path):
+  queries = tmp_path / "queries.tsv"
+  queries.write_text("1\tA claim.\n2\n")
+  with pytest.raises(InputError, match=r"queries.tsv, line 2"):
+    beir.read_queries(queries)
+  qrels = tmp_path / "qrels.txt"
+  qrels.write_text("1 0 d1 1\n2 0 d2 yes\n")
+  with pytest.raises(InputError, match=r"qrels.txt, line 2, field 'relevance'"):
+    beir.read_qrels(qrels)
+
+
+def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_bert_dir, tmp_path):
+  model = [f"--bert={tiny_bert_dir}", "--from_scratch", "--projection_size=0",
+           "--block_length=32", "--embed_dtype=float32"]
+  published = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.embed", f"--block_store={squad_block_store.directory}",
+       f"--index_dir={tmp_path / 'index'}", *model],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert published.returncode == 0, published.stderr[-3000:]
+  result = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.evaluate", f"--block_store={squad_block_store.directory}",
+       f"--index_dir={tmp_path / 'index'}", f"--qa_dataset=squad:{DEMO_SQUAD}",
+       "--recall_ks=1,5", f"--output_dir={tmp_path / 'eval'}", "--query_length=16", *model],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "eval" / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["num_queries"] == 8038
+  recalls = metrics["answer_recall"]
+  assert 0.0 <= recalls["@1"] <= recalls["@5"] <= 1.0
+  assert set(metrics["gold_paragraph_recall"]) == {"@1", "@5"}
+  assert (tmp_path / "eval" / "recall_at_k.png").stat().st_size > 1000
