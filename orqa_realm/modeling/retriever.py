@@ -32,12 +32,15 @@ class RetrieverConfig:
     share_encoders: one BERT for queries and blocks.
     block_format: how blocks are packed into the block tower's input (`BLOCK_FORMATS`): "pair"
       as ORQA, "joined" as sentence-transformers models were trained.
+    normalize: L2-normalise embeddings, so that the inner product is the cosine similarity
+      (sentence-transformers models such as all-MiniLM-L6-v2 end with this step).
   """
   bert: BertConfig
   projection_size: int = 128
   pooling: Pooling = "pooled"
   share_encoders: bool = False
   block_format: BlockFormat = "pair"
+  normalize: bool = False
 
   def __post_init__(self):
     if self.pooling not in ("pooled", "cls", "mean"):
@@ -50,14 +53,14 @@ class RetrieverConfig:
     """JSON-ready, as saved in a run's model_config.json."""
     return dict(bert=self.bert.to_dict(), projection_size=self.projection_size,
                 pooling=self.pooling, share_encoders=self.share_encoders,
-                block_format=self.block_format)
+                block_format=self.block_format, normalize=self.normalize)
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> RetrieverConfig:
     """The inverse of `to_dict`; other keys (a run's task name) are ignored."""
     return cls(bert=BertConfig.from_dict(values["bert"]), projection_size=values["projection_size"],
                pooling=values["pooling"], share_encoders=values["share_encoders"],
-               block_format=values["block_format"])
+               block_format=values["block_format"], normalize=values["normalize"])
 
   @property
   def embedding_size(self) -> int:
@@ -81,11 +84,17 @@ class EncoderTower(nn.Module):
       pooled = output.sequence_output[:, 0]
     else:
       pooled = mean_pool(output.sequence_output, batch.input_mask)
-    if not self.config.projection_size:
-      return pooled
-    projected = dense(self.config.projection_size, self.config.bert, self.dtype, "projection")(pooled)
-    projected = layer_norm(self.config.bert, "projection_layer_norm")(projected)
-    return nn.Dropout(self.config.bert.hidden_dropout_prob)(projected, deterministic=deterministic)
+    embeddings = pooled
+    if self.config.projection_size:
+      projected = dense(self.config.projection_size, self.config.bert, self.dtype,
+                        "projection")(pooled)
+      projected = layer_norm(self.config.bert, "projection_layer_norm")(projected)
+      embeddings = nn.Dropout(self.config.bert.hidden_dropout_prob)(
+          projected, deterministic=deterministic)
+    if self.config.normalize:
+      embeddings = embeddings / jnp.maximum(
+          jnp.linalg.norm(embeddings, axis=-1, keepdims=True), 1e-12)
+    return embeddings
 
 
 class DualEncoder(nn.Module):

@@ -30,6 +30,9 @@ BLOCK_FORMAT = flags.DEFINE_enum(
     "block_format", "pair", sorted(BLOCK_FORMATS),
     "Block input: 'pair' = [CLS] title [SEP] text [SEP] with the text as segment 1 (ORQA); "
     "'joined' = [CLS] title text [SEP] in one segment (sentence-transformers, BEIR).")
+NORMALIZE_EMBEDDINGS = flags.DEFINE_bool(
+    "normalize_embeddings", False, "L2-normalise query and block embeddings (cosine scores), as "
+    "sentence-transformers models such as all-MiniLM-L6-v2 do.")
 QUERY_LENGTH = flags.DEFINE_integer("query_length", 64, "Wordpieces per query, [CLS]/[SEP] included.")
 BLOCK_LENGTH = flags.DEFINE_integer(
     "block_length", 288, "Wordpieces per encoded block, title and special tokens included.")
@@ -39,7 +42,8 @@ def retriever_config() -> RetrieverConfig:
   """The retriever architecture the flags describe."""
   return RetrieverConfig(bert=read_config(resolve_model_dir(BERT.value)),
                          projection_size=PROJECTION_SIZE.value, pooling=POOLING.value,
-                         share_encoders=SHARE_ENCODERS.value, block_format=BLOCK_FORMAT.value)
+                         share_encoders=SHARE_ENCODERS.value, block_format=BLOCK_FORMAT.value,
+                         normalize=NORMALIZE_EMBEDDINGS.value)
 
 
 def pretrained_bert_params():

@@ -50,6 +50,19 @@ def test_mean_pooling_without_projection_is_bert_mean_pool(minilm_dir, tokenizer
                              atol=1e-6)
 
 
+@pytest.mark.parametrize("projection_size", [0, 8])
+def test_normalized_embeddings_are_unit_vectors_in_the_same_direction(projection_size):
+  plain = retriever.RetrieverConfig(TINY, projection_size=projection_size)
+  normalized = retriever.RetrieverConfig(TINY, projection_size=projection_size, normalize=True)
+  params = retriever.init_params(plain, jax.random.key(0))
+  raw = retriever.DualEncoder(plain).apply({"params": params}, batch(6), method="embed_blocks")
+  unit = retriever.DualEncoder(normalized).apply({"params": params}, batch(6),
+                                                  method="embed_blocks")
+  np.testing.assert_allclose(np.linalg.norm(unit, axis=-1), 1.0, atol=1e-6)
+  np.testing.assert_allclose(unit, raw / np.linalg.norm(raw, axis=-1, keepdims=True), atol=1e-6)
+  assert retriever.RetrieverConfig.from_dict(normalized.to_dict()) == normalized
+
+
 def test_init_from_mismatched_bert_is_refused(minilm_dir):
   minilm = load_hf_bert(minilm_dir)
   with pytest.raises(ValueError, match="do not fit"):
