@@ -67,14 +67,18 @@ def block_tower_params(params: Any, config: retriever.RetrieverConfig) -> dict[s
   return {tower: params[tower]}
 
 
-def make_block_embedder(config: retriever.RetrieverConfig, dtype=jnp.float32):
-  """(block tower params, TokenBatch [batch, length]) -> [batch, embedding_size] float32."""
+def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
+  """Jitted (params, TokenBatch [batch, length]) -> [batch, embedding_size] float32 for one
+  tower (`method`: `DualEncoder.embed_blocks` or `.embed_queries`), the batch split over `mesh`
+  and the result replicated."""
   model = retriever.DualEncoder(config, dtype)
+  replicated = parallel.replicated(mesh)
 
-  def embed(params, blocks: TokenBatch) -> jax.Array:
-    return model.apply({"params": params}, blocks, method=retriever.DualEncoder.embed_blocks)
+  def embed(params, inputs: TokenBatch) -> jax.Array:
+    return model.apply({"params": params}, inputs, method=method)
 
-  return embed
+  return jax.jit(embed, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+                 out_shardings=replicated)
 
 
 def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConfig, *,
@@ -86,11 +90,8 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
   """
   mesh = mesh if mesh is not None else parallel.make_mesh()
   batch_size = math.ceil(batch_size / mesh.size) * mesh.size
-  replicated = parallel.replicated(mesh)
-  embed = jax.jit(make_block_embedder(config, dtype),
-                  in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                  out_shardings=replicated)
-  params = jax.device_put(block_tower_params(params, config), replicated)
+  embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_blocks)
+  params = jax.device_put(block_tower_params(params, config), parallel.replicated(mesh))
   embeddings = np.empty((len(store), config.embedding_size), np.float32)
   batches = length_batches(store.input_lengths(config.block_format), batch_size=batch_size,
                            max_length=block_length)
@@ -153,13 +154,8 @@ def embed_queries(questions: list[str], params: Any, config: retriever.Retriever
   """[num_questions, embedding_size] float32 query-tower embeddings of `questions`."""
   mesh = mesh if mesh is not None else parallel.make_mesh()
   batch_size = math.ceil(min(batch_size, max(len(questions), 1)) / mesh.size) * mesh.size
-  replicated = parallel.replicated(mesh)
-  model = retriever.DualEncoder(config, dtype)
-  embed = jax.jit(lambda p, batch: model.apply({"params": p}, batch,
-                                               method=retriever.DualEncoder.embed_queries),
-                  in_shardings=(replicated, parallel.batch_sharding(mesh)),
-                  out_shardings=replicated)
-  params = jax.device_put(params, replicated)
+  embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_queries)
+  params = jax.device_put(params, parallel.replicated(mesh))
   embeddings = np.empty((len(questions), config.embedding_size), np.float32)
   for start in range(0, len(questions), batch_size):
     chunk = questions[start:start + batch_size]

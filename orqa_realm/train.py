@@ -328,11 +328,14 @@ def main(argv):
     print(f"task {_TASK.value} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
           f"{jax.process_count()} host(s); global batch {options.batch_size}", flush=True)
     if _REFRESH_INDEX.value:
-      index_handle = refresher.handle_from_flags(poll_seconds=REFRESH_POLL_SECONDS.value)
+      worker = refresher.refresher_from_flags(options.workdir, task.model_config())
+      # Given the store, the handle refuses versions built from another corpus (e.g. by a
+      # refresher process started with other flags).
+      index_handle = refresher.handle_from_flags(worker.store,
+                                                 poll_seconds=REFRESH_POLL_SECONDS.value)
+      worker.on_publish = lambda version: index_handle.notify()
       refresher_thread = refresher.RefresherThread(
-          refresher.refresher_from_flags(options.workdir, task.model_config(),
-                                         on_publish=lambda version: index_handle.notify()),
-          poll_seconds=REFRESH_POLL_SECONDS.value).start()
+          worker, poll_seconds=REFRESH_POLL_SECONDS.value).start()
     train(task, options, flags_text=flags.FLAGS.flags_into_string(),
           on_checkpoint_commit=refresher_thread.notify if refresher_thread else None,
           index_handle=index_handle)

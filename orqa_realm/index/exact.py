@@ -127,7 +127,7 @@ class ExactSearcher:
     for start in range(0, len(queries), self.query_batch_size):
       batch = queries[start:start + self.query_batch_size]
       padded_size = min(_next_power_of_two(max(len(batch), 8)), self.query_batch_size)
-      padded = np.zeros((max(padded_size, len(batch)), self.dim), np.float32)
+      padded = np.zeros((padded_size, self.dim), np.float32)
       padded[:len(batch)] = batch
       batch_scores, batch_ids = jax.device_get(self.search_on_device(padded, k))
       scores.append(batch_scores[:len(batch)])

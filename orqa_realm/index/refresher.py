@@ -35,7 +35,6 @@ class Refresher:
     store: the block store to embed.
     config: the run's retriever configuration.
     index_root: where versions are published.
-    min_step_interval: skip a checkpoint fewer than this many steps after the last indexed one.
     on_publish: called with each published version (e.g. `IndexHandle.notify`).
     Others: as `embed.embed_blocks` and `IndexRoot.publish`.
   """
@@ -43,7 +42,6 @@ class Refresher:
   def __init__(self, *, checkpoint_dir: str, store: BlockStore, config: RetrieverConfig,
                index_root: IndexRoot, block_length: int, batch_size: int, dtype, mesh=None,
                storage_dtype: str = "float32", scann_config: ScannConfig | None = None,
-               min_step_interval: int = 0,
                on_publish: Callable[[IndexVersion], None] | None = None):
     self.reader = checkpoints.CheckpointReader(checkpoint_dir)
     self.store = store
@@ -55,7 +53,6 @@ class Refresher:
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     self.storage_dtype = storage_dtype
     self.scann_config = scann_config
-    self.min_step_interval = min_step_interval
     self.on_publish = on_publish
     self.failures = 0
     latest = index_root.latest()
@@ -81,18 +78,13 @@ class Refresher:
       self.on_publish(version)
     return version
 
-  def _due(self, step: int | None) -> bool:
-    if step is None or step <= self.last_indexed_step:
-      return False
-    return self.last_indexed_step < 0 or step - self.last_indexed_step >= self.min_step_interval
-
   def run(self, stop: threading.Event, wake: threading.Event, poll_seconds: float) -> None:
     """Indexes new checkpoints until `stop` is set; sleeps on `wake` between looks."""
     while not stop.is_set():
       # Cleared before looking, so that a wake-up during a refresh is not lost.
       wake.clear()
       step = self.reader.latest_step()
-      if self._due(step):
+      if step is not None and step > self.last_indexed_step:
         # Marked even if it fails: a broken checkpoint is not retried, the next one is.
         self.last_indexed_step = step
         try:
