@@ -29,24 +29,43 @@ def bert_forward_flops(config, length: int) -> float:
   return config.num_hidden_layers * per_layer + 2 * hidden * hidden  # + pooler
 
 
-def measured_peak_flops(size: int = 2048, iterations: int = 10) -> dict[str, float]:
-  """Float32 FLOP/s of a large matmul in JAX and, when installed, PyTorch on this machine.
+def best_seconds(function, repeats: int) -> float:
+  """The fastest of `repeats` calls, after one untimed call (compilation, caches): for runs long
+  enough that the minimum is a fair estimate of the undisturbed time."""
+  function()
+  times = []
+  for _ in range(repeats):
+    started = time.perf_counter()
+    function()
+    times.append(time.perf_counter() - started)
+  return min(times)
 
-  MFU is reported against the larger of the two: the best this machine is seen to do, not the
-  ceiling of one library's matmul.
+
+def measured_peak_flops(size: int = 2048, iterations: int = 10,
+                        include_bf16: bool = False) -> dict[str, float]:
+  """FLOP/s of a large matmul in JAX and, when installed, PyTorch on this machine: float32, and
+  with `include_bf16` also bf16 (float32 accumulation in JAX, as our models ask for).
+
+  MFU is reported against the largest: the best this machine is seen to do, not the ceiling of
+  one library's matmul.
   """
   import jax
   import jax.numpy as jnp
 
-  a = jnp.ones((size, size), jnp.float32)
-  matmul = jax.jit(lambda x, y: x @ y)
-  peaks = {"jax": 2 * size ** 3 / time_calls(lambda: matmul(a, a).block_until_ready(), iterations)}
+  dtypes = [("f32", jnp.float32)] + ([("bf16", jnp.bfloat16)] if include_bf16 else [])
+  matmul = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+  peaks = {}
+  for name, dtype in dtypes:
+    a = jnp.ones((size, size), dtype)
+    peaks[f"jax {name}"] = 2 * size ** 3 / time_calls(
+        lambda: matmul(a, a).block_until_ready(), iterations)
   try:
     import torch
   except ImportError:
     return peaks
-  b = torch.ones((size, size))
-  peaks["torch"] = 2 * size ** 3 / time_calls(lambda: torch.mm(b, b), iterations)
+  for name, dtype in [("f32", torch.float32), ("bf16", torch.bfloat16)][:len(dtypes)]:
+    b = torch.ones((size, size), dtype=dtype)
+    peaks[f"torch {name}"] = 2 * size ** 3 / time_calls(lambda: torch.mm(b, b), iterations)
   return peaks
 
 

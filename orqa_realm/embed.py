@@ -18,6 +18,7 @@ split over all devices.
 from __future__ import annotations
 
 import collections
+import functools
 import json
 import math
 import sys
@@ -67,10 +68,14 @@ def block_tower_params(params: Any, config: retriever.RetrieverConfig) -> dict[s
   return {tower: params[tower]}
 
 
+@functools.lru_cache(maxsize=8)
 def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
   """Jitted (params, TokenBatch [batch, length]) -> [batch, embedding_size] float32 for one
   tower (`method`: `DualEncoder.embed_blocks` or `.embed_queries`), the batch split over `mesh`
-  and the result replicated."""
+  and the result replicated.
+
+  Cached, so that repeated embeddings (an evaluation every N training steps) reuse the compiled
+  shapes; params are arguments, so no weights are kept alive by the cache."""
   model = retriever.DualEncoder(config, dtype)
   replicated = parallel.replicated(mesh)
 

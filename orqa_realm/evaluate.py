@@ -31,13 +31,13 @@ from absl import app, flags
 from orqa_realm import embed, parallel
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.qa import QAExample, load_qa_dataset
+from orqa_realm.data.qa import load_qa_dataset
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.errors import InputError
 from orqa_realm.index import index_flags
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
-from orqa_realm.metrics import has_answer, recall_at_k
+from orqa_realm.metrics import answer_hits, gold_hits, recall_at_k
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 
@@ -50,20 +50,6 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and th
 _RECALL_KS = flags.DEFINE_list("recall_ks", ["1", "5", "20", "100"], "Cut-offs for recall@k.")
 _BEIR_BLOCK_DEPTH = flags.DEFINE_integer(
     "beir_block_depth", 1000, "Blocks retrieved per BEIR query before ranking their documents.")
-
-
-def answer_hits(block_ids: np.ndarray, store: BlockStore,
-                examples: Sequence[QAExample]) -> np.ndarray:
-  """[questions, k] bool: whether the r-th retrieved block's text contains an answer."""
-  return np.array([[has_answer(store.text(block), example.answers, example.kind)
-                    for block in blocks] for blocks, example in zip(block_ids, examples)])
-
-
-def gold_hits(block_ids: np.ndarray, store: BlockStore,
-              examples: Sequence[QAExample]) -> np.ndarray:
-  """[questions, k] bool: whether the r-th retrieved block comes from the gold paragraph."""
-  return np.array([[store.document_id(block) == example.gold_document_id for block in blocks]
-                   for blocks, example in zip(block_ids, examples)])
 
 
 def document_run(query_ids: Sequence[str], block_ids: np.ndarray, block_scores: np.ndarray,

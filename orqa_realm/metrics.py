@@ -83,3 +83,16 @@ def recall_at_k(hits: np.ndarray, ks: Iterable[int]) -> dict[int, float]:
       raise ValueError(f"recall@{k} needs at least {k} results per question, have {hits.shape[1]}")
     recalls[k] = float(hits[:, :k].any(axis=1).mean()) if len(hits) else 0.0
   return recalls
+
+
+def answer_hits(block_ids: np.ndarray, store, examples: Sequence) -> np.ndarray:
+  """[questions, k] bool: whether the r-th block of `store` retrieved for the q-th `QAExample`
+  contains one of its answers."""
+  return np.array([[has_answer(store.text(block), example.answers, example.kind)
+                    for block in blocks] for blocks, example in zip(block_ids, examples)])
+
+
+def gold_hits(block_ids: np.ndarray, store, examples: Sequence) -> np.ndarray:
+  """[questions, k] bool: whether the r-th retrieved block comes from the gold paragraph."""
+  return np.array([[store.document_id(block) == example.gold_document_id for block in blocks]
+                   for blocks, example in zip(block_ids, examples)])

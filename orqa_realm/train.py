@@ -265,11 +265,19 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
       for name, value in jax.device_get(eval_step(params, parallel.to_global(batch, mesh))).items():
         totals[name] = totals.get(name, 0.0) + float(value)
       count += 1
-    return {f"eval_{name}": total / count for name, total in totals.items()}
+    metrics = {name: total / count for name, total in totals.items()}
+    metrics.update(task.evaluate(params, mesh))
+    return {f"eval_{name}": value for name, value in metrics.items()}
 
   log = MetricsLog(options.workdir, start_step)
   progress = tqdm.tqdm(initial=start_step, total=options.num_train_steps, unit="step",
                        disable=not sys.stderr.isatty() or jax.process_index() != 0)
+  if start_step == 0 and options.eval_every_steps:
+    # The initial model's metrics: the baseline that training should improve on.
+    evaluation = evaluate(state.params)
+    if evaluation:
+      log.write(0, evaluation)
+      progress.write(f"step 0: {_format(evaluation)}")
   # Throughput counts training only: time spent evaluating and saving is taken out of the window.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   with StopOnSigterm() as stop:

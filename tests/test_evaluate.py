@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm import evaluate
+from orqa_realm import evaluate, metrics
 from orqa_realm.data import beir
 from orqa_realm.data.qa import QAExample
 from orqa_realm.errors import InputError
@@ -43,9 +43,9 @@ def test_answer_and_gold_hits(squad_block_store):
   answer = " ".join(text.split()[3:6])
   example = QAExample("q?", (answer,), gold_document_id=store.document_id(0))
   far = len(store) - 1
-  assert evaluate.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
+  assert metrics.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
       [False, True]]
-  assert evaluate.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
+  assert metrics.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
   ks, recalls = evaluate.recall_curve(np.array([[False, True], [False, False]]))
   assert ks.tolist() == [1, 2] and recalls.tolist() == [0.0, 0.5]
 

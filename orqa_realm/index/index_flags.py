@@ -28,11 +28,12 @@ EMBED_DTYPE = flags.DEFINE_enum(
     "instructions (AVX2-only machines).")
 
 _SCANN_NUM_LEAVES = flags.DEFINE_integer(
-    "scann_num_leaves", 0, "ScaNN tree partitions; 0: ~sqrt(corpus size) (no tree below 4096).")
+    "scann_num_leaves", 0, "ScaNN tree partitions; 0: ~sqrt(corpus size), no tree below 16384 "
+    "rows.")
 _SCANN_LEAVES_TO_SEARCH = flags.DEFINE_integer(
     "scann_num_leaves_to_search", 0, "Partitions searched per query; 0: a tenth of the leaves.")
 _SCANN_TRAINING_SAMPLE = flags.DEFINE_integer(
-    "scann_training_sample_size", 0, "Rows the tree and quantiser train on; 0: min(N, 100k).")
+    "scann_training_sample_size", 0, "Rows the tree and quantiser train on; 0: min(N, max(100k, 100 x leaves)).")
 _SCANN_DIMS_PER_BLOCK = flags.DEFINE_integer(
     "scann_dimensions_per_block", 2, "Asymmetric hashing sub-space size.")
 _SCANN_THRESHOLD = flags.DEFINE_float(

@@ -43,3 +43,9 @@ class Task(abc.ABC):
   def eval_batches(self) -> Iterator[Batch]:
     """Held-out batches on which the loop reports the mean of `loss`'s metrics (none by default)."""
     return iter(())
+
+  def evaluate(self, params: Params, mesh: jax.sharding.Mesh) -> dict[str, float]:
+    """Metrics that batched losses cannot give (e.g. retrieval over the whole corpus), computed
+    at each evaluation with `params` replicated over `mesh`; none by default."""
+    del params, mesh
+    return {}

@@ -1,7 +1,9 @@
 """The Inverse Cloze Task (ORQA): pretrain the retriever to find a sentence's own block.
 
 Loss: softmax over the global batch of blocks, each query's positive being its own block. Blocks
-held out of training (`heldout_fraction`) give the evaluation batches.
+held out of training (`heldout_fraction`) give the evaluation batches. Optionally each evaluation
+also reports answer recall@k on a QA set over the whole block store, every block embedded by the
+current model (exact search): whether pretraining is helping retrieval.
 """
 
 from __future__ import annotations
@@ -15,10 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
+from orqa_realm import embed
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.ict import ICTSampler
+from orqa_realm.data.qa import QAExample, load_qa_dataset
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.losses import in_batch_softmax_loss
+from orqa_realm.metrics import answer_hits, recall_at_k
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
@@ -30,6 +36,14 @@ _HELDOUT_FRACTION = flags.DEFINE_float(
     "ict_heldout_fraction", 0.05, "Fraction of blocks held out of ICT training for evaluation.")
 _EVAL_BATCHES = flags.DEFINE_integer(
     "ict_eval_batches", 4, "Held-out batches (of the training batch size) per evaluation.")
+_EVAL_QA_DATASET = flags.DEFINE_string(
+    "ict_eval_qa_dataset", "", "QA set (FORMAT:PATH, as --qa_dataset) whose answer recall@k over "
+    "the whole block store is reported at each evaluation, every block embedded by the current "
+    "model; empty: none. Costs one embedding of the store per evaluation.")
+_EVAL_QA_QUESTIONS = flags.DEFINE_integer(
+    "ict_eval_qa_questions", 300, "Most questions of --ict_eval_qa_dataset evaluated (every n-th).")
+_EVAL_RECALL_KS = flags.DEFINE_list(
+    "ict_eval_recall_ks", ["1", "5", "20"], "Cut-offs of the answer recall@k evaluation.")
 
 
 class ICTInputs(NamedTuple):
@@ -49,8 +63,16 @@ class ICTConfig:
   remove_prob: float = 0.9
   heldout_fraction: float = 0.05
   eval_batches: int = 4
+  eval_qa_dataset: str = ""  # FORMAT:PATH; empty: no recall@k evaluation
+  eval_qa_questions: int = 300
+  eval_recall_ks: tuple[int, ...] = (1, 5, 20)
   dtype: Any = jnp.float32
   remat: bool = False
+
+
+def every_nth(examples: list[QAExample], most: int) -> list[QAExample]:
+  """At most `most` examples spread evenly over `examples` (every n-th, from the first)."""
+  return examples[::max(1, len(examples) // most)][:most] if most > 0 else []
 
 
 def split_blocks(num_blocks: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +88,8 @@ class ICTTask(Task):
   def __init__(self, config: ICTConfig, bert_params: Any = None):
     self.config = config
     self.store = BlockStore(config.block_store)
-    self.store.check_tokenizer(Tokenizer(config.bert_dir))
+    self.tokenizer = Tokenizer(config.bert_dir)
+    self.store.check_tokenizer(self.tokenizer)
     self.model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
     self._bert_params = bert_params
     train_blocks, self.heldout_blocks = split_blocks(len(self.store), config.heldout_fraction,
@@ -78,6 +101,8 @@ class ICTTask(Task):
     self.train_sampler = sampler(train_blocks, config.seed)
     self.eval_sampler = (sampler(self.heldout_blocks, config.seed + 1)
                          if config.eval_batches and len(self.heldout_blocks) else None)
+    self.eval_examples = (every_nth(load_qa_dataset(config.eval_qa_dataset),
+                                    config.eval_qa_questions) if config.eval_qa_dataset else [])
 
   @classmethod
   def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> ICTTask:
@@ -86,7 +111,9 @@ class ICTTask(Task):
         bert_dir=resolve_model_dir(retriever_flags.BERT.value), batch_size=batch_size, seed=seed,
         query_length=retriever_flags.QUERY_LENGTH.value,
         block_length=retriever_flags.BLOCK_LENGTH.value, remove_prob=_REMOVE_PROB.value,
-        heldout_fraction=_HELDOUT_FRACTION.value, eval_batches=_EVAL_BATCHES.value, dtype=dtype,
+        heldout_fraction=_HELDOUT_FRACTION.value, eval_batches=_EVAL_BATCHES.value,
+        eval_qa_dataset=_EVAL_QA_DATASET.value, eval_qa_questions=_EVAL_QA_QUESTIONS.value,
+        eval_recall_ks=tuple(sorted(int(k) for k in _EVAL_RECALL_KS.value)), dtype=dtype,
         remat=remat)
     return cls(config, retriever_flags.pretrained_bert_params())
 
@@ -112,3 +139,19 @@ class ICTTask(Task):
     for step in range(self.config.eval_batches):
       batch = self.eval_sampler.batch(step)
       yield ICTInputs(batch.queries, batch.blocks)
+
+  def evaluate(self, params, mesh) -> dict[str, float]:
+    """Answer recall@k of the eval QA set over every block of the store (none without one)."""
+    if not self.eval_examples:
+      return {}
+    config = self.config
+    blocks = embed.embed_blocks(self.store, params, config.retriever,
+                                block_length=config.block_length, dtype=config.dtype, mesh=mesh)
+    queries = embed.embed_queries([example.question for example in self.eval_examples], params,
+                                  config.retriever, self.tokenizer,
+                                  query_length=config.query_length, dtype=config.dtype, mesh=mesh)
+    depth = min(max(config.eval_recall_ks), len(self.store))
+    ids = ExactSearcher(blocks, mesh=mesh).search(queries, depth).ids  # [questions, depth]
+    recalls = recall_at_k(answer_hits(ids, self.store, self.eval_examples),
+                          [k for k in config.eval_recall_ks if k <= depth])
+    return {f"answer_recall@{k}": recall for k, recall in recalls.items()}

@@ -33,7 +33,10 @@ def test_defaults_follow_the_corpus_size():
   large = ScannConfig(num_neighbors=20).resolved(1_000_000)
   assert large.num_leaves == 1000 and large.num_leaves_to_search == 100
   assert large.training_sample_size == 100_000 and large.reorder_num_neighbors == 200
-  assert ScannConfig().resolved(MIN_ROWS_FOR_TREE).num_leaves == 64
+  assert ScannConfig().resolved(MIN_ROWS_FOR_TREE).num_leaves == 128
+  # ~100 training rows per leaf once leaves outgrow the 100k-row sample.
+  assert ScannConfig(num_leaves=3000).resolved(10_000_000).training_sample_size == 300_000
+  assert ScannConfig(num_leaves=3000).resolved(200_000).training_sample_size == 200_000
 
 
 def test_save_and_load_give_the_same_results(squad_minilm_embeddings, tmp_path):
@@ -46,3 +49,16 @@ def test_save_and_load_give_the_same_results(squad_minilm_embeddings, tmp_path):
   before, after = searcher.search(queries, 10), loaded.search(queries, 10)
   np.testing.assert_array_equal(before.ids, after.ids)
   np.testing.assert_allclose(before.scores, after.scores)
+
+
+def test_leaves_to_search_trades_recall_without_a_rebuild(squad_minilm_embeddings):
+  blocks, queries, _ = squad_minilm_embeddings
+  exact = ExactSearcher(blocks).search(queries, 10)
+  searcher = ScannSearcher.build(blocks, ScannConfig(num_leaves=40, num_leaves_to_search=2))
+  recalls = [recall_at_k(searcher.with_leaves_to_search(leaves).search(queries, 10).ids, exact.ids)
+             for leaves in (2, 40)]
+  # Every leaf searched leaves only AH scoring + exact re-scoring between ScaNN and exact search.
+  assert recalls[0] < recalls[1] and recalls[1] >= 0.99
+  assert searcher.config.num_leaves_to_search == 2  # the original is unchanged
+  with pytest.raises(ValueError, match="outside"):
+    searcher.with_leaves_to_search(41)

@@ -119,3 +119,47 @@ def test_learning_rate_schedule_and_weight_decay_mask():
   params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)}}
   assert train_lib.weight_decay_mask(params) == {
       "dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
+
+
+def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store, tiny_bert_dir,
+                                                               tmp_path):
+  import jax
+
+  from orqa_realm import parallel
+  from orqa_realm.metrics import has_answer
+  from orqa_realm.modeling import retriever
+  from tests.conftest import DEMO_SQUAD
+
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir,
+                       eval_qa_dataset=f"squad:{DEMO_SQUAD}", eval_qa_questions=40,
+                       eval_recall_ks=(1, 5, 20))
+  assert len(task.eval_examples) == 40
+  params = task.init_params(jax.random.key(3))
+  found = task.evaluate(params, parallel.make_mesh())
+
+  # Reference: every block padded to the full length in one batch, scores and ranks in NumPy.
+  store, config = task.store, task.config
+  model = retriever.DualEncoder(config.retriever)
+  blocks = np.asarray(model.apply(
+      {"params": params}, store.encode(range(len(store)), config.block_length,
+                                       config.retriever.block_format),
+      method=retriever.DualEncoder.embed_blocks))
+  queries = np.asarray(model.apply(
+      {"params": params}, task.tokenizer.encode_queries(
+          [example.question for example in task.eval_examples], config.query_length),
+      method=retriever.DualEncoder.embed_queries))
+  ranking = np.argsort(-(queries @ blocks.T), axis=1, kind="stable")[:, :20]
+  hits = np.array([[has_answer(store.text(block), example.answers) for block in row]
+                   for row, example in zip(ranking, task.eval_examples)])
+  expected = {f"answer_recall@{k}": hits[:, :k].any(axis=1).mean() for k in (1, 5, 20)}
+  assert found.keys() == expected.keys()
+  for name, value in expected.items():
+    assert found[name] == pytest.approx(value), name
+  assert found["answer_recall@20"] > 0  # a random tiny model still finds some answers in 20
+
+  options = train_lib.TrainOptions(workdir=str(tmp_path), num_train_steps=2, batch_size=8,
+                                   eval_every_steps=2, async_checkpoints=False)
+  train_lib.train(task, options)
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    evaluations = [record for record in map(json.loads, f) if "eval_answer_recall@5" in record]
+  assert [record["step"] for record in evaluations] == [0, 2]  # the initial model, then step 2
