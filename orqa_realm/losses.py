@@ -38,3 +38,55 @@ def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Arr
   loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive_logits)
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == positives)
   return RetrievalLoss(loss=loss, accuracy=accuracy)
+
+
+def marginal_log_likelihood(logits: jax.Array, correct: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Negative log of the probability mass on the correct candidates, one value per row.
+
+  ORQA's marginal loss: logsumexp(all) - logsumexp(correct), zero for a row with no correct
+  candidate (nothing to learn from it, and never an infinite loss).
+
+  Args:
+    logits: [batch, candidates] float.
+    correct: [batch, candidates] bool.
+  Returns:
+    ([batch] losses, [batch] bool: whether the row had a correct candidate).
+  """
+  logits = logits.astype(jnp.float32)
+  any_correct = jnp.any(correct, axis=-1)  # [batch]
+  # A finite floor rather than -inf keeps the gradient of rows with nothing correct at zero
+  # instead of NaN (jnp.where differentiates both branches).
+  correct_logits = jnp.where(correct, logits, jnp.finfo(jnp.float32).min)
+  losses = jax.nn.logsumexp(logits, axis=-1) - jax.nn.logsumexp(correct_logits, axis=-1)
+  return jnp.where(any_correct, losses, 0.0), any_correct
+
+
+class MarginalLoss(NamedTuple):
+  loss: jax.Array  # [] mean over the batch's questions; questions with nothing correct count 0
+  has_correct: jax.Array  # [] fraction of questions with at least one correct candidate
+
+
+def early_loss(retrieval_logits: jax.Array, block_has_answer: jax.Array) -> MarginalLoss:
+  """ORQA's early loss: marginal likelihood of the retrieved blocks that contain an answer.
+
+  Args:
+    retrieval_logits: [questions, c] question . block scores of the top c retrieved blocks.
+    block_has_answer: [questions, c] bool.
+  """
+  losses, any_correct = marginal_log_likelihood(retrieval_logits, block_has_answer)
+  return MarginalLoss(jnp.mean(losses), jnp.mean(any_correct))
+
+
+def full_loss(span_logits: jax.Array, span_is_answer: jax.Array) -> MarginalLoss:
+  """ORQA's full loss: marginal likelihood over every (block, span) of the reader's top k blocks
+  whose text is an answer; span logits already include their block's retrieval logit.
+
+  Args:
+    span_logits: [questions, k, spans]; invalid spans (outside the block) must be masked to a
+      large negative value by the caller.
+    span_is_answer: [questions, k, spans] bool.
+  """
+  questions = span_logits.shape[0]
+  losses, any_correct = marginal_log_likelihood(span_logits.reshape(questions, -1),
+                                                span_is_answer.reshape(questions, -1))
+  return MarginalLoss(jnp.mean(losses), jnp.mean(any_correct))

@@ -32,3 +32,64 @@ def test_in_batch_softmax_matches_numpy(num_queries, num_blocks):
 def test_every_query_needs_a_positive():
   with pytest.raises(ValueError, match="every query needs its positive"):
     losses.in_batch_softmax_loss(jnp.ones((4, 3)), jnp.ones((3, 3)))
+
+
+def numpy_marginal(logits, correct):
+  """Per-row -log(sum of softmax over the correct entries), 0 where nothing is correct."""
+  result = []
+  for row, mask in zip(logits.astype(np.float64), correct):
+    if not mask.any():
+      result.append(0.0)
+      continue
+    probabilities = np.exp(row - row.max()) / np.exp(row - row.max()).sum()
+    result.append(-np.log(probabilities[mask].sum()))
+  return np.array(result)
+
+
+def test_marginal_log_likelihood_matches_numpy():
+  rng = np.random.default_rng(1)
+  logits = rng.normal(size=(5, 7)).astype(np.float32) * 3
+  correct = np.zeros((5, 7), bool)
+  correct[0, 2] = True  # one correct candidate
+  correct[1, [0, 3, 6]] = True  # several
+  correct[3] = True  # all: loss 0
+  # Row 2 and 4: nothing correct.
+  found, any_correct = losses.marginal_log_likelihood(jnp.asarray(logits), jnp.asarray(correct))
+  np.testing.assert_allclose(found, numpy_marginal(logits, correct), rtol=1e-5, atol=1e-6)
+  assert any_correct.tolist() == [True, True, False, True, False]
+  assert found[2] == 0 and found[4] == 0 and abs(float(found[3])) < 1e-6
+
+
+def test_marginal_gradient_is_finite_and_zero_without_a_correct_candidate():
+  import jax
+
+  logits = jnp.asarray(np.random.default_rng(2).normal(size=(2, 4)), jnp.float32)
+  correct = jnp.asarray([[False, True, False, True], [False] * 4])
+  gradient = jax.grad(lambda x: losses.marginal_log_likelihood(x, correct)[0].sum())(logits)
+  assert np.isfinite(gradient).all()
+  np.testing.assert_array_equal(gradient[1], 0.0)
+  # d/dlogits = softmax(all) - softmax restricted to the correct candidates.
+  probabilities = np.asarray(jax.nn.softmax(logits[0]))
+  expected = probabilities - np.where(correct[0], probabilities, 0) / probabilities[[1, 3]].sum()
+  np.testing.assert_allclose(gradient[0], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_early_and_full_losses_match_numpy():
+  rng = np.random.default_rng(3)
+  retrieval_logits = rng.normal(size=(4, 9)).astype(np.float32)
+  block_has_answer = rng.random((4, 9)) < 0.3
+  block_has_answer[2] = False  # a question whose retrieved blocks hold no answer
+  early = losses.early_loss(jnp.asarray(retrieval_logits), jnp.asarray(block_has_answer))
+  np.testing.assert_allclose(early.loss, numpy_marginal(retrieval_logits, block_has_answer).mean(),
+                             rtol=1e-5)
+  np.testing.assert_allclose(early.has_correct, block_has_answer.any(axis=1).mean())
+
+  span_logits = rng.normal(size=(4, 3, 6)).astype(np.float32)
+  span_is_answer = np.zeros((4, 3, 6), bool)
+  span_is_answer[0, 1, 2] = True
+  span_is_answer[1, [0, 2], [5, 1]] = True  # correct spans in two different blocks
+  span_is_answer[3, 0, :3] = True
+  full = losses.full_loss(jnp.asarray(span_logits), jnp.asarray(span_is_answer))
+  expected = numpy_marginal(span_logits.reshape(4, -1), span_is_answer.reshape(4, -1))
+  np.testing.assert_allclose(full.loss, expected.mean(), rtol=1e-5)
+  np.testing.assert_allclose(full.has_correct, 0.75)
