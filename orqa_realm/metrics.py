@@ -27,13 +27,13 @@ def normalize_answer(text: str) -> str:
 
 
 @lru_cache(maxsize=4096)
-def _compile_answer_pattern(pattern: str) -> re.Pattern:
+def compile_answer_pattern(pattern: str) -> re.Pattern:
   return re.compile(pattern, flags=re.IGNORECASE | re.UNICODE | re.MULTILINE)
 
 
 def regex_match(text: str, pattern: str) -> bool:
   """True when the answer pattern matches anywhere in `text`."""
-  return _compile_answer_pattern(pattern).search(text) is not None
+  return compile_answer_pattern(pattern).search(text) is not None
 
 
 def exact_match(prediction: str, answers: Iterable[str], kind: str = "text") -> bool:
