@@ -14,8 +14,9 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 @pytest.mark.parametrize("config", [
     ScannConfig(),  # the defaults: below MIN_ROWS_FOR_TREE rows, AH + reorder without a tree
     # A tree of ~sqrt(N) leaves. On so small a corpus a query's neighbours spread over many
-    # leaves: half are searched (a tenth gives recall 0.74 here).
-    ScannConfig(num_leaves=40, num_leaves_to_search=20),
+    # leaves, and ScaNN's k-means is not seeded, so recall varies between processes: searching
+    # 30 of 40 leaves gave 0.978-0.994 over 9 processes (20 of 40: 0.943-0.978; 4: 0.74).
+    ScannConfig(num_leaves=40, num_leaves_to_search=30),
 ], ids=["default", "tree"])
 def test_recall_at_10_against_exact(squad_minilm_embeddings, config):
   blocks, queries, _ = squad_minilm_embeddings
