@@ -22,7 +22,7 @@ import tempfile
 from absl import app, flags
 
 from common import DEMO_SQUAD, bert_forward_flops, best_seconds, measured_peak_flops, print_table
-from orqa_realm.embed import embed_blocks, length_batches  # Defines --block_length and
+from orqa_realm.embed import embed_blocks, padded_block_batches  # Defines --block_length and
 from orqa_realm.index import index_flags  # --embed_batch_size, used here as the CLI uses them.
 from orqa_realm.tasks import retriever_flags
 
@@ -57,19 +57,18 @@ def main(argv):
   with tempfile.TemporaryDirectory() as scratch:
     documents = itertools.islice(load_documents(f"squad:{DEMO_SQUAD}"), _NUM_DOCUMENTS.value)
     store = build_block_store(documents, Tokenizer(model_dir), os.path.join(scratch, "blocks"))
-    batches = length_batches(store.input_lengths(config.block_format), batch_size=batch_size,
-                             max_length=block_length)
-    padded_tokens = sum(batch.length * batch_size for batch in batches)
+    # Exactly the batches `embed_blocks` runs, handed to PyTorch.
+    batches = list(padded_block_batches(store, config, block_length=block_length,
+                                        batch_size=batch_size))
+    padded_tokens = sum(inputs.token_ids.size for _, inputs in batches)
     real_tokens = int(np.minimum(store.input_lengths(config.block_format), block_length).sum())
-    flops = sum(bert_forward_flops(hf.config, batch.length) * batch_size for batch in batches)
-    torch_batches = []
-    for batch in batches:
-      padded = np.resize(batch.blocks, batch_size) if len(batch.blocks) < batch_size else batch.blocks
-      inputs = store.encode(padded, batch.length, config.block_format)
-      torch_batches.append((batch.blocks, dict(
-          input_ids=torch.from_numpy(inputs.token_ids.astype(np.int64)),
-          token_type_ids=torch.from_numpy(inputs.segment_ids.astype(np.int64)),
-          attention_mask=torch.from_numpy(inputs.input_mask.astype(np.int64)))))
+    flops = sum(bert_forward_flops(hf.config, inputs.token_ids.shape[1]) * batch_size
+                for _, inputs in batches)
+    torch_batches = [(blocks, dict(
+        input_ids=torch.from_numpy(inputs.token_ids.astype(np.int64)),
+        token_type_ids=torch.from_numpy(inputs.segment_ids.astype(np.int64)),
+        attention_mask=torch.from_numpy(inputs.input_mask.astype(np.int64))))
+                     for blocks, inputs in batches]
 
     results, outputs = [], {}
     for name, dtype in [("ours f32", jnp.float32), ("ours bf16", jnp.bfloat16)]:

@@ -23,6 +23,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
@@ -86,6 +87,18 @@ def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
                  out_shardings=replicated)
 
 
+def padded_block_batches(store: BlockStore, config: retriever.RetrieverConfig, *,
+                         block_length: int, batch_size: int
+                         ) -> Iterator[tuple[np.ndarray, TokenBatch]]:
+  """(block indices [<= batch_size], inputs [batch_size, length]) for each `length_batches` batch
+  of the store. The last batch is topped up with copies of its first block, whose results the
+  caller drops, so that every batch has one shape per length."""
+  for batch in length_batches(store.input_lengths(config.block_format), batch_size=batch_size,
+                              max_length=block_length):
+    padded = np.resize(batch.blocks, batch_size) if len(batch.blocks) < batch_size else batch.blocks
+    yield batch.blocks, store.encode(padded, batch.length, config.block_format)
+
+
 def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConfig, *,
                  block_length: int, batch_size: int = 128, dtype=jnp.bfloat16, mesh=None,
                  show_progress: bool = False) -> np.ndarray:
@@ -98,8 +111,6 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_blocks)
   params = jax.device_put(block_tower_params(params, config), parallel.replicated(mesh))
   embeddings = np.empty((len(store), config.embedding_size), np.float32)
-  batches = length_batches(store.input_lengths(config.block_format), batch_size=batch_size,
-                           max_length=block_length)
   progress = tqdm.tqdm(total=len(store), unit="block", disable=not show_progress)
   # One batch in flight while the next is packed on the host: dispatch is asynchronous.
   in_flight: collections.deque = collections.deque()
@@ -109,11 +120,9 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
     embeddings[blocks] = np.asarray(jax.device_get(result))[:len(blocks)]
     progress.update(len(blocks))
 
-  for batch in batches:
-    # The last batch is topped up with copies of its first block, whose results are dropped.
-    padded = np.resize(batch.blocks, batch_size) if len(batch.blocks) < batch_size else batch.blocks
-    inputs = store.encode(padded, batch.length, config.block_format)
-    in_flight.append((batch.blocks, embed(params, parallel.to_global(inputs, mesh))))
+  for blocks, inputs in padded_block_batches(store, config, block_length=block_length,
+                                             batch_size=batch_size):
+    in_flight.append((blocks, embed(params, parallel.to_global(inputs, mesh))))
     if len(in_flight) > 1:
       collect()
   while in_flight:

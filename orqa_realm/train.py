@@ -272,12 +272,16 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
   log = MetricsLog(options.workdir, start_step)
   progress = tqdm.tqdm(initial=start_step, total=options.num_train_steps, unit="step",
                        disable=not sys.stderr.isatty() or jax.process_index() != 0)
+
+  def evaluate_and_log(params, step: int) -> None:
+    evaluation = evaluate(params)
+    if evaluation:
+      log.write(step, evaluation)
+      progress.write(f"step {step}: {_format(evaluation)}")
+
   if start_step == 0 and options.eval_every_steps:
     # The initial model's metrics: the baseline that training should improve on.
-    evaluation = evaluate(state.params)
-    if evaluation:
-      log.write(0, evaluation)
-      progress.write(f"step 0: {_format(evaluation)}")
+    evaluate_and_log(state.params, 0)
   # Throughput counts training only: time spent evaluating and saving is taken out of the window.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
   with StopOnSigterm() as stop:
@@ -298,10 +302,7 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
         window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
       paused = time.perf_counter()
       if (options.eval_every_steps and completed % options.eval_every_steps == 0) or final:
-        evaluation = evaluate(state.params)
-        if evaluation:
-          log.write(completed, evaluation)
-          progress.write(f"step {completed}: {_format(evaluation)}")
+        evaluate_and_log(state.params, completed)
       refresh_due = bool(options.refresh_every_steps) and completed % options.refresh_every_steps == 0
       checkpointer.save(completed, state, force=final or stop.requested or refresh_due)
       window_pauses += time.perf_counter() - paused

@@ -108,7 +108,8 @@ class ScannSearcher:
   def search(self, queries: np.ndarray, k: int) -> SearchResult:
     queries = check_search_args(queries, k, num_rows=self._num_rows, dim=self.dim)
     # Passed per query so that `with_leaves_to_search` takes effect without a rebuild.
-    tree_args = dict(leaves_to_search=self.config.num_leaves_to_search) if self.config.num_leaves else {}
+    tree_args = (dict(leaves_to_search=self.config.num_leaves_to_search)
+                 if self.config.num_leaves else {})
     ids, scores = self._searcher.search_batched_parallel(
         queries, final_num_neighbors=k,
         pre_reorder_num_neighbors=max(self.config.reorder_num_neighbors, k), **tree_args)
