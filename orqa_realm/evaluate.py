@@ -15,6 +15,15 @@ pytrec_eval, the evaluator BEIR itself uses):
         --beir_queries=../shared/data/scifact/queries.test.tsv.gz \\
         --beir_qrels=../shared/data/scifact/qrels.test.txt --output_dir=runs/eval/scifact
 
+With --reader_workdir (an ORQA run), its reader also answers each question from the top k
+retrieved blocks: exact match, and `predictions.jsonl` (answer, correctness, top blocks). The
+question encoder is --workdir's (an ICT or ORQA run) or --bert's; an ORQA run's own:
+
+    python -m orqa_realm.evaluate --block_store=runs/blocks/squad_demo \
+        --index_dir=runs/index/squad_minilm --workdir=runs/orqa_squad_demo \
+        --reader_workdir=runs/orqa_squad_demo --qa_dataset=squad:runs/qa/squad_demo/test.json \
+        --output_dir=runs/eval/orqa_squad_demo
+
 Writes `metrics.json` and `recall_at_k.png` to --output_dir.
 """
 
@@ -28,8 +37,9 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
-from orqa_realm import embed, parallel
+from orqa_realm import checkpoints, embed, parallel
 from orqa_realm.data import beir
+from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import load_qa_dataset
 from orqa_realm.data.tokenization import Tokenizer
@@ -39,7 +49,8 @@ from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.metrics import answer_hits, gold_hits, recall_at_k
 from orqa_realm.modeling.pretrained import resolve_model_dir
-from orqa_realm.tasks import retriever_flags
+from orqa_realm.predict import OpenQAPredictor, exact_match_rate, write_predictions
+from orqa_realm.tasks import orqa, retriever_flags
 
 _QA_DATASET = flags.DEFINE_string(
     "qa_dataset", None, "QA set as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
@@ -48,6 +59,9 @@ _BEIR_QUERIES = flags.DEFINE_string("beir_queries", None, "BEIR queries TSV (id<
 _BEIR_QRELS = flags.DEFINE_string("beir_qrels", None, "TREC/BEIR qrels for --beir_queries.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where metrics.json and the plot go.")
 _RECALL_KS = flags.DEFINE_list("recall_ks", ["1", "5", "20", "100"], "Cut-offs for recall@k.")
+_READER_WORKDIR = flags.DEFINE_string(
+    "reader_workdir", None, "An ORQA run whose reader answers the --qa_dataset questions from "
+    "the top k retrieved blocks (exact match, predictions.jsonl).")
 _BEIR_BLOCK_DEPTH = flags.DEFINE_integer(
     "beir_block_depth", 1000, "Blocks retrieved per BEIR query before ranking their documents.")
 
@@ -101,12 +115,39 @@ def recall_curve(hits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   return np.arange(1, hits.shape[1] + 1), np.logical_or.accumulate(hits, axis=1).mean(axis=0)
 
 
+def question_encoder(mesh):
+  """(retriever config, query tower params, checkpoint step, the ORQA run or None): --workdir's
+  (an ICT or ORQA run; --checkpoint_step, default the latest) or --bert's weights."""
+  workdir = checkpoints.WORKDIR.value
+  if workdir and checkpoints.read_model_config(workdir).get("task") == orqa.ORQATask.name:
+    step = checkpoints.CHECKPOINT_STEP.value
+    run = orqa.restore_run(workdir, None if step < 0 else step, mesh)
+    return run.retriever_config, run.params["retriever"], run.step, run
+  config, params, step = embed.retriever_from_flags(mesh, block_tower_only=False)
+  return config, params, step, None
+
+
+def read_answers(reader_run: orqa.ORQARun, store, searcher, tokenizer, config, result, examples,
+                 texts, mesh) -> tuple[dict, list]:
+  """The reader's answers from each question's top k blocks: (metrics, predictions)."""
+  predictor = OpenQAPredictor(store, searcher, tokenizer, config, reader_run.reader_config,
+                              reader_run.settings, continuation=continuation_mask(tokenizer),
+                              mesh=mesh)
+  k = min(reader_run.settings.reader_beam_size, result.ids.shape[1])
+  predictions = predictor.read(dict(reader=reader_run.params["reader"]), texts,
+                               result.ids[:, :k], result.scores[:, :k])
+  return dict(exact_match=exact_match_rate(examples, predictions), reader_step=reader_run.step,
+              reader_beam_size=k), predictions
+
+
 def main(argv):
   del argv
   if not (index_flags.INDEX_DIR.value and retriever_flags.BLOCK_STORE.value and _OUTPUT_DIR.value):
     sys.exit("error: --block_store, --index_dir and --output_dir are required")
   if bool(_QA_DATASET.value) == bool(_BEIR_QUERIES.value):
     sys.exit("error: pass exactly one of --qa_dataset and --beir_queries (with --beir_qrels)")
+  if _READER_WORKDIR.value and not _QA_DATASET.value:
+    sys.exit("error: --reader_workdir answers the questions of a --qa_dataset")
   ks = sorted(int(k) for k in _RECALL_KS.value)
   mesh = parallel.make_mesh()
   try:
@@ -119,8 +160,12 @@ def main(argv):
                        path=index_flags.INDEX_DIR.value)
     searcher = open_index(version, store, backend=index_flags.INDEX_BACKEND.value,
                           mesh=mesh).searcher
-    config, params, step = embed.retriever_from_flags(mesh, block_tower_only=False)
-    if version.checkpoint_step != step:
+    config, params, step, run = question_encoder(mesh)
+    reader_run = (orqa.restore_run(_READER_WORKDIR.value, None, mesh) if _READER_WORKDIR.value
+                  else None)
+    if run is not None:
+      orqa.check_index_of_run(run, version, checkpoints.WORKDIR.value)
+    elif version.checkpoint_step != step:
       print(f"warning: the index was built from checkpoint {version.checkpoint_step}, the "
             f"queries are embedded with checkpoint {step}", file=sys.stderr)
     if _QA_DATASET.value:
@@ -134,15 +179,20 @@ def main(argv):
       texts, source = [queries[qid] for qid in query_ids], _BEIR_QUERIES.value
   except InputError as e:
     sys.exit(f"error: {e}")
-  query_embeddings = embed.embed_queries(
-      texts, params, config, tokenizer, query_length=retriever_flags.QUERY_LENGTH.value,
-      dtype=index_flags.embed_dtype(), mesh=mesh)
+  # An ORQA run's question encoder reads questions as it was trained to.
+  query_length = run.settings.query_length if run else retriever_flags.QUERY_LENGTH.value
+  query_embeddings = embed.embed_queries(texts, params, config, tokenizer,
+                                         query_length=query_length,
+                                         dtype=index_flags.embed_dtype(), mesh=mesh)
   depth = min(len(store), max(ks) if _QA_DATASET.value else _BEIR_BLOCK_DEPTH.value)
+  if reader_run is not None:
+    depth = min(len(store), max(depth, reader_run.settings.reader_beam_size))
   result = searcher.search(query_embeddings, depth)
   metrics = dict(source=source, num_queries=len(texts), index_version=version.version,
                  index_checkpoint_step=version.checkpoint_step, query_checkpoint_step=step,
                  num_blocks=len(store))
   curves = {}
+  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   if _QA_DATASET.value:
     hits = answer_hits(result.ids, store, examples)
     metrics["answer_recall"] = {f"@{k}": v for k, v in recall_at_k(hits, [k for k in ks if k <= depth]).items()}
@@ -152,11 +202,17 @@ def main(argv):
       metrics["gold_paragraph_recall"] = {
           f"@{k}": v for k, v in recall_at_k(gold, [k for k in ks if k <= depth]).items()}
       curves["gold paragraph"] = recall_curve(gold)
+    if reader_run is not None:
+      reader_metrics, predictions = read_answers(reader_run, store, searcher, tokenizer, config,
+                                                 result, examples, texts, mesh)
+      metrics.update(reader_metrics)
+      write_predictions(os.path.join(_OUTPUT_DIR.value, "predictions.jsonl"), examples,
+                        predictions, result, store, BlockAnswerMatcher(store),
+                        num_blocks=reader_metrics["reader_beam_size"])
   else:
     metrics.update(beir_metrics(document_run(query_ids, result.ids, result.scores, store), qrels))
     beir_ks = np.array([1, 5, 10, 20, 100])
     curves["documents"] = (beir_ks, np.array([metrics[f"recall_{k}"] for k in beir_ks]))
-  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
   with open(os.path.join(_OUTPUT_DIR.value, "metrics.json"), "w", encoding="utf-8") as f:
     json.dump(metrics, f, indent=2)
   plot_recall(curves, os.path.join(_OUTPUT_DIR.value, "recall_at_k.png"), os.path.basename(source))

@@ -44,11 +44,15 @@ def exact_match(prediction: str, answers: Iterable[str], kind: str = "text") -> 
   return any(normalized_prediction == normalize_answer(answer) for answer in answers)
 
 
-def _contains_subsequence(tokens: Sequence[str], pattern: Sequence[str]) -> bool:
-  width = len(pattern)
-  return any(tokens[start:start + width] == pattern
-             for start in range(len(tokens) - width + 1)
-             if tokens[start] == pattern[0])
+def contains_normalized_answer(normalized_text: str, answers: Iterable[str]) -> bool:
+  """Whether any answer, normalised, occurs as a whole run of tokens of `normalized_text` (the
+  output of `normalize_answer`, so single-spaced): a padded substring test."""
+  padded_text = f" {normalized_text} "
+  for answer in answers:
+    normalized = normalize_answer(answer)
+    if normalized and f" {normalized} " in padded_text:
+      return True
+  return False
 
 
 def has_answer(text: str, answers: Iterable[str], kind: str = "text") -> bool:
@@ -59,12 +63,7 @@ def has_answer(text: str, answers: Iterable[str], kind: str = "text") -> bool:
   """
   if kind == "regex":
     return any(regex_match(text, pattern) for pattern in answers)
-  text_tokens = normalize_answer(text).split()
-  for answer in answers:
-    answer_tokens = normalize_answer(answer).split()
-    if answer_tokens and _contains_subsequence(text_tokens, answer_tokens):
-      return True
-  return False
+  return contains_normalized_answer(normalize_answer(text), answers)
 
 
 def recall_at_k(hits: np.ndarray, ks: Iterable[int]) -> dict[int, float]:

@@ -47,8 +47,16 @@ def host_local_rows(global_batch_size: int) -> slice:
   return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
 
 
+def fetch_replicated(array: jax.Array) -> np.ndarray:
+  """A replicated global array's value on the host; this host's copy, so it works on every host
+  of a multi-host mesh (where `jax.device_get` refuses arrays it cannot address whole)."""
+  return np.asarray(array.addressable_data(0))
+
+
 def to_global(batch: Any, mesh: Mesh) -> Any:
-  """Turns a host's numpy batch (a pytree of [global_batch, ...] arrays) into global jax Arrays.
+  """Turns a host's numpy batch (a pytree of [global_batch, ...] arrays) into global jax Arrays
+  sharded over the batch axis; jax Arrays (already global, e.g. computed on the devices) are
+  resharded so.
 
   Every host computes the same global batch (it is a function of seed and step) and contributes
   its own rows, so no host ever needs another host's data.
@@ -56,6 +64,10 @@ def to_global(batch: Any, mesh: Mesh) -> Any:
   sharding = batch_sharding(mesh)
   leaves = jax.tree.leaves(batch)
   rows = host_local_rows(leaves[0].shape[0])
-  return jax.tree.map(
-      lambda array: jax.make_array_from_process_local_data(sharding, np.asarray(array)[rows]),
-      batch)
+
+  def to_global_array(array):
+    if isinstance(array, jax.Array):
+      return jax.device_put(array, sharding)
+    return jax.make_array_from_process_local_data(sharding, np.asarray(array)[rows])
+
+  return jax.tree.map(to_global_array, batch)

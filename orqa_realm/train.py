@@ -33,10 +33,12 @@ from orqa_realm.index import refresher
 from orqa_realm.index.handle import IndexHandle, LoadedIndex
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.ict import ICTTask
+from orqa_realm.tasks.orqa import ORQATask
 
 # name -> a constructor from flags: (batch_size, seed, dtype, remat) -> Task
 TASKS: dict[str, Callable[..., Task]] = {
     "ict": ICTTask.from_flags,
+    "orqa": ORQATask.from_flags,
 }
 
 _TASK = flags.DEFINE_enum("task", "ict", sorted(TASKS), "The training objective.")
@@ -287,7 +289,8 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
   with StopOnSigterm() as stop:
     for step in range(start_step, options.num_train_steps):
       index = index_handle.current() if index_handle is not None else None
-      state, metrics = train_step(state, parallel.to_global(task.train_batch(step), mesh))
+      batch = parallel.to_global(task.train_batch(step, state.params, mesh), mesh)
+      state, metrics = train_step(state, batch)
       completed = step + 1
       window_steps += 1
       progress.update(1)

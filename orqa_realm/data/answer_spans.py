@@ -11,12 +11,14 @@ are longer than 10 wordpieces). Regex answers (CuratedTREC) must match a span's 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
 
 from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.metrics import compile_answer_pattern, normalize_answer
+from orqa_realm.metrics import (compile_answer_pattern, contains_normalized_answer,
+                                normalize_answer, regex_match)
 
 Span = tuple[int, int]  # (first, last) wordpiece of a block, inclusive
 
@@ -100,3 +102,32 @@ def span_labels(starts: np.ndarray, ends: np.ndarray, block_offset: int,
   answers = np.asarray(answer_spans) + block_offset  # [answers, 2]
   matches = (starts[:, None] == answers[None, :, 0]) & (ends[:, None] == answers[None, :, 1])
   return matches.any(axis=1)
+
+
+def block_answer_spans(store, block: int, answers: Sequence[str], kind: str,
+                       continuation: np.ndarray, max_span_width: int) -> list[Span]:
+  """The answer spans of block `block` of a `BlockStore`, in its wordpiece coordinates."""
+  text, char_spans = store.text(block), store.token_char_spans(block)
+  if kind == "regex":
+    return regex_answer_spans(text, char_spans, answers, max_span_width)
+  return text_answer_spans(text, store.token_ids(block), char_spans, answers, continuation,
+                           max_span_width)
+
+
+class BlockAnswerMatcher:
+  """Which blocks of a store contain an answer (`metrics.has_answer`), fast enough for ORQA's
+  early loss, which checks the top c = 5000 retrieved blocks of every question at every step:
+  each block's normalised text is cached, so a check is one substring search."""
+
+  def __init__(self, store, cache_size: int = 1 << 17):
+    self.store = store
+    self._normalized_text = functools.lru_cache(maxsize=cache_size)(
+        lambda block: normalize_answer(store.text(block)))
+
+  def has_answer(self, block_ids: Sequence[int], answers: Sequence[str], kind: str) -> np.ndarray:
+    """[len(block_ids)] bool: whether each block's text contains one of `answers`."""
+    if kind == "regex":
+      return np.array([any(regex_match(self.store.text(int(block)), pattern) for pattern in answers)
+                       for block in block_ids], bool)
+    return np.array([contains_normalized_answer(self._normalized_text(int(block)), answers)
+                     for block in block_ids], bool)

@@ -3,7 +3,8 @@
 Each document is split into sentences, and whole sentences are packed greedily into blocks so
 that `[CLS] title [SEP] block [SEP]` fits in `max_block_length` wordpieces; a sentence longer than
 a block is cut into block-sized pieces. Blocks never span documents. The store keeps, per block,
-its wordpieces, text, sentence boundaries (in wordpieces and characters) and document; per
+its wordpieces with their character spans in its text, text, sentence boundaries (in wordpieces
+and characters) and document; per
 document, its id, title and title wordpieces. Columns are memory-mapped (see `columns.py`), and a
 manifest records counts, the tokenizer fingerprint and a content fingerprint that embeddings and
 indexes built from the store carry, so a mismatched pair is refused instead of silently misread.
@@ -29,7 +30,7 @@ from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
 from orqa_realm.errors import InputError
 
 FORMAT = "orqa_realm.block_store"
-VERSION = 1
+VERSION = 2  # 2: wordpiece character spans (block_token_char_spans)
 MANIFEST = "manifest.json"
 
 BlockFormat = Literal["pair", "joined"]
@@ -47,6 +48,7 @@ class Sentence(NamedTuple):
   token_ids: Sequence[int]  # wordpieces, no special tokens
   char_start: int  # in the document text
   char_end: int
+  token_char_spans: np.ndarray  # [num_tokens, 2] int64 (start, end) of each piece in the document
 
 
 class Block(NamedTuple):
@@ -55,6 +57,7 @@ class Block(NamedTuple):
   title: str
   document_id: str
   token_ids: np.ndarray  # [num_tokens] int32, the block text's wordpieces
+  token_char_spans: np.ndarray  # [num_tokens, 2] int32 (start, end) of each wordpiece in text
   title_token_ids: np.ndarray  # [num_title_tokens] int32
   sentence_token_starts: np.ndarray  # [num_sentences] int32, into token_ids
   sentence_char_starts: np.ndarray  # [num_sentences] int32, into text
@@ -82,11 +85,12 @@ def sentence_units(
   """
   units = []
   for (sentence_start, _), (token_ids, offsets) in zip(spans, tokenized):
+    document_offsets = sentence_start + np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
     for piece_start in range(0, len(token_ids), budget):
-      piece_offsets = offsets[piece_start:piece_start + budget]
+      piece_offsets = document_offsets[piece_start:piece_start + budget]
       units.append(Sentence(token_ids=token_ids[piece_start:piece_start + budget],
-                            char_start=sentence_start + piece_offsets[0][0],
-                            char_end=sentence_start + piece_offsets[-1][1]))
+                            char_start=int(piece_offsets[0, 0]), char_end=int(piece_offsets[-1, 1]),
+                            token_char_spans=piece_offsets))
   return units
 
 
@@ -125,6 +129,8 @@ class BlockStore:
                        path=manifest_path, field="format")
     entries = self.manifest["columns"]
     self._token_ids = columns.RaggedColumn(self.directory, "block_token_ids", entries)
+    self._token_char_spans = columns.RaggedColumn(self.directory, "block_token_char_spans",
+                                                  entries)
     self._texts = columns.RaggedColumn(self.directory, "block_text", entries)
     self._sentence_token_starts = columns.RaggedColumn(
         self.directory, "block_sentence_token_starts", entries)
@@ -138,7 +144,12 @@ class BlockStore:
     self._titles = columns.RaggedColumn(self.directory, "document_title", entries)
     self._title_token_ids = columns.RaggedColumn(self.directory, "title_token_ids", entries)
     num_blocks, num_documents = self.manifest["num_blocks"], self.manifest["num_documents"]
+    if len(self._token_char_spans.values) != 2 * len(self._token_ids.values):
+      raise InputError(f"has {len(self._token_char_spans.values)} values for "
+                       f"{len(self._token_ids.values)} wordpieces (two each expected)",
+                       path=os.path.join(self.directory, "block_token_char_spans.bin"))
     for name, column in [("block_token_ids", self._token_ids), ("block_text", self._texts),
+                         ("block_token_char_spans", self._token_char_spans),
                          ("block_document", self._block_document),
                          ("block_char_start", self._block_char_start),
                          ("block_sentence_token_starts", self._sentence_token_starts),
@@ -171,6 +182,10 @@ class BlockStore:
   def token_ids(self, block: int) -> np.ndarray:
     """[num_tokens] int32 wordpieces of the block text (no title, no special tokens)."""
     return np.asarray(self._token_ids[block])
+
+  def token_char_spans(self, block: int) -> np.ndarray:
+    """[num_tokens, 2] int32 (start, end) character span of each wordpiece in `text(block)`."""
+    return np.asarray(self._token_char_spans[block]).reshape(-1, 2)
 
   def token_lengths(self) -> np.ndarray:
     """[num_blocks] int64 wordpieces of text per block."""
@@ -212,7 +227,8 @@ class BlockStore:
   def block(self, block: int) -> Block:
     return Block(
         text=self.text(block), title=self.title(block), document_id=self.document_id(block),
-        token_ids=self.token_ids(block), title_token_ids=self.title_token_ids(block),
+        token_ids=self.token_ids(block), token_char_spans=self.token_char_spans(block),
+        title_token_ids=self.title_token_ids(block),
         sentence_token_starts=self.sentence_token_starts(block),
         sentence_char_starts=self.sentence_char_starts(block))
 
@@ -314,6 +330,8 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
                  show_progress: bool) -> None:
   """Writes every column and the manifest of a block store into `partial_dir`."""
   block_token_ids = columns.RaggedColumnWriter(partial_dir, "block_token_ids", np.int32)
+  block_token_char_spans = columns.RaggedColumnWriter(partial_dir, "block_token_char_spans",
+                                                      np.int32)
   block_text = columns.RaggedColumnWriter(partial_dir, "block_text", np.uint8)
   sentence_token_starts = columns.RaggedColumnWriter(
       partial_dir, "block_sentence_token_starts", np.int32)
@@ -361,6 +379,8 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
         token_ids = np.concatenate([np.asarray(s.token_ids, dtype=np.int32) for s in block])
         lengths = [len(s.token_ids) for s in block]
         block_token_ids.append(token_ids)
+        block_token_char_spans.append(
+            np.concatenate([s.token_char_spans for s in block]).ravel() - start)
         block_text.append_string(document.text[start:block[-1].char_end])
         sentence_token_starts.append(np.cumsum([0] + lengths[:-1], dtype=np.int64))
         sentence_char_starts.append([s.char_start - start for s in block])
@@ -373,7 +393,7 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
   progress.close()
 
   column_entries: dict[str, Any] = {}
-  for writer in (block_token_ids, block_text, sentence_token_starts, sentence_char_starts,
+  for writer in (block_token_ids, block_token_char_spans, block_text, sentence_token_starts, sentence_char_starts,
                  document_ids, document_titles, title_token_ids):
     column_entries.update(writer.close())
   for writer in (block_document, block_char_start):

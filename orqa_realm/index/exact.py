@@ -37,7 +37,10 @@ def merge_top_k(scores: jax.Array, ids: jax.Array, k: int) -> tuple[jax.Array, j
 
 def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: int,
                  num_rows: int) -> tuple[jax.Array, jax.Array]:
-  """Top k of one device's shard, scanned in chunks: [B, D] x [rows, D] -> [B, k] scores, ids."""
+  """Top k of one device's shard, scanned in chunks: [B, D] x [rows, D] -> [B, k] scores, ids.
+
+  k may exceed a chunk (each chunk is merged whole into the running list) but not the shard;
+  `ExactSearcher` asks each shard for at most its own rows."""
   rows_per_shard, dim = shard.shape
   first_row = lax.axis_index(parallel.DATA_AXIS) * rows_per_shard
   chunks = shard.reshape(rows_per_shard // chunk_size, chunk_size, dim)  # [chunks, chunk, D]
@@ -48,9 +51,9 @@ def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: in
     ids = first_row + chunk_index * chunk_size + jnp.arange(chunk_size)  # [chunk]
     # Padding rows (past the corpus) must never be chosen.
     scores = jnp.where(ids < num_rows, scores, -jnp.inf)
-    chunk_scores, chunk_ids = merge_top_k(scores, jnp.broadcast_to(ids, scores.shape), k)
-    merged = merge_top_k(jnp.concatenate([best[0], chunk_scores], axis=1),
-                         jnp.concatenate([best[1], chunk_ids], axis=1), k)
+    merged = merge_top_k(jnp.concatenate([best[0], scores], axis=1),
+                         jnp.concatenate([best[1], jnp.broadcast_to(ids, scores.shape)], axis=1),
+                         k)
     return merged, None
 
   num_queries = queries.shape[0]
@@ -60,6 +63,15 @@ def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: in
                       (parallel.DATA_AXIS,), to="varying")
   best, _ = lax.scan(scan_chunk, initial, (chunks, jnp.arange(chunks.shape[0])))
   return best
+
+
+def _shard_rows(ids: jax.Array, shard: jax.Array) -> jax.Array:
+  """The rows `ids` [...] that lie in this device's shard, zeros for the others: [..., D]."""
+  rows_per_shard = shard.shape[0]
+  local = ids - lax.axis_index(parallel.DATA_AXIS) * rows_per_shard
+  inside = (local >= 0) & (local < rows_per_shard)
+  rows = jnp.take(shard, jnp.clip(local, 0, rows_per_shard - 1), axis=0)
+  return jnp.where(inside[..., None], rows, jnp.zeros((), shard.dtype))
 
 
 class ExactSearcher:
@@ -94,13 +106,16 @@ class ExactSearcher:
     # Built per searcher (not a jitted method with a static `self`), so that the compilation
     # cache does not keep a replaced index's corpus alive.
     self._search_fn = jax.jit(self._make_search_fn(), static_argnames="k")
+    self._rows_fn = self._make_rows_fn()
 
   def _make_search_fn(self):
     mesh, chunk_size, num_rows, dtype = self.mesh, self.chunk_size, self._num_rows, self.dtype
+    rows_per_shard = self._corpus.shape[0] // mesh.size
 
     def search(queries: jax.Array, corpus: jax.Array, k: int):
-      shard_search = functools.partial(_shard_top_k, k=k, chunk_size=chunk_size,
-                                       num_rows=num_rows)
+      # Each shard offers at most its own rows; together they hold all num_rows >= k rows.
+      shard_search = functools.partial(_shard_top_k, k=min(k, rows_per_shard),
+                                       chunk_size=chunk_size, num_rows=num_rows)
       # [B, devices * k]: the shards' lists side by side in corpus order (XLA all-gathers them).
       shard_scores, shard_ids = jax.shard_map(
           shard_search, mesh=mesh,
@@ -109,6 +124,14 @@ class ExactSearcher:
       return merge_top_k(shard_scores, shard_ids, k)
 
     return search
+
+  def _make_rows_fn(self):
+    # Each device gathers the rows it holds and the sum over devices assembles them, so the
+    # corpus is never gathered whole onto one device.
+    gather = jax.shard_map(
+        lambda ids, shard: lax.psum(_shard_rows(ids, shard), parallel.DATA_AXIS), mesh=self.mesh,
+        in_specs=(PartitionSpec(), PartitionSpec(parallel.DATA_AXIS)), out_specs=PartitionSpec())
+    return jax.jit(lambda ids, corpus: gather(ids, corpus).astype(jnp.float32))
 
   @property
   def num_rows(self) -> int:
@@ -119,10 +142,14 @@ class ExactSearcher:
     pipeline): (scores, ids), each [B, k], replicated over the mesh."""
     return self._search_fn(jax.device_put(queries, self._replicated), self._corpus, k=k)
 
+  def rows_on_device(self, ids: jax.Array) -> jax.Array:
+    """The embeddings of rows `ids` (int, any shape [...], on the devices or not) as
+    [..., dim] float32, replicated over the mesh: e.g. the retrieved blocks' embeddings, from
+    which a training step recomputes retrieval scores with gradients."""
+    return self._rows_fn(jax.device_put(ids, self._replicated), self._corpus)
+
   def search(self, queries: np.ndarray, k: int) -> SearchResult:
     queries = check_search_args(queries, k, num_rows=self._num_rows, dim=self.dim)
-    if k > self.chunk_size:
-      raise ValueError(f"k={k} exceeds the chunk size {self.chunk_size}; raise chunk_size")
     ids, scores = [], []
     for start in range(0, len(queries), self.query_batch_size):
       batch = queries[start:start + self.query_batch_size]

@@ -15,8 +15,8 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from orqa_realm.data.reader_inputs import Spans, enumerate_spans
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm
 
@@ -47,20 +47,6 @@ class ReaderConfig:
     return cls(bert=BertConfig.from_dict(values["bert"]),
                span_hidden_size=values["span_hidden_size"],
                max_span_width=values["max_span_width"])
-
-
-class Spans(NamedTuple):
-  starts: np.ndarray  # [num_spans] int32 first token of each span
-  ends: np.ndarray  # [num_spans] int32 last token of each span (inclusive)
-
-
-def enumerate_spans(length: int, max_span_width: int) -> Spans:
-  """Every (start, end) with 0 <= end - start < max_span_width and end < length, ordered by start
-  then width: a static set, the same for every sequence of `length` tokens."""
-  starts, widths = np.meshgrid(np.arange(length), np.arange(max_span_width), indexing="ij")
-  starts, ends = starts.ravel(), (starts + widths).ravel()
-  inside = ends < length
-  return Spans(starts[inside].astype(np.int32), ends[inside].astype(np.int32))
 
 
 def valid_spans(block_mask: jax.Array, spans: Spans) -> jax.Array:

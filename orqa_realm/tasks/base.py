@@ -16,7 +16,8 @@ class Task(abc.ABC):
   """A training objective: its model, data and loss.
 
   The loop owns the optimizer, the mesh, checkpoints and logging; a task only says how to build
-  its parameters, which global batch step k uses, and the loss of a batch. `loss` must be a pure
+  its parameters, which global batch step k uses (given the parameters it starts from), and the
+  loss of a batch. `loss` must be a pure
   function of its arguments (it is jitted with the batch sharded over the mesh and written over
   the global batch).
   """
@@ -32,8 +33,12 @@ class Task(abc.ABC):
     """Initial parameters (from pretrained weights where the task says so)."""
 
   @abc.abstractmethod
-  def train_batch(self, step: int) -> Batch:
-    """The global batch of step `step`, a pure function of the task's seed and `step`."""
+  def train_batch(self, step: int, params: Params = None,
+                  mesh: jax.sharding.Mesh | None = None) -> Batch:
+    """The global batch of step `step`: a pure function of the task's seed, `step` and, for a
+    task whose batches depend on the model, `params` (the parameters step `step` starts from,
+    replicated over `mesh`; ORQA retrieves each question's blocks with them). Leaves are numpy
+    arrays of the whole global batch, or jax Arrays already on `mesh`."""
 
   @abc.abstractmethod
   def loss(self, params: Params, batch: Batch, rng: jax.Array,

@@ -62,3 +62,18 @@ def test_span_labels_follow_the_block_offset():
   marked = {(int(s), int(e)) for s, e, label in zip(spans.starts, spans.ends, labels) if label}
   assert marked == {(4, 5), (7, 7)}
   assert not answer_spans.span_labels(spans.starts, spans.ends, 4, []).any()
+
+
+def test_block_matcher_agrees_with_has_answer(squad_block_store):
+  from orqa_realm.metrics import has_answer
+
+  store = squad_block_store
+  matcher = answer_spans.BlockAnswerMatcher(store, cache_size=64)
+  blocks = np.arange(0, len(store), 7)
+  for answers, kind in [(("Denver Broncos",), "text"), (("the 1930s", "Warsaw"), "text"),
+                        (("1930",), "text"), ((r"Super\s+Bowl \d+",), "regex"), ((), "text")]:
+    expected = [has_answer(store.text(int(b)), answers, kind) for b in blocks]
+    # Twice: the second pass reads the cached normalised texts.
+    assert matcher.has_answer(blocks, answers, kind).tolist() == expected
+    assert matcher.has_answer(blocks, answers, kind).tolist() == expected
+  assert matcher.has_answer(blocks, ("Denver Broncos",), "text").any()

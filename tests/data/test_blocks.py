@@ -60,6 +60,26 @@ def test_token_sentence_boundaries_match_tokenized_sentences(squad_block_store, 
       assert list(token_ids[token_starts[i]:token_ends[i]]) == sentence
 
 
+def test_wordpiece_char_spans_cover_their_pieces(squad_block_store, tokenizer):
+  """Each wordpiece's span in the block text spells the piece (after the tokenizer's own
+  normalisation: lowercase, no accents; without '##'), and the spans of a whole block are what
+  tokenizing its text again gives."""
+  store = squad_block_store
+  normalize = tokenizer.hf_tokenizer.backend_tokenizer.normalizer.normalize_str
+  vocabulary = {index: piece for piece, index in tokenizer.hf_tokenizer.get_vocab().items()}
+  for b in range(0, len(store), 53):
+    text, spans, token_ids = store.text(b), store.token_char_spans(b), store.token_ids(b)
+    assert spans.shape == (len(token_ids), 2)
+    assert np.all(np.diff(spans[:, 0]) > 0) and np.all(spans[:, 1] > spans[:, 0])
+    for (start, end), token in zip(spans, token_ids):
+      piece = vocabulary[int(token)].removeprefix("##")
+      if piece != "[UNK]":
+        assert normalize(text[start:end]) == piece, (b, text[start:end], piece)
+    (retokenized_ids, retokenized_spans), = tokenizer.tokenize_with_offsets([text])
+    assert retokenized_ids == list(token_ids)
+    assert [tuple(span) for span in spans] == [tuple(span) for span in retokenized_spans]
+
+
 def test_titles_are_present(squad_block_store):
   store = squad_block_store
   assert store.title(0) == "Super Bowl 50"
@@ -86,7 +106,7 @@ def test_long_sentence_is_split_into_block_sized_pieces(tokenizer, tmp_path):
 
 
 def test_pack_sentences_is_greedy():
-  units = [blocks.Sentence([1] * n, 0, 0) for n in (4, 3, 5, 1, 6)]
+  units = [blocks.Sentence([1] * n, 0, 0, np.zeros((n, 2), np.int64)) for n in (4, 3, 5, 1, 6)]
   packed = blocks.pack_sentences(units, budget=8)
   assert [[len(u.token_ids) for u in block] for block in packed] == [[4, 3], [5, 1], [6]]
 

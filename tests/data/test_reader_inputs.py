@@ -3,7 +3,7 @@
 import numpy as np
 
 from orqa_realm.data import answer_spans
-from orqa_realm.data.reader_inputs import pack_reader_inputs, span_text
+from orqa_realm.data.reader_inputs import pack_reader_inputs, reader_batch, span_text
 from orqa_realm.modeling.reader import enumerate_spans, valid_spans
 
 
@@ -37,3 +37,39 @@ def test_block_positions_and_span_text(tokenizer):
   assert bool(valid_spans(inputs.block_mask, spans)[0][labels].all())
   (start, end), = zip(spans.starts[labels], spans.ends[labels])
   assert span_text(blocks[0], offsets, int(inputs.block_offsets[0]), start, end) == "1930"
+
+
+def test_reader_batch_labels_answer_spans_of_real_blocks(squad_block_store, tokenizer):
+  store = squad_block_store
+  block = 0  # Super Bowl 50's first paragraph: "Denver Broncos" is in it
+  other = next(b for b in range(len(store)) if "Denver Broncos" not in store.text(b))
+  question = tokenizer.tokenize(["Which team won Super Bowl 50?"])[0]
+  batch = reader_batch(store, [question], np.array([[block, other]]), max_length=320,
+                       max_question_length=32, max_span_width=10,
+                       continuation=answer_spans.continuation_mask(tokenizer),
+                       answers=[(("Denver Broncos",), "text")])
+  length = batch.inputs.token_ids.shape[-1]
+  needed = len(question) + max(len(store.token_ids(block)), len(store.token_ids(other))) + 3
+  assert length % 64 == 0 and needed <= length < needed + 64
+  spans = enumerate_spans(length, 10)
+  labelled = np.flatnonzero(batch.span_is_answer[0, 0])
+  assert len(labelled) >= 1 and not batch.span_is_answer[0, 1].any()
+  for span in labelled:
+    text = span_text(store.text(block), store.token_char_spans(block),
+                     int(batch.block_offsets[0, 0]), int(spans.starts[span]),
+                     int(spans.ends[span]))
+    assert text == "Denver Broncos"
+
+
+def test_reader_batch_loses_answers_cut_off_by_truncation(squad_block_store, tokenizer):
+  store = squad_block_store
+  block = 0
+  answer = "Arabic numerals 50"  # the end of the block: 157 wordpieces, not in the first 64
+  assert store.text(block).count(answer) == 1 and len(store.token_ids(block)) == 157
+  question = tokenizer.tokenize(["A question?"])[0]
+  kwargs = dict(max_question_length=32, max_span_width=10,
+                continuation=answer_spans.continuation_mask(tokenizer),
+                answers=[((answer,), "text")])
+  whole = reader_batch(store, [question], np.array([[block]]), max_length=512, **kwargs)
+  cut = reader_batch(store, [question], np.array([[block]]), max_length=64, **kwargs)
+  assert whole.span_is_answer.any() and not cut.span_is_answer.any()

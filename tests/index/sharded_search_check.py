@@ -21,9 +21,14 @@ def main():
   one = ExactSearcher(embeddings, mesh=parallel.make_mesh(jax.devices()[:1]), chunk_size=64)
   four = ExactSearcher(embeddings, mesh=parallel.make_mesh(), chunk_size=64)
   result_one, result_four = one.search(queries, 20), four.search(queries, 20)
+  # More results than a shard holds (each has 251 rows): ORQA's top c over a small corpus.
+  whole_one, whole_four = one.search(queries, 1000), four.search(queries, 1000)
+  rows = np.asarray(four.rows_on_device(whole_four.ids[:5, :300]))
   print(json.dumps(dict(
       same_ids=bool((result_one.ids == result_four.ids).all()),
       max_score_difference=float(np.abs(result_one.scores - result_four.scores).max()),
+      same_ids_beyond_a_shard=bool((whole_one.ids == whole_four.ids).all()),
+      rows_match=bool((rows == embeddings[whole_four.ids[:5, :300]]).all()),
       shards=four.mesh.size, rows_per_device=four._corpus.shape[0] // 4)))
 
 

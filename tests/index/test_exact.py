@@ -58,8 +58,25 @@ def test_bad_arguments_are_refused():
     searcher.search(np.zeros((1, 4), np.float32), 11)
   with pytest.raises(ValueError, match=r"shape \[num_queries, 4\]"):
     searcher.search(np.zeros((1, 5), np.float32), 1)
-  with pytest.raises(ValueError, match="exceeds the chunk size 4"):
-    ExactSearcher(np.zeros((10, 4), np.float32), chunk_size=4).search(np.zeros((1, 4)), 5)
+
+
+def test_k_beyond_a_chunk_reaches_every_row():
+  """ORQA's early loss takes the top c = min(5000, corpus) blocks: k may exceed a chunk."""
+  rng = np.random.default_rng(4)
+  embeddings = rng.normal(size=(37, 8)).astype(np.float32)
+  queries = rng.normal(size=(3, 8)).astype(np.float32)
+  result = ExactSearcher(embeddings, chunk_size=4).search(queries, 37)
+  ids, scores = numpy_top_k(queries, embeddings, 37)
+  np.testing.assert_array_equal(result.ids, ids)
+  np.testing.assert_allclose(result.scores, scores, rtol=1e-5, atol=1e-5)
+
+
+def test_rows_on_device_are_the_embeddings_of_the_ids():
+  rng = np.random.default_rng(5)
+  embeddings = rng.normal(size=(23, 8)).astype(np.float32)
+  ids = rng.integers(0, 23, size=(4, 6))
+  rows = ExactSearcher(embeddings, chunk_size=4).rows_on_device(ids)
+  np.testing.assert_array_equal(np.asarray(rows), embeddings[ids])
 
 
 def test_four_devices_equal_one():
@@ -72,3 +89,5 @@ def test_four_devices_equal_one():
   assert report["shards"] == 4
   assert report["same_ids"]
   assert report["max_score_difference"] <= 1e-5
+  assert report["same_ids_beyond_a_shard"]
+  assert report["rows_match"]

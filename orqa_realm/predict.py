@@ -1,0 +1,181 @@
+"""Open-domain QA prediction: retrieve blocks for a question, read them, answer with the best span.
+
+As in ORQA, the answer is the argmax over (block, span) of the top k blocks of the span's reader
+logit plus its block's retrieval score, mapped back to the block's original text. Used by the
+ORQA task's periodic evaluation and by `python -m orqa_realm.evaluate` on a checkpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from orqa_realm import embed, parallel
+from orqa_realm.data.answer_spans import BlockAnswerMatcher
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.qa import QAExample
+from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch, span_text
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.index.searcher import Searcher, SearchResult
+from orqa_realm.metrics import exact_match, gold_hits, recall_at_k
+from orqa_realm.modeling.reader import ReaderConfig, SpanReader
+from orqa_realm.modeling.retriever import RetrieverConfig
+
+
+class Prediction(NamedTuple):
+  answer: str
+  score: float  # the span's reader logit + its block's retrieval score
+  block: int  # the block the answer was read from
+  block_rank: int  # its rank among the question's retrieved blocks (0: first)
+
+
+@functools.lru_cache(maxsize=8)
+def make_span_scorer(config: ReaderConfig, dtype, mesh):
+  """Jitted (reader params, inputs [n, length], block_mask [n, length]) -> [n, spans] span logits,
+  the rows split over `mesh`; cached so that repeated evaluations reuse compiled shapes."""
+  model = SpanReader(config, dtype)
+
+  def score(params, inputs: TokenBatch, block_mask: jax.Array) -> jax.Array:
+    return model.apply({"params": params}, inputs, block_mask).logits
+
+  batch = parallel.batch_sharding(mesh)
+  return jax.jit(score, in_shardings=(parallel.replicated(mesh), batch, batch),
+                 out_shardings=parallel.replicated(mesh))
+
+
+class ReaderSettings(NamedTuple):
+  """How questions and blocks are read (recorded with an ORQA run, so evaluation reads alike)."""
+  query_length: int = 64  # wordpieces of the retriever's question input
+  reader_length: int = 320  # the longest reader input, [CLS] question [SEP] block [SEP]
+  reader_question_length: int = 32  # wordpieces of the question in the reader input
+  reader_beam_size: int = 5  # blocks read per question
+  # Multiplies q . block before the losses and before it is added to span logits: a cosine
+  # retriever's scores lie in [-1, 1], too flat for a softmax over thousands of blocks unless
+  # scaled (sentence-transformers trains MiniLM with 20). Rankings are unchanged.
+  retrieval_score_scale: float = 1.0
+
+
+class OpenQAPredictor:
+  """Answers questions with a retriever (query tower + a searcher over the store's blocks) and a
+  span reader.
+
+  `params` of the methods are ORQA's: {"retriever": query tower params, "reader": reader params}.
+  """
+
+  def __init__(self, store: BlockStore, searcher: Searcher, tokenizer: Tokenizer,
+               retriever_config: RetrieverConfig, reader_config: ReaderConfig,
+               settings: ReaderSettings, *, continuation: np.ndarray, batch_size: int = 8,
+               dtype=jnp.float32, mesh=None):
+    self.store, self.searcher, self.tokenizer = store, searcher, tokenizer
+    self.retriever_config, self.reader_config, self.settings = (retriever_config, reader_config,
+                                                                settings)
+    self.continuation = continuation
+    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    # Questions per reader call: a multiple of the devices, so that questions x k rows split.
+    self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
+    self.dtype = dtype
+
+  def retrieve(self, params: dict[str, Any], questions: Sequence[str], depth: int) -> SearchResult:
+    """The top `depth` blocks of each question (ids and retrieval scores [questions, depth])."""
+    queries = embed.embed_queries(list(questions), params["retriever"], self.retriever_config,
+                                  self.tokenizer, query_length=self.settings.query_length,
+                                  dtype=self.dtype, mesh=self.mesh)
+    return self.searcher.search(queries, min(depth, self.searcher.num_rows))
+
+  def read(self, params: dict[str, Any], questions: Sequence[str], block_ids: np.ndarray,
+           retrieval_scores: np.ndarray) -> list[Prediction]:
+    """The best span of each question's blocks.
+
+    Args:
+      block_ids: [questions, k] blocks to read for each question.
+      retrieval_scores: [questions, k] their retrieval scores, added to the span logits.
+    """
+    scorer = make_span_scorer(self.reader_config, self.dtype, self.mesh)
+    reader_params = jax.device_put(params["reader"], parallel.replicated(self.mesh))
+    question_ids = self.tokenizer.tokenize(questions)
+    predictions = []
+    for start in range(0, len(questions), self.batch_size):
+      count = min(self.batch_size, len(questions) - start)
+      # The last chunk is topped up with copies of its first question, whose results are dropped.
+      rows = np.resize(np.arange(start, start + count), self.batch_size)
+      batch = reader_batch(
+          self.store, [question_ids[row] for row in rows], block_ids[rows],
+          max_length=self.settings.reader_length,
+          max_question_length=self.settings.reader_question_length,
+          max_span_width=self.reader_config.max_span_width, continuation=self.continuation)
+      num_questions, k, length = batch.inputs.token_ids.shape
+      flat = lambda array: array.reshape(num_questions * k, *array.shape[2:])
+      logits = scorer(reader_params,
+                      parallel.to_global(TokenBatch(*(flat(a) for a in batch.inputs)), self.mesh),
+                      parallel.to_global(flat(batch.block_mask), self.mesh))
+      logits = np.asarray(jax.device_get(logits)).reshape(num_questions, k, -1)
+      retrieval_logits = self.settings.retrieval_score_scale * retrieval_scores[rows]
+      scores = logits + retrieval_logits[:, :, None]  # [questions, k, spans]
+      spans = enumerate_spans(length, self.reader_config.max_span_width)
+      for row in range(count):
+        rank, span = np.unravel_index(np.argmax(scores[row]), scores[row].shape)
+        block = int(block_ids[rows[row], rank])
+        answer = span_text(self.store.text(block), self.store.token_char_spans(block),
+                           int(batch.block_offsets[row, rank]), int(spans.starts[span]),
+                           int(spans.ends[span]))
+        predictions.append(Prediction(answer, float(scores[row, rank, span]), block, int(rank)))
+    return predictions
+
+  def predict(self, params: dict[str, Any], examples: Sequence[QAExample],
+              depth: int) -> tuple[list[Prediction], SearchResult]:
+    """Predictions for `examples`, and their top `depth` (>= k) retrieved blocks."""
+    k = self.settings.reader_beam_size
+    result = self.retrieve(params, [example.question for example in examples], max(depth, k))
+    k = min(k, result.ids.shape[1])
+    predictions = self.read(params, [example.question for example in examples],
+                            result.ids[:, :k], result.scores[:, :k])
+    return predictions, result
+
+
+def exact_match_rate(examples: Sequence[QAExample], predictions: Sequence[Prediction]) -> float:
+  """Fraction of predictions that match an answer exactly (SQuAD EM; regex for CuratedTREC)."""
+  return float(np.mean([exact_match(prediction.answer, example.answers, example.kind)
+                        for prediction, example in zip(predictions, examples)]))
+
+
+def qa_metrics(examples: Sequence[QAExample], predictions: Sequence[Prediction],
+               result: SearchResult, store: BlockStore, matcher: BlockAnswerMatcher,
+               ks: Sequence[int]) -> dict[str, float]:
+  """Exact match of the predictions, answer recall@k of the retrieval, and gold-paragraph
+  recall@k where every example names its paragraph (SQuAD)."""
+  metrics = {"exact_match": exact_match_rate(examples, predictions)}
+  ks = [k for k in ks if k <= result.ids.shape[1]]
+  hits = np.stack([matcher.has_answer(ids, example.answers, example.kind)
+                   for ids, example in zip(result.ids, examples)])
+  metrics.update({f"answer_recall@{k}": value for k, value in recall_at_k(hits, ks).items()})
+  if all(example.gold_document_id for example in examples):
+    gold = gold_hits(result.ids, store, examples)
+    metrics.update({f"gold_recall@{k}": value for k, value in recall_at_k(gold, ks).items()})
+  return metrics
+
+
+def write_predictions(path: str, examples: Sequence[QAExample], predictions: Sequence[Prediction],
+                      result: SearchResult, store: BlockStore, matcher: BlockAnswerMatcher,
+                      num_blocks: int) -> None:
+  """One JSON line per question: the answer, whether it is correct, and its top blocks."""
+  with open(path, "w", encoding="utf-8") as f:
+    for example, prediction, ids, scores in zip(examples, predictions, result.ids, result.scores):
+      ids, scores = ids[:num_blocks], scores[:num_blocks]
+      contains = matcher.has_answer(ids, example.answers, example.kind)
+      record = dict(
+          qid=example.qid, question=example.question, answers=list(example.answers),
+          prediction=prediction.answer,
+          correct=exact_match(prediction.answer, example.answers, example.kind),
+          score=prediction.score, block=prediction.block, block_rank=prediction.block_rank,
+          top_blocks=[dict(block=int(block), document_id=store.document_id(int(block)),
+                           title=store.title(int(block)), retrieval_score=float(score),
+                           has_answer=bool(has))
+                      for block, score, has in zip(ids, scores, contains)])
+      f.write(json.dumps(record, ensure_ascii=False) + "\n")

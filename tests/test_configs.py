@@ -1,0 +1,58 @@
+"""Every flagfile in configs/ starts with a comment header naming the command that runs it, and
+names only flags that command defines, with values of the flag's type."""
+
+import collections
+import json
+import re
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT, subprocess_env
+
+CONFIGS = sorted((REPO_ROOT / "configs").glob("*.cfg"))
+
+# Run in a subprocess per command: the commands are separate programs whose flags may share names.
+CHECK = """
+import importlib, json, sys
+from absl import flags
+importlib.import_module(sys.argv[1])
+problems = []
+for path in sys.argv[2:]:
+  for line in open(path, encoding="utf-8"):
+    line = line.strip()
+    if not line or line.startswith("#"):
+      continue
+    name, _, value = line.removeprefix("--").partition("=")
+    if name not in flags.FLAGS and name.startswith("no") and name[2:] in flags.FLAGS:
+      name = name[2:]
+    if name not in flags.FLAGS:
+      problems.append(f"{path}: unknown flag --{name}")
+    elif value:
+      try:
+        flags.FLAGS[name].parser.parse(value)
+      except ValueError as e:
+        problems.append(f"{path}: --{name}={value}: {e}")
+print(json.dumps(problems))
+"""
+
+
+def command_of(config) -> str:
+  """The module of the `python -m orqa_realm.X --flagfile=configs/NAME.cfg` line of the header."""
+  header = "\n".join(line for line in config.read_text().splitlines() if line.startswith("#"))
+  found = re.search(rf"python -m (orqa_realm\.\w+) --flagfile=configs/{re.escape(config.name)}",
+                    header)
+  assert found, f"{config.name}: the header names no `python -m ... --flagfile={config.name}`"
+  return found.group(1)
+
+
+def test_every_config_names_only_flags_of_its_command():
+  assert {"ict_demo.cfg", "orqa_squad_demo.cfg", "orqa_nq.cfg"} <= {c.name for c in CONFIGS}
+  by_command = collections.defaultdict(list)
+  for config in CONFIGS:
+    assert config.read_text().startswith("# "), f"{config.name}: no comment header"
+    by_command[command_of(config)].append(str(config))
+  for command, configs in by_command.items():
+    result = subprocess.run([sys.executable, "-c", CHECK, command, *configs], cwd=REPO_ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [], command
