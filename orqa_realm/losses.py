@@ -18,7 +18,8 @@ class RetrievalLoss(NamedTuple):
   accuracy: jax.Array  # [] fraction of queries whose positive scores highest
 
 
-def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Array) -> RetrievalLoss:
+def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Array,
+                          score_scale: float = 1.0) -> RetrievalLoss:
   """Softmax over all blocks of the batch; query i's positive is block i (ICT, DPR).
 
   Blocks beyond the first `num_queries` (e.g. DPR's hard negatives) are negatives for every query.
@@ -26,13 +27,14 @@ def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Arr
   Args:
     query_embeddings: [num_queries, dim].
     block_embeddings: [num_blocks, dim], num_blocks >= num_queries.
+    score_scale: multiplies the scores (an inverse temperature; ~20 for cosine scores).
   """
   num_queries = query_embeddings.shape[0]
   if block_embeddings.shape[0] < num_queries:
     raise ValueError(f"{block_embeddings.shape[0]} blocks for {num_queries} queries: every query "
                      "needs its positive block")
-  logits = jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
-                      preferred_element_type=jnp.float32)  # [num_queries, num_blocks]
+  logits = score_scale * jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
+                                    preferred_element_type=jnp.float32)  # [queries, blocks]
   positives = jnp.arange(num_queries)
   positive_logits = logits[positives, positives]  # [num_queries]
   loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive_logits)

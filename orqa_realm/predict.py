@@ -31,9 +31,14 @@ from orqa_realm.modeling.retriever import RetrieverConfig
 
 class Prediction(NamedTuple):
   answer: str
-  score: float  # the span's reader logit + its block's retrieval score
+  score: float  # the span's reader logit + its block's retrieval logit
   block: int  # the block the answer was read from
   block_rank: int  # its rank among the question's retrieved blocks (0: first)
+  # The best spans over all k blocks, this one first, as (answer, score, block) triples.
+  top_spans: tuple[tuple[str, float, int], ...] = ()
+
+
+TOP_SPANS = 5  # spans listed per prediction
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,12 +125,18 @@ class OpenQAPredictor:
       scores = logits + retrieval_logits[:, :, None]  # [questions, k, spans]
       spans = enumerate_spans(length, self.reader_config.max_span_width)
       for row in range(count):
-        rank, span = np.unravel_index(np.argmax(scores[row]), scores[row].shape)
-        block = int(block_ids[rows[row], rank])
-        answer = span_text(self.store.text(block), self.store.token_char_spans(block),
-                           int(batch.block_offsets[row, rank]), int(spans.starts[span]),
-                           int(spans.ends[span]))
-        predictions.append(Prediction(answer, float(scores[row, rank, span]), block, int(rank)))
+        flat = scores[row].ravel()
+        best = np.argsort(-flat, kind="stable")[:TOP_SPANS]  # invalid spans score -1e9: last
+        top_spans = []
+        for rank, span in zip(*np.unravel_index(best, scores[row].shape)):
+          block = int(block_ids[rows[row], rank])
+          answer = span_text(self.store.text(block), self.store.token_char_spans(block),
+                             int(batch.block_offsets[row, rank]), int(spans.starts[span]),
+                             int(spans.ends[span]))
+          top_spans.append((answer, float(scores[row, rank, span]), block))
+        rank = int(best[0] // scores.shape[2])
+        answer, score, block = top_spans[0]
+        predictions.append(Prediction(answer, score, block, rank, tuple(top_spans)))
     return predictions
 
   def predict(self, params: dict[str, Any], examples: Sequence[QAExample],
@@ -174,6 +185,8 @@ def write_predictions(path: str, examples: Sequence[QAExample], predictions: Seq
           prediction=prediction.answer,
           correct=exact_match(prediction.answer, example.answers, example.kind),
           score=prediction.score, block=prediction.block, block_rank=prediction.block_rank,
+          top_spans=[dict(answer=answer, score=score, block=block)
+                     for answer, score, block in prediction.top_spans],
           top_blocks=[dict(block=int(block), document_id=store.document_id(int(block)),
                            title=store.title(int(block)), retrieval_score=float(score),
                            has_answer=bool(has))

@@ -29,6 +29,15 @@ def test_in_batch_softmax_matches_numpy(num_queries, num_blocks):
   np.testing.assert_allclose(result.accuracy, expected_accuracy)
 
 
+def test_in_batch_softmax_scales_scores():
+  rng = np.random.default_rng(1)
+  queries = rng.normal(size=(4, 5)).astype(np.float32)
+  blocks = rng.normal(size=(6, 5)).astype(np.float32)
+  result = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 20.0)
+  expected_loss, _ = numpy_in_batch_softmax(queries * 20.0, blocks)
+  np.testing.assert_allclose(result.loss, expected_loss, rtol=1e-5)
+
+
 def test_every_query_needs_a_positive():
   with pytest.raises(ValueError, match="every query needs its positive"):
     losses.in_batch_softmax_loss(jnp.ones((4, 3)), jnp.ones((3, 3)))

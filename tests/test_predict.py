@@ -45,7 +45,10 @@ def test_the_answer_is_the_argmax_of_reader_plus_scaled_retrieval_scores(squad_b
   scores = np.asarray(logits).reshape(3, 3, -1) + 5.0 * retrieval_scores[:, :, None]
   spans = enumerate_spans(length, 4)
   for question, prediction in enumerate(predictions):
-    rank, span = np.unravel_index(np.argmax(scores[question]), scores[question].shape)
+    order = np.argsort(-scores[question].ravel(), kind="stable")
+    assert [score for _, score, _ in prediction.top_spans] == [
+        np.float32(s) for s in scores[question].ravel()[order[:5]]]
+    rank, span = np.unravel_index(order[0], scores[question].shape)
     assert (prediction.block_rank, prediction.block) == (rank, block_ids[question, rank])
     assert prediction.score == np.float32(scores[question, rank, span])
     block = int(block_ids[question, rank])
@@ -54,6 +57,7 @@ def test_the_answer_is_the_argmax_of_reader_plus_scaled_retrieval_scores(squad_b
     first, last = spans.starts[span] - offset, spans.ends[span] - offset
     assert 0 <= first <= last < len(char_spans)  # a span of the block, never of the question
     assert prediction.answer == store.text(block)[char_spans[first][0]:char_spans[last][1]]
+    assert prediction.top_spans[0] == (prediction.answer, prediction.score, prediction.block)
 
 
 def test_metrics_and_predictions_file(squad_block_store, tmp_path):
@@ -74,6 +78,7 @@ def test_metrics_and_predictions_file(squad_block_store, tmp_path):
                     num_blocks=2)
   records = [json.loads(line) for line in open(tmp_path / "p.jsonl", encoding="utf-8")]
   assert [r["correct"] for r in records] == [True, False]
+  assert records[0]["top_spans"] == []  # none given
   assert records[1]["top_blocks"][1] == dict(
       block=0, document_id=store.document_id(0), title=store.title(0), retrieval_score=0.5,
       has_answer=True)

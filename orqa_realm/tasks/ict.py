@@ -66,6 +66,7 @@ class ICTConfig:
   eval_qa_dataset: str = ""  # FORMAT:PATH; empty: no recall@k evaluation
   eval_qa_questions: int = 300
   eval_recall_ks: tuple[int, ...] = (1, 5, 20)
+  score_scale: float = 1.0  # multiplies q . block in the loss
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -113,7 +114,8 @@ class ICTTask(Task):
         block_length=retriever_flags.BLOCK_LENGTH.value, remove_prob=_REMOVE_PROB.value,
         heldout_fraction=_HELDOUT_FRACTION.value, eval_batches=_EVAL_BATCHES.value,
         eval_qa_dataset=_EVAL_QA_DATASET.value, eval_qa_questions=_EVAL_QA_QUESTIONS.value,
-        eval_recall_ks=tuple(sorted(int(k) for k in _EVAL_RECALL_KS.value)), dtype=dtype,
+        eval_recall_ks=tuple(sorted(int(k) for k in _EVAL_RECALL_KS.value)),
+        score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value, dtype=dtype,
         remat=remat)
     return cls(config, retriever_flags.pretrained_bert_params())
 
@@ -131,7 +133,7 @@ class ICTTask(Task):
   def loss(self, params, batch: ICTInputs, rng, deterministic: bool):
     query_embeddings, block_embeddings = self.model.apply(
         {"params": params}, batch.queries, batch.blocks, deterministic, rngs={"dropout": rng})
-    result = in_batch_softmax_loss(query_embeddings, block_embeddings)
+    result = in_batch_softmax_loss(query_embeddings, block_embeddings, self.config.score_scale)
     return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
 
   def eval_batches(self) -> Iterator[ICTInputs]:

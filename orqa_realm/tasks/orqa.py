@@ -78,10 +78,6 @@ _READER_LENGTH = flags.DEFINE_integer(
     "reader_length", 320, "Longest reader input [CLS] question [SEP] block [SEP], in wordpieces.")
 _READER_QUESTION_LENGTH = flags.DEFINE_integer(
     "reader_question_length", 32, "Question wordpieces kept in the reader input.")
-_RETRIEVAL_SCORE_SCALE = flags.DEFINE_float(
-    "retrieval_score_scale", 1.0, "Multiplies question . block scores in the losses and in the "
-    "span scores: 1 for ORQA's inner-product retriever, about 20 for a cosine one "
-    "(--normalize_embeddings), whose scores lie in [-1, 1].")
 _PREDICT_BATCH_SIZE = flags.DEFINE_integer(
     "predict_batch_size", 8, "Questions read per reader call when predicting.")
 
@@ -142,6 +138,7 @@ def init_reader_params(config: ReaderConfig, rng: jax.Array,
 
 
 def index_version(index_dir: str) -> IndexVersion:
+  """The newest version of the index root `index_dir`, or an error saying how to make one."""
   version = IndexRoot(index_dir).latest()
   if version is None:
     raise InputError("no index version: publish one with python -m orqa_realm.embed",
@@ -171,9 +168,9 @@ class ORQATask(Task):
       raise InputError("no training questions", path=config.train_qa_dataset)
     self.train_question_ids = self.tokenizer.tokenize(
         [example.question for example in self.train_examples])
-    self.eval_examples = (every_nth(load_qa_dataset(config.eval_qa_dataset),
-                                    config.eval_questions or 1 << 62)
-                          if config.eval_qa_dataset else [])
+    self.eval_examples = load_qa_dataset(config.eval_qa_dataset) if config.eval_qa_dataset else []
+    if config.eval_questions:
+      self.eval_examples = every_nth(self.eval_examples, config.eval_questions)
     self.continuation = continuation_mask(self.tokenizer)
     self.matcher = BlockAnswerMatcher(self.store)
     self.beam_size = min(config.retriever_beam_size, len(self.store))
@@ -196,7 +193,7 @@ class ORQATask(Task):
             query_length=retriever_flags.QUERY_LENGTH.value, reader_length=_READER_LENGTH.value,
             reader_question_length=_READER_QUESTION_LENGTH.value,
             reader_beam_size=_READER_BEAM_SIZE.value,
-            retrieval_score_scale=_RETRIEVAL_SCORE_SCALE.value),
+            retrieval_score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value),
         eval_qa_dataset=_EVAL_QA_DATASET.value, eval_questions=_EVAL_QUESTIONS.value,
         eval_recall_ks=tuple(sorted(int(k) for k in _EVAL_RECALL_KS.value)),
         predict_batch_size=_PREDICT_BATCH_SIZE.value, dtype=dtype, remat=remat)

@@ -33,6 +33,11 @@ BLOCK_FORMAT = flags.DEFINE_enum(
 NORMALIZE_EMBEDDINGS = flags.DEFINE_bool(
     "normalize_embeddings", False, "L2-normalise query and block embeddings (cosine scores), as "
     "sentence-transformers models such as all-MiniLM-L6-v2 do.")
+RETRIEVAL_SCORE_SCALE = flags.DEFINE_float(
+    "retrieval_score_scale", 1.0, "Multiplies question . block scores in the training losses "
+    "(ICT, ORQA) and in ORQA's span scores: an inverse temperature. 1 for ORQA's inner-product "
+    "retriever; about 20 for a cosine one (--normalize_embeddings), whose scores lie in [-1, 1] "
+    "and would otherwise give a nearly flat softmax. Rankings are unchanged.")
 QUERY_LENGTH = flags.DEFINE_integer("query_length", 64, "Wordpieces per query, [CLS]/[SEP] included.")
 BLOCK_LENGTH = flags.DEFINE_integer(
     "block_length", 288, "Wordpieces per encoded block, title and special tokens included.")

@@ -12,19 +12,8 @@ import numpy as np
 
 from orqa_realm import parallel
 from orqa_realm.data.reader_inputs import enumerate_spans
+from tests.tasks.sharding import loss_and_grads
 from tests.tasks.tiny_orqa import tiny_index_dir, tiny_orqa_task
-
-
-def loss_and_grads(task, params, batch, mesh):
-  """The ORQA loss (dropout on) and its gradients, jitted with the batch sharded over `mesh`."""
-  rng = jax.random.key(3)
-  step = jax.jit(
-      lambda p, b: jax.value_and_grad(task.loss, has_aux=True)(p, b, rng, False),
-      in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
-      out_shardings=parallel.replicated(mesh))
-  (loss, metrics), grads = step(jax.device_put(params, parallel.replicated(mesh)),
-                                parallel.to_global(batch, mesh))
-  return float(loss), jax.device_get(metrics), jax.device_get(grads)
 
 
 def main(block_store, bert_dir, workdir):
