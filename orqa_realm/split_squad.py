@@ -14,12 +14,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
-
-import numpy as np
 from absl import app, flags
 
 from orqa_realm.data import files
+from orqa_realm.data.qa import split_squad_by_article
 from orqa_realm.errors import InputError
 
 _SQUAD = flags.DEFINE_string("squad", None, "SQuAD v1.1 JSON (optionally .gz) to split.")
@@ -28,27 +26,13 @@ _SEED = flags.DEFINE_integer("split_seed", 0, "Seeds which articles are held out
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where train.json and test.json go.")
 
 
-def split_articles(dataset: dict[str, Any], test_fraction: float,
-                   seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(train, test) SQuAD datasets of whole articles; a seeded `test_fraction` of the articles
-  (at least one, and at least one left for training) is the test set."""
-  articles = dataset.get("data") if isinstance(dataset, dict) else None
-  if not isinstance(articles, list) or len(articles) < 2:
-    raise InputError("expected a SQuAD object with a 'data' list of at least two articles",
-                     field="data")
-  num_test = min(max(1, round(len(articles) * test_fraction)), len(articles) - 1)
-  test = set(np.random.default_rng(seed).permutation(len(articles))[:num_test].tolist())
-  pick = lambda held_out: dict(dataset, data=[article for index, article in enumerate(articles)
-                                              if (index in test) == held_out])
-  return pick(False), pick(True)
-
-
 def main(argv):
   del argv
   if not (_SQUAD.value and _OUTPUT_DIR.value):
     sys.exit("error: --squad and --output_dir are required")
   try:
-    train, test = split_articles(files.read_json(_SQUAD.value), _TEST_FRACTION.value, _SEED.value)
+    train, test = split_squad_by_article(files.read_json(_SQUAD.value), _TEST_FRACTION.value,
+                                        _SEED.value)
   except InputError as e:
     sys.exit(f"error: {_SQUAD.value}: {e}")
   os.makedirs(_OUTPUT_DIR.value, exist_ok=True)

@@ -7,25 +7,24 @@ import sys
 import pytest
 
 from orqa_realm.data import files
-from orqa_realm.data.qa import read_squad
+from orqa_realm.data.qa import read_squad, split_squad_by_article
 from orqa_realm.errors import InputError
-from orqa_realm.split_squad import split_articles
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 
 
 def test_articles_are_split_whole_and_disjoint():
   dataset = files.read_json(DEMO_SQUAD)
-  train, test = split_articles(dataset, 0.25, seed=0)
+  train, test = split_squad_by_article(dataset, 0.25, seed=0)
   titles = lambda split: [article["title"] for article in split["data"]]
   assert len(titles(test)) == 9 and len(titles(train)) == 27
   assert not set(titles(train)) & set(titles(test))
   assert sorted(titles(train) + titles(test)) == sorted(titles(dataset))
   by_title = {article["title"]: article for article in dataset["data"]}
   assert all(article == by_title[article["title"]] for article in train["data"] + test["data"])
-  assert split_articles(dataset, 0.25, seed=0) == (train, test)
-  assert titles(split_articles(dataset, 0.25, seed=1)[1]) != titles(test)
+  assert split_squad_by_article(dataset, 0.25, seed=0) == (train, test)
+  assert titles(split_squad_by_article(dataset, 0.25, seed=1)[1]) != titles(test)
   with pytest.raises(InputError, match="at least two articles"):
-    split_articles(dict(data=dataset["data"][:1]), 0.5, seed=0)
+    split_squad_by_article(dict(data=dataset["data"][:1]), 0.5, seed=0)
 
 
 def test_cli_writes_squad_files_that_keep_gold_paragraphs(tmp_path):

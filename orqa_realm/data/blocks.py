@@ -393,8 +393,8 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
   progress.close()
 
   column_entries: dict[str, Any] = {}
-  for writer in (block_token_ids, block_token_char_spans, block_text, sentence_token_starts, sentence_char_starts,
-                 document_ids, document_titles, title_token_ids):
+  for writer in (block_token_ids, block_token_char_spans, block_text, sentence_token_starts,
+                 sentence_char_starts, document_ids, document_titles, title_token_ids):
     column_entries.update(writer.close())
   for writer in (block_document, block_char_start):
     column_entries[writer.name] = writer.close()

@@ -11,7 +11,9 @@ import csv
 import dataclasses
 import re
 from collections.abc import Callable
-from typing import Literal
+from typing import Any, Literal
+
+import numpy as np
 
 from orqa_realm.data import files
 from orqa_realm.errors import InputError
@@ -149,6 +151,22 @@ def read_squad(path) -> list[QAExample]:
             gold_document_id=squad_paragraph_id(title, paragraph_index),
         ))
   return examples
+
+
+
+def split_squad_by_article(dataset: dict[str, Any], test_fraction: float,
+                          seed: int) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(train, test) SQuAD datasets of whole articles; a seeded `test_fraction` of the articles
+  (at least one, and at least one left for training) is the test set."""
+  articles = dataset.get("data") if isinstance(dataset, dict) else None
+  if not isinstance(articles, list) or len(articles) < 2:
+    raise InputError("expected a SQuAD object with a 'data' list of at least two articles",
+                     field="data")
+  num_test = min(max(1, round(len(articles) * test_fraction)), len(articles) - 1)
+  test = set(np.random.default_rng(seed).permutation(len(articles))[:num_test].tolist())
+  pick = lambda held_out: dict(dataset, data=[article for index, article in enumerate(articles)
+                                              if (index in test) == held_out])
+  return pick(False), pick(True)
 
 
 QA_READERS: dict[str, Callable[[str], list[QAExample]]] = {

@@ -99,7 +99,8 @@ def reader_batch(store, question_ids: Sequence[Sequence[int]], block_ids: np.nda
     answers: [questions] (answers, kind) pairs; None: no labels (all False), e.g. to predict.
   """
   num_questions, k = block_ids.shape
-  questions = [question_ids[q][:max_question_length] for q in range(num_questions) for _ in range(k)]
+  questions = [question_ids[q][:max_question_length]
+               for q in range(num_questions) for _ in range(k)]
   blocks = [store.token_ids(int(block)) for block in block_ids.ravel()]
   longest = max(len(question) + len(block) + 3 for question, block in zip(questions, blocks))
   length = padded_length(longest, max_length)
