@@ -164,7 +164,7 @@ def main(argv):
     reader_run = (orqa.restore_run(_READER_WORKDIR.value, None, mesh) if _READER_WORKDIR.value
                   else None)
     if run is not None:
-      orqa.check_index_of_run(run, version, checkpoints.WORKDIR.value)
+      orqa.check_index_of_run(run, version)
     elif version.checkpoint_step != step:
       print(f"warning: the index was built from checkpoint {version.checkpoint_step}, the "
             f"queries are embedded with checkpoint {step}", file=sys.stderr)

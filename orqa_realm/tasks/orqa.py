@@ -249,8 +249,9 @@ class ORQATask(Task):
     questions = question_indices(len(self.train_examples), config.batch_size, seed=config.seed,
                                  step=step)
     examples = [self.train_examples[q] for q in questions]
-    question_tokens = self.tokenizer.encode_queries([example.question for example in examples],
-                                                    config.settings.query_length)
+    # The questions' wordpieces are tokenized once, at start-up.
+    question_tokens = self.tokenizer.pack([self.train_question_ids[q] for q in questions],
+                                          max_length=config.settings.query_length)
     embed_queries = embed.make_tower_embedder(self.retriever_config, config.dtype, mesh,
                                               retriever.DualEncoder.embed_queries)
     query_embeddings = embed_queries(params["retriever"], parallel.to_global(question_tokens, mesh))
@@ -345,7 +346,7 @@ def restore_run(workdir: str, step: int | None, mesh) -> ORQARun:
                  params, step, model_config["index"])
 
 
-def check_index_of_run(run: ORQARun, version: IndexVersion, workdir: str) -> None:
+def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
   """Refuses an index other than the frozen one the run was trained over: the question encoder
   learned to search those very embeddings."""
   expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"])
