@@ -19,7 +19,8 @@ class RetrievalLoss(NamedTuple):
 
 
 def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Array,
-                          score_scale: float = 1.0) -> RetrievalLoss:
+                          score_scale: float = 1.0,
+                          block_ids: jax.Array | None = None) -> RetrievalLoss:
   """Softmax over all blocks of the batch; query i's positive is block i (ICT, DPR).
 
   Blocks beyond the first `num_queries` (e.g. DPR's hard negatives) are negatives for every query.
@@ -28,14 +29,22 @@ def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Arr
     query_embeddings: [num_queries, dim].
     block_embeddings: [num_blocks, dim], num_blocks >= num_queries.
     score_scale: multiplies the scores (an inverse temperature; ~20 for cosine scores).
+    block_ids: [num_blocks] int, which corpus block each row is. A row holding the same block as
+      query i's positive (another question's positive from the same paragraph, or a negative
+      that is that block) is left out of query i's softmax instead of counting as a negative
+      for its own positive. None: every row is a distinct block.
   """
-  num_queries = query_embeddings.shape[0]
-  if block_embeddings.shape[0] < num_queries:
-    raise ValueError(f"{block_embeddings.shape[0]} blocks for {num_queries} queries: every query "
+  num_queries, num_blocks = query_embeddings.shape[0], block_embeddings.shape[0]
+  if num_blocks < num_queries:
+    raise ValueError(f"{num_blocks} blocks for {num_queries} queries: every query "
                      "needs its positive block")
   logits = score_scale * jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
                                     preferred_element_type=jnp.float32)  # [queries, blocks]
   positives = jnp.arange(num_queries)
+  if block_ids is not None:
+    copies = ((block_ids[None, :] == block_ids[:num_queries, None])
+              & (jnp.arange(num_blocks)[None, :] != positives[:, None]))  # [queries, blocks]
+    logits = jnp.where(copies, jnp.finfo(jnp.float32).min, logits)
   positive_logits = logits[positives, positives]  # [num_queries]
   loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive_logits)
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == positives)

@@ -67,43 +67,32 @@ class ReaderSettings(NamedTuple):
   retrieval_score_scale: float = 1.0
 
 
-class OpenQAPredictor:
-  """Answers questions with a retriever (query tower + a searcher over the store's blocks) and a
-  span reader.
+class BlockReader:
+  """Reads given blocks for each question with a span reader and returns the best spans."""
 
-  `params` of the methods are ORQA's: {"retriever": query tower params, "reader": reader params}.
-  """
-
-  def __init__(self, store: BlockStore, searcher: Searcher, tokenizer: Tokenizer,
-               retriever_config: RetrieverConfig, reader_config: ReaderConfig,
+  def __init__(self, store: BlockStore, tokenizer: Tokenizer, reader_config: ReaderConfig,
                settings: ReaderSettings, *, continuation: np.ndarray, batch_size: int = 8,
                dtype=jnp.float32, mesh=None):
-    self.store, self.searcher, self.tokenizer = store, searcher, tokenizer
-    self.retriever_config, self.reader_config, self.settings = (retriever_config, reader_config,
-                                                                settings)
+    self.store, self.tokenizer = store, tokenizer
+    self.reader_config, self.settings = reader_config, settings
     self.continuation = continuation
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     # Questions per reader call: a multiple of the devices, so that questions x k rows split.
     self.batch_size = math.ceil(batch_size / self.mesh.size) * self.mesh.size
     self.dtype = dtype
 
-  def retrieve(self, params: dict[str, Any], questions: Sequence[str], depth: int) -> SearchResult:
-    """The top `depth` blocks of each question (ids and retrieval scores [questions, depth])."""
-    queries = embed.embed_queries(list(questions), params["retriever"], self.retriever_config,
-                                  self.tokenizer, query_length=self.settings.query_length,
-                                  dtype=self.dtype, mesh=self.mesh)
-    return self.searcher.search(queries, min(depth, self.searcher.num_rows))
-
-  def read(self, params: dict[str, Any], questions: Sequence[str], block_ids: np.ndarray,
+  def read(self, reader_params: Any, questions: Sequence[str], block_ids: np.ndarray,
            retrieval_scores: np.ndarray) -> list[Prediction]:
     """The best span of each question's blocks.
 
     Args:
+      reader_params: the span reader's parameters.
       block_ids: [questions, k] blocks to read for each question.
-      retrieval_scores: [questions, k] their retrieval scores, added to the span logits.
+      retrieval_scores: [questions, k] their retrieval scores, scaled by the settings'
+        `retrieval_score_scale` and added to the span logits (zeros: the reader alone ranks).
     """
     scorer = make_span_scorer(self.reader_config, self.dtype, self.mesh)
-    reader_params = jax.device_put(params["reader"], parallel.replicated(self.mesh))
+    reader_params = jax.device_put(reader_params, parallel.replicated(self.mesh))
     question_ids = self.tokenizer.tokenize(questions)
     predictions = []
     for start in range(0, len(questions), self.batch_size):
@@ -139,14 +128,38 @@ class OpenQAPredictor:
         predictions.append(Prediction(answer, score, block, rank, tuple(top_spans)))
     return predictions
 
+class OpenQAPredictor:
+  """Answers questions with a retriever (query tower + a searcher over the store's blocks) and a
+  span reader.
+
+  `params` of the methods are ORQA's: {"retriever": query tower params, "reader": reader params}.
+  """
+
+  def __init__(self, store: BlockStore, searcher: Searcher, tokenizer: Tokenizer,
+               retriever_config: RetrieverConfig, reader_config: ReaderConfig,
+               settings: ReaderSettings, *, continuation: np.ndarray, batch_size: int = 8,
+               dtype=jnp.float32, mesh=None):
+    self.reader = BlockReader(store, tokenizer, reader_config, settings,
+                              continuation=continuation, batch_size=batch_size, dtype=dtype,
+                              mesh=mesh)
+    self.searcher, self.retriever_config = searcher, retriever_config
+
+  def retrieve(self, params: dict[str, Any], questions: Sequence[str], depth: int) -> SearchResult:
+    """The top `depth` blocks of each question (ids and retrieval scores [questions, depth])."""
+    queries = embed.embed_queries(list(questions), params["retriever"], self.retriever_config,
+                                  self.reader.tokenizer,
+                                  query_length=self.reader.settings.query_length,
+                                  dtype=self.reader.dtype, mesh=self.reader.mesh)
+    return self.searcher.search(queries, min(depth, self.searcher.num_rows))
+
   def predict(self, params: dict[str, Any], examples: Sequence[QAExample],
               depth: int) -> tuple[list[Prediction], SearchResult]:
     """Predictions for `examples`, and their top `depth` (>= k) retrieved blocks."""
-    k = self.settings.reader_beam_size
+    k = self.reader.settings.reader_beam_size
     result = self.retrieve(params, [example.question for example in examples], max(depth, k))
     k = min(k, result.ids.shape[1])
-    predictions = self.read(params, [example.question for example in examples],
-                            result.ids[:, :k], result.scores[:, :k])
+    predictions = self.reader.read(params["reader"], [example.question for example in examples],
+                                   result.ids[:, :k], result.scores[:, :k])
     return predictions, result
 
 

@@ -32,11 +32,13 @@ from orqa_realm.errors import InputError
 from orqa_realm.index import refresher
 from orqa_realm.index.handle import IndexHandle, LoadedIndex
 from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.orqa import ORQATask
 
 # name -> a constructor from flags: (batch_size, seed, dtype, remat) -> Task
 TASKS: dict[str, Callable[..., Task]] = {
+    "dpr": DPRTask.from_flags,
     "ict": ICTTask.from_flags,
     "orqa": ORQATask.from_flags,
 }

@@ -38,6 +38,29 @@ def test_in_batch_softmax_scales_scores():
   np.testing.assert_allclose(result.loss, expected_loss, rtol=1e-5)
 
 
+def test_dpr_loss_leaves_out_copies_of_a_querys_positive():
+  # 3 questions (two share paragraph 7) with 2 hard negatives each; question 2's first negative
+  # is block 5, question 0's positive.
+  rng = np.random.default_rng(2)
+  block_ids = np.array([7, 7, 3, 5, 8, 9, 10, 5, 11])
+  queries = rng.normal(size=(3, 5)).astype(np.float32)
+  blocks = rng.normal(size=(9, 5)).astype(np.float32)
+  result = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 2.0,
+                                        jnp.asarray(block_ids))
+  logits = 2.0 * queries.astype(np.float64) @ blocks.astype(np.float64).T
+  losses_by_hand, correct = [], 0
+  for i in range(3):
+    kept = [j for j in range(9) if j == i or block_ids[j] != block_ids[i]]
+    row = logits[i, kept]
+    losses_by_hand.append(np.log(np.exp(row).sum()) - logits[i, i])
+    correct += int(kept[int(np.argmax(row))] == i)
+  np.testing.assert_allclose(result.loss, np.mean(losses_by_hand), rtol=1e-5)
+  np.testing.assert_allclose(result.accuracy, correct / 3)
+  # Without ids the copy of block 7 counts as a negative for questions 0 and 1: a larger loss.
+  plain = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 2.0)
+  assert plain.loss > result.loss
+
+
 def test_every_query_needs_a_positive():
   with pytest.raises(ValueError, match="every query needs its positive"):
     losses.in_batch_softmax_loss(jnp.ones((4, 3)), jnp.ones((3, 3)))

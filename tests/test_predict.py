@@ -10,13 +10,12 @@ from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
 from orqa_realm.data.qa import QAExample
 from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
-from orqa_realm.predict import OpenQAPredictor, Prediction, ReaderSettings, qa_metrics, write_predictions
+from orqa_realm.predict import (BlockReader, Prediction, ReaderSettings, qa_metrics,
+                                write_predictions)
 from orqa_realm.tasks.orqa import init_reader_params
 from tests.tasks.tiny_ict import TINY_BERT
-from tests.tasks.tiny_orqa import TINY_RETRIEVER
 
 
 def test_the_answer_is_the_argmax_of_reader_plus_scaled_retrieval_scores(squad_block_store,
@@ -26,15 +25,14 @@ def test_the_answer_is_the_argmax_of_reader_plus_scaled_retrieval_scores(squad_b
   settings = ReaderSettings(reader_length=96, reader_question_length=12, reader_beam_size=3,
                             retrieval_score_scale=5.0)
   continuation = continuation_mask(tokenizer)
-  predictor = OpenQAPredictor(store, ExactSearcher(np.zeros((len(store), 16), np.float32)),
-                              tokenizer, TINY_RETRIEVER, reader_config, settings,
-                              continuation=continuation, batch_size=2)
+  reader = BlockReader(store, tokenizer, reader_config, settings, continuation=continuation,
+                       batch_size=2)
   params = dict(reader=init_reader_params(reader_config, jax.random.key(0)))
   questions = ["Who won Super Bowl 50?", "Where is Warsaw?", "What is a teacher?"]
   rng = np.random.default_rng(0)
   block_ids = rng.integers(0, len(store), size=(3, 3))
   retrieval_scores = rng.normal(size=(3, 3)).astype(np.float32)
-  predictions = predictor.read(params, questions, block_ids, retrieval_scores)
+  predictions = reader.read(params["reader"], questions, block_ids, retrieval_scores)
 
   batch = reader_batch(store, tokenizer.tokenize(questions), block_ids, max_length=96,
                        max_question_length=12, max_span_width=4, continuation=continuation)

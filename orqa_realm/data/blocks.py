@@ -16,7 +16,6 @@ import hashlib
 import itertools
 import json
 import os
-import shutil
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Literal, NamedTuple
 
@@ -26,6 +25,7 @@ import tqdm
 
 from orqa_realm.data import columns
 from orqa_realm.data.documents import Document
+from orqa_realm.data.files import atomic_directory
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
 from orqa_realm.errors import InputError
 
@@ -308,20 +308,10 @@ def build_block_store(
   if os.path.exists(output_dir) and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
-  partial_dir = f"{output_dir.rstrip(os.sep)}.partial-{os.getpid()}"
-  shutil.rmtree(partial_dir, ignore_errors=True)
-  os.makedirs(partial_dir)
-
-  try:
+  with atomic_directory(output_dir) as partial_dir:
     _write_store(documents, tokenizer, partial_dir, max_block_length=max_block_length,
                  max_title_length=max_title_length, source=source, chunk_size=chunk_size,
                  show_progress=show_progress)
-  except BaseException:
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    raise
-  if os.path.exists(output_dir):
-    shutil.rmtree(output_dir)
-  os.replace(partial_dir, output_dir)
   return BlockStore(output_dir)
 
 

@@ -1,14 +1,36 @@
-"""Opening local input files (plain or gzip) and reading JSON lines with located errors."""
+"""Opening local input files (plain or gzip), reading JSON lines with located errors, and
+writing output directories atomically."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from typing import Any, TextIO
 
 from orqa_realm.errors import InputError
+
+
+@contextlib.contextmanager
+def atomic_directory(output_dir: str | os.PathLike) -> Iterator[str]:
+  """Yields a temporary sibling of `output_dir` to write into, renamed into place (replacing any
+  old `output_dir`) when the block ends, and removed if it raises: a killed writer leaves no
+  half-written directory behind."""
+  output_dir = os.fspath(output_dir).rstrip(os.sep)
+  partial_dir = f"{output_dir}.partial-{os.getpid()}"
+  shutil.rmtree(partial_dir, ignore_errors=True)
+  os.makedirs(partial_dir)
+  try:
+    yield partial_dir
+  except BaseException:
+    shutil.rmtree(partial_dir, ignore_errors=True)
+    raise
+  if os.path.exists(output_dir):
+    shutil.rmtree(output_dir)
+  os.replace(partial_dir, output_dir)
 
 
 def open_text(path: str | os.PathLike) -> TextIO:

@@ -36,6 +36,20 @@ class QAExample:
   gold_document_id: str | None = None
 
 
+def every_nth(examples: list[QAExample], most: int) -> list[QAExample]:
+  """At most `most` examples spread evenly over `examples` (every n-th, from the first)."""
+  return examples[::max(1, len(examples) // most)][:most] if most > 0 else []
+
+
+def question_indices(num_questions: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
+  """[batch_size] questions of step `step`: epochs of seeded permutations, read in order, so that
+  the batches are a pure function of (seed, step)."""
+  positions = step * batch_size + np.arange(batch_size)
+  epochs, offsets = np.divmod(positions, num_questions)
+  return np.array([np.random.default_rng([seed, int(epoch)]).permutation(num_questions)[offset]
+                   for epoch, offset in zip(epochs, offsets)])
+
+
 def squad_paragraph_id(article_title: str, paragraph_index: int) -> str:
   """The document id of a SQuAD paragraph, shared by the QA reader and the corpus reader."""
   return f"{article_title}/{paragraph_index}"

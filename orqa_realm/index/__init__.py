@@ -1,2 +1,3 @@
-"""Maximum inner product search over block embeddings: exact on the devices, ScaNN, and the
-versioned on-disk indexes that the refresher publishes and trainers and evaluation load."""
+"""Retrieval over a block store: maximum inner product search of block embeddings (exact on the
+devices, ScaNN), BM25, their fusion, and the versioned on-disk indexes that the refresher
+publishes and trainers and evaluation load."""

@@ -1,11 +1,12 @@
 """Flags of the embedding, index building and index loading shared by embed, refresh, train and
-evaluate."""
+evaluate, and of the BM25 index."""
 
 from __future__ import annotations
 
 import jax.numpy as jnp
 from absl import flags
 
+from orqa_realm.index.bm25 import BM25Settings
 from orqa_realm.index.scann_index import ScannConfig
 from orqa_realm.index.storage import STORAGE_DTYPES
 
@@ -42,6 +43,22 @@ _SCANN_REORDER = flags.DEFINE_integer(
     "scann_reorder", 0, "Candidates re-scored exactly; 0: max(100, 10 x scann_num_neighbors).")
 _SCANN_NUM_NEIGHBORS = flags.DEFINE_integer(
     "scann_num_neighbors", 10, "The k the ScaNN index is tuned for (searches may ask for more).")
+
+BM25_DIR = flags.DEFINE_string(
+    "bm25_dir", None, "Where the BM25 index of --block_store is kept: loaded when there, built and "
+    "saved there otherwise. Without it, the index is built in memory for the run.")
+_BM25_K1 = flags.DEFINE_float("bm25_k1", BM25Settings.k1, "BM25 term frequency saturation.")
+_BM25_B = flags.DEFINE_float("bm25_b", BM25Settings.b, "BM25 length normalisation.")
+_BM25_STEMMER = flags.DEFINE_string(
+    "bm25_stemmer", BM25Settings.stemmer, "PyStemmer (Snowball) algorithm for BM25 words; '' for "
+    "none.")
+_BM25_STOPWORDS = flags.DEFINE_string(
+    "bm25_stopwords", BM25Settings.stopwords, "bm25s stop word list (e.g. en); '' for none.")
+
+
+def bm25_settings() -> BM25Settings:
+  return BM25Settings(k1=_BM25_K1.value, b=_BM25_B.value, stemmer=_BM25_STEMMER.value,
+                      stopwords=_BM25_STOPWORDS.value)
 
 
 def scann_config() -> ScannConfig | None:

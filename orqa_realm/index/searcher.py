@@ -1,7 +1,11 @@
-"""The one protocol every retrieval backend implements (exact, ScaNN, and later BM25 and fusion)."""
+"""The protocols every retrieval backend implements: `Searcher` over query embeddings (exact,
+ScaNN) and `TextSearcher` over query texts (BM25, fusion, a dense searcher with its query
+encoder), so that evaluation and training treat every retriever alike."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -13,7 +17,7 @@ class SearchResult(NamedTuple):
 
 
 class Searcher(Protocol):
-  """Finds the k best blocks for each query."""
+  """Finds the k best blocks for each query embedding."""
 
   @property
   def num_rows(self) -> int:
@@ -23,11 +27,41 @@ class Searcher(Protocol):
     """[num_queries, dim] float32 queries -> the k best blocks of each, best first."""
 
 
+class TextSearcher(Protocol):
+  """Finds the k best blocks for each question or query text."""
+
+  @property
+  def num_rows(self) -> int:
+    """Blocks in the index."""
+
+  def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
+    """The k best blocks of each text, best first."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseTextSearcher:
+  """A dense searcher behind the query encoder that embeds texts for it."""
+  embed: Callable[[Sequence[str]], np.ndarray]  # texts -> [num_texts, dim] query embeddings
+  searcher: Searcher
+
+  @property
+  def num_rows(self) -> int:
+    return self.searcher.num_rows
+
+  def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
+    return self.searcher.search(self.embed(texts), k)
+
+
+def check_k(k: int, num_rows: int) -> None:
+  """A ValueError unless 1 <= k <= num_rows."""
+  if not 1 <= k <= num_rows:
+    raise ValueError(f"k={k} must be between 1 and the {num_rows} rows of the index")
+
+
 def check_search_args(queries: np.ndarray, k: int, *, num_rows: int, dim: int) -> np.ndarray:
   """The queries as a float32 [num_queries, dim] array, or a ValueError that says what is wrong."""
   queries = np.asarray(queries, dtype=np.float32)
   if queries.ndim != 2 or queries.shape[1] != dim:
     raise ValueError(f"expected queries of shape [num_queries, {dim}], got {queries.shape}")
-  if not 1 <= k <= num_rows:
-    raise ValueError(f"k={k} must be between 1 and the {num_rows} rows of the index")
+  check_k(k, num_rows)
   return queries

@@ -17,18 +17,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
-from orqa_realm import embed
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.ict import ICTSampler
-from orqa_realm.data.qa import QAExample, load_qa_dataset
+from orqa_realm.data.qa import every_nth, load_qa_dataset
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.losses import in_batch_softmax_loss
-from orqa_realm.metrics import answer_hits, recall_at_k
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.retrieval_eval import answer_recall_over_store
 
 _REMOVE_PROB = flags.DEFINE_float(
     "ict_remove_prob", 0.9, "Probability that the query sentence is removed from its block.")
@@ -69,11 +67,6 @@ class ICTConfig:
   score_scale: float = 1.0  # multiplies q . block in the loss
   dtype: Any = jnp.float32
   remat: bool = False
-
-
-def every_nth(examples: list[QAExample], most: int) -> list[QAExample]:
-  """At most `most` examples spread evenly over `examples` (every n-th, from the first)."""
-  return examples[::max(1, len(examples) // most)][:most] if most > 0 else []
 
 
 def split_blocks(num_blocks: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -148,13 +141,7 @@ class ICTTask(Task):
     if not self.eval_examples:
       return {}
     config = self.config
-    blocks = embed.embed_blocks(self.store, params, config.retriever,
-                                block_length=config.block_length, dtype=config.dtype, mesh=mesh)
-    queries = embed.embed_queries([example.question for example in self.eval_examples], params,
-                                  config.retriever, self.tokenizer,
-                                  query_length=config.query_length, dtype=config.dtype, mesh=mesh)
-    depth = min(max(config.eval_recall_ks), len(self.store))
-    ids = ExactSearcher(blocks, mesh=mesh).search(queries, depth).ids  # [questions, depth]
-    recalls = recall_at_k(answer_hits(ids, self.store, self.eval_examples),
-                          [k for k in config.eval_recall_ks if k <= depth])
-    return {f"answer_recall@{k}": recall for k, recall in recalls.items()}
+    return answer_recall_over_store(
+        params, config.retriever, self.store, self.tokenizer, self.eval_examples,
+        config.eval_recall_ks, query_length=config.query_length, block_length=config.block_length,
+        dtype=config.dtype, mesh=mesh)

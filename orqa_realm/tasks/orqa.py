@@ -37,7 +37,7 @@ from absl import flags
 from orqa_realm import checkpoints, embed, parallel
 from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.qa import load_qa_dataset
+from orqa_realm.data.qa import every_nth, load_qa_dataset, question_indices
 from orqa_realm.data.reader_inputs import reader_batch
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 from orqa_realm.errors import InputError
@@ -52,20 +52,7 @@ from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.predict import OpenQAPredictor, ReaderSettings, qa_metrics
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
-from orqa_realm.tasks.ict import every_nth
 
-_RETRIEVER_WORKDIR = flags.DEFINE_string(
-    "retriever_workdir", "", "The run (e.g. ICT) whose checkpoint the --index_dir index was "
-    "embedded from: the question encoder starts from that checkpoint. Empty: the index was "
-    "embedded from --bert's weights, and so is the question encoder.")
-_TRAIN_QA_DATASET = flags.DEFINE_string(
-    "train_qa_dataset", None, "Training questions as FORMAT:PATH (see --qa_dataset).")
-_EVAL_QA_DATASET = flags.DEFINE_string(
-    "eval_qa_dataset", "", "Held-out questions (FORMAT:PATH) on which each evaluation reports "
-    "exact match and retrieval recall@k; empty: none.")
-_EVAL_QUESTIONS = flags.DEFINE_integer(
-    "eval_questions", 0, "Most questions of --eval_qa_dataset evaluated (every n-th); 0: all.")
-_EVAL_RECALL_KS = flags.DEFINE_list("eval_recall_ks", ["1", "5", "20"], "Cut-offs of recall@k.")
 _RETRIEVER_BEAM_SIZE = flags.DEFINE_integer(
     "retriever_beam_size", 5000, "c: blocks retrieved per question for the early loss (at most "
     "the corpus size).")
@@ -110,15 +97,6 @@ class ORQAConfig:
   predict_batch_size: int = 8
   dtype: Any = jnp.float32
   remat: bool = False
-
-
-def question_indices(num_questions: int, batch_size: int, *, seed: int, step: int) -> np.ndarray:
-  """[batch_size] questions of step `step`: epochs of seeded permutations, read in order, so that
-  the batches are a pure function of (seed, step)."""
-  positions = step * batch_size + np.arange(batch_size)
-  epochs, offsets = np.divmod(positions, num_questions)
-  return np.array([np.random.default_rng([seed, int(epoch)]).permutation(num_questions)[offset]
-                   for epoch, offset in zip(epochs, offsets)])
 
 
 def query_tower_params(params: dict[str, Any], config: retriever.RetrieverConfig) -> dict[str, Any]:
@@ -178,24 +156,25 @@ class ORQATask(Task):
 
   @classmethod
   def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> ORQATask:
-    if not (_TRAIN_QA_DATASET.value and index_flags.INDEX_DIR.value
+    if not (retriever_flags.TRAIN_QA_DATASET.value and index_flags.INDEX_DIR.value
             and retriever_flags.BLOCK_STORE.value):
       raise InputError("--task=orqa needs --train_qa_dataset, --index_dir and --block_store")
     bert_dir = resolve_model_dir(retriever_flags.BERT.value)
     config = ORQAConfig(
         block_store=retriever_flags.BLOCK_STORE.value, index_dir=index_flags.INDEX_DIR.value,
-        train_qa_dataset=_TRAIN_QA_DATASET.value, bert_dir=bert_dir,
+        train_qa_dataset=retriever_flags.TRAIN_QA_DATASET.value, bert_dir=bert_dir,
         reader=ReaderConfig(read_config(bert_dir), span_hidden_size=_SPAN_HIDDEN_SIZE.value,
                             max_span_width=_MAX_SPAN_WIDTH.value),
-        batch_size=batch_size, retriever_workdir=_RETRIEVER_WORKDIR.value, seed=seed,
-        retriever_beam_size=_RETRIEVER_BEAM_SIZE.value,
+        batch_size=batch_size, retriever_workdir=retriever_flags.RETRIEVER_WORKDIR.value,
+        seed=seed, retriever_beam_size=_RETRIEVER_BEAM_SIZE.value,
         settings=ReaderSettings(
             query_length=retriever_flags.QUERY_LENGTH.value, reader_length=_READER_LENGTH.value,
             reader_question_length=_READER_QUESTION_LENGTH.value,
             reader_beam_size=_READER_BEAM_SIZE.value,
             retrieval_score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value),
-        eval_qa_dataset=_EVAL_QA_DATASET.value, eval_questions=_EVAL_QUESTIONS.value,
-        eval_recall_ks=tuple(sorted(int(k) for k in _EVAL_RECALL_KS.value)),
+        eval_qa_dataset=retriever_flags.EVAL_QA_DATASET.value,
+        eval_questions=retriever_flags.EVAL_QUESTIONS.value,
+        eval_recall_ks=retriever_flags.eval_recall_ks(),
         predict_batch_size=_PREDICT_BATCH_SIZE.value, dtype=dtype, remat=remat)
     return cls(config, bert_params=retriever_flags.pretrained_bert_params())
 

@@ -42,6 +42,23 @@ QUERY_LENGTH = flags.DEFINE_integer("query_length", 64, "Wordpieces per query, [
 BLOCK_LENGTH = flags.DEFINE_integer(
     "block_length", 288, "Wordpieces per encoded block, title and special tokens included.")
 
+RETRIEVER_WORKDIR = flags.DEFINE_string(
+    "retriever_workdir", "", "A run (ICT, DPR, ...) whose latest retriever checkpoint the "
+    "retriever starts from, with that run's architecture; for ORQA, the run the --index_dir "
+    "index was embedded from. Empty: --bert's weights.")
+TRAIN_QA_DATASET = flags.DEFINE_string(
+    "train_qa_dataset", None, "Training questions as FORMAT:PATH (see --qa_dataset).")
+EVAL_QA_DATASET = flags.DEFINE_string(
+    "eval_qa_dataset", "", "Held-out questions (FORMAT:PATH) on which each evaluation reports "
+    "retrieval recall@k (and, for ORQA, exact match); empty: none.")
+EVAL_QUESTIONS = flags.DEFINE_integer(
+    "eval_questions", 0, "Most questions of --eval_qa_dataset evaluated (every n-th); 0: all.")
+EVAL_RECALL_KS = flags.DEFINE_list("eval_recall_ks", ["1", "5", "20"], "Cut-offs of recall@k.")
+
+
+def eval_recall_ks() -> tuple[int, ...]:
+  return tuple(sorted(int(k) for k in EVAL_RECALL_KS.value))
+
 
 def retriever_config() -> RetrieverConfig:
   """The retriever architecture the flags describe."""

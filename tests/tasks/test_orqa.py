@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 
 from orqa_realm import train as train_lib
-from orqa_realm.data.qa import read_squad
+from orqa_realm.data.qa import question_indices, read_squad
 from orqa_realm.data.reader_inputs import enumerate_spans, span_text
 from orqa_realm.errors import InputError
+from orqa_realm.index.bm25 import BM25Searcher
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.metrics import has_answer, normalize_answer
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.hf_import import load_hf_bert
 from orqa_realm.modeling.reader import ReaderConfig
 from orqa_realm.predict import ReaderSettings
-from orqa_realm.tasks.orqa import ORQAConfig, ORQATask, question_indices
+from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.tiny_orqa import TINY_RETRIEVER, tiny_index_dir, tiny_orqa_task
 
@@ -178,6 +179,21 @@ def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_p
     records = [json.loads(line) for line in f]
   assert len(records) == 10 and all(len(r["top_blocks"]) == 2 for r in records)
   assert all(r["prediction"] in tiny_task.store.text(r["block"]) for r in records)
+
+  # The same reader over BM25's top blocks, ranking spans by itself (BM25 scores are not on the
+  # scale of its retriever's).
+  bm25_run = subprocess.run(
+      [*command, "--retrieval=bm25", f"--output_dir={tmp_path / 'bm25_eval'}"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert bm25_run.returncode == 0, bm25_run.stderr[-3000:]
+  with open(tmp_path / "bm25_eval" / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["retrieval"] == "bm25" and not metrics["reader_adds_retrieval_scores"]
+  with open(tmp_path / "bm25_eval" / "predictions.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  expected = BM25Searcher.build(tiny_task.store).search_texts([r["question"] for r in records], 2)
+  assert [[b["block"] for b in r["top_blocks"]] for r in records] == expected.ids.tolist()
+  assert all(r["block"] in expected.ids[i] for i, r in enumerate(records))
 
   # An index other than the one the run was trained over is refused.
   other_index = tmp_path / "other_index"

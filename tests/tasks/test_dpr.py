@@ -1,0 +1,113 @@
+"""DPR task: the batch layout (positives, then hard negatives, with their block ids), the loss
+against NumPy on a real batch, 4 simulated devices against 1, and the train CLI."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from orqa_realm.data.blocks import build_block_store
+from orqa_realm.data.documents import Document
+from orqa_realm.modeling import retriever
+from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
+from tests.tasks.tiny_dpr import tiny_dpr_task
+
+
+@pytest.fixture(scope="module")
+def tiny_task(squad_block_store, tiny_bert_dir):
+  return tiny_dpr_task(squad_block_store.directory, tiny_bert_dir)
+
+
+def test_batch_holds_positives_then_hard_negatives(tiny_task):
+  batch = tiny_task.train_batch(3)
+  store, config = tiny_task.store, tiny_task.config
+  assert batch.queries.token_ids.shape == (8, 16)
+  assert batch.blocks.token_ids.shape == (8 * 3, 48) and batch.block_ids.shape == (24,)
+  expected = store.encode(batch.block_ids, max_length=48,
+                          block_format=config.retriever.block_format)
+  np.testing.assert_array_equal(batch.blocks.token_ids, expected.token_ids)
+  # Each example's negatives follow all positives, in example order.
+  negatives = batch.block_ids[8:].reshape(8, 2)
+  for row, (positive, pair) in enumerate(zip(batch.block_ids[:8], negatives)):
+    matching = [example for example in tiny_task.examples
+                if example.positive == positive and tuple(pair) == example.hard_negatives]
+    assert matching, (positive, pair)
+    # The row's question is the one of an example with this positive and these negatives.
+    assert any(np.array_equal(batch.queries.token_ids[row], tiny_task.tokenizer.encode_queries(
+        [example.question], 16).token_ids[0]) for example in matching)
+  # The same step gives the same batch (a resumed run reads the same data).
+  np.testing.assert_array_equal(tiny_task.train_batch(3).block_ids, batch.block_ids)
+
+
+def test_loss_equals_numpy_on_a_real_batch(tiny_task):
+  params = tiny_task.init_params(jax.random.key(0))
+  batch = tiny_task.train_batch(0)
+  loss, metrics = tiny_task.loss(params, batch, jax.random.key(1), deterministic=True)
+  queries, blocks = retriever.DualEncoder(tiny_task.config.retriever).apply(
+      {"params": params}, batch.queries, batch.blocks, True)
+  logits = np.asarray(queries, np.float64) @ np.asarray(blocks, np.float64).T  # [8, 24]
+  expected = []
+  for i, row in enumerate(logits):
+    kept = [j for j in range(len(row)) if j == i or batch.block_ids[j] != batch.block_ids[i]]
+    expected.append(np.log(np.exp(row[kept]).sum()) - row[i])
+  np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
+  assert 0.0 <= metrics["accuracy"] <= 1.0
+
+
+def test_four_devices_equal_one(squad_block_store, tiny_bert_dir):
+  result = subprocess.run(
+      [sys.executable, "-m", "tests.tasks.sharded_dpr_check", squad_block_store.directory,
+       tiny_bert_dir],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  found = json.loads(result.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
+  assert found["accuracy_four"] == found["accuracy_one"]
+  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
+
+
+def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path):
+  texts = ["Aspirin reduces the risk of heart attack.", "Aspirin reduces fever.",
+           "Heart attacks are caused by blocked arteries.", "Vitamin C does not cure colds.",
+           "Colds are caused by rhinoviruses.", "Exercise lowers blood pressure."]
+  store = build_block_store([Document(f"d{i}", f"T{i}", text) for i, text in enumerate(texts)],
+                            tokenizer, tmp_path / "store")
+  (tmp_path / "queries.tsv").write_text("q1\tDoes aspirin prevent heart attacks?\n"
+                                        "q2\tDoes vitamin C cure colds?\n")
+  (tmp_path / "qrels.txt").write_text("q1 0 d0 1\nq1 0 d2 1\nq2 0 d3 1\nq2 0 d4 0\n")
+  task = tiny_dpr_task(store.directory, tiny_bert_dir, batch_size=2, train_qa_dataset="",
+                       train_beir_queries=str(tmp_path / "queries.tsv"),
+                       train_beir_qrels=str(tmp_path / "qrels.txt"), hard_negatives_per_question=1)
+  # One example per judged-relevant document: (q1, d0), (q1, d2), (q2, d3).
+  assert sorted((e.question[:8], e.positive) for e in task.examples) == [
+      ("Does asp", 0), ("Does asp", 2), ("Does vit", 3)]
+  for step in range(3):
+    batch = task.train_batch(step)
+    for positive, negative in zip(batch.block_ids[:2], batch.block_ids[2:]):
+      judged = {0, 2} if positive in (0, 2) else {3, 4}
+      assert negative not in judged
+
+
+def test_train_cli_logs_loss_and_recall(squad_block_store, tiny_bert_dir, tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.train", "--task=dpr", f"--workdir={tmp_path / 'run'}",
+       f"--block_store={squad_block_store.directory}", f"--bert={tiny_bert_dir}",
+       "--from_scratch", "--projection_size=16", "--query_length=16", "--block_length=48",
+       f"--train_qa_dataset=squad:{DEMO_SQUAD}", "--hard_negative_depth=20",
+       f"--eval_qa_dataset=squad:{DEMO_SQUAD}", "--eval_questions=50", "--eval_recall_ks=1,20",
+       "--batch_size=8", "--num_train_steps=4", "--eval_every_steps=4", "--log_every_steps=2",
+       "--checkpoint_every_steps=4", "--learning_rate=1e-3", "--warmup_steps=1",
+       "--dtype=float32", f"--bm25_dir={tmp_path / 'bm25'}"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records if "loss" in r] == [2, 4]
+  final = [r for r in records if "eval_answer_recall@20" in r][-1]
+  assert final["step"] == 4 and 0.0 <= final["eval_answer_recall@1"] <= final[
+      "eval_answer_recall@20"] <= 1.0
+  assert (tmp_path / "bm25" / "bm25.json").exists()  # the BM25 index was kept for reuse
