@@ -37,7 +37,7 @@ from orqa_realm.modeling.hf_import import read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
-from orqa_realm.tasks.retrieval_eval import answer_recall_over_store
+from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluation
 
 _HARD_NEGATIVES = flags.DEFINE_integer(
     "hard_negatives_per_question", 1, "BM25 hard negatives per question (DPR: 1), besides the "
@@ -107,7 +107,7 @@ def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
   return np.array([example.positive for example in examples] + negatives, np.int32)
 
 
-class DPRTask(Task):
+class DPRTask(StoreRecallEvaluation, Task):
   name = "dpr"
 
   def __init__(self, config: DPRConfig, bert_params: Any = None):
@@ -199,13 +199,3 @@ class DPRTask(Task):
     result = in_batch_softmax_loss(query_embeddings, block_embeddings, self.config.score_scale,
                                    batch.block_ids)
     return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
-
-  def evaluate(self, params, mesh) -> dict[str, float]:
-    """Answer recall@k of the eval QA set over every block of the store (none without one)."""
-    if not self.eval_examples:
-      return {}
-    config = self.config
-    return answer_recall_over_store(
-        params, config.retriever, self.store, self.tokenizer, self.eval_examples,
-        config.eval_recall_ks, query_length=config.query_length, block_length=config.block_length,
-        dtype=config.dtype, mesh=mesh)

@@ -26,7 +26,7 @@ from orqa_realm.modeling import retriever
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
-from orqa_realm.tasks.retrieval_eval import answer_recall_over_store
+from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluation
 
 _REMOVE_PROB = flags.DEFINE_float(
     "ict_remove_prob", 0.9, "Probability that the query sentence is removed from its block.")
@@ -76,7 +76,7 @@ def split_blocks(num_blocks: int, heldout_fraction: float, seed: int) -> tuple[n
   return np.sort(order[num_heldout:]), np.sort(order[:num_heldout])
 
 
-class ICTTask(Task):
+class ICTTask(StoreRecallEvaluation, Task):
   name = "ict"
 
   def __init__(self, config: ICTConfig, bert_params: Any = None):
@@ -135,13 +135,3 @@ class ICTTask(Task):
     for step in range(self.config.eval_batches):
       batch = self.eval_sampler.batch(step)
       yield ICTInputs(batch.queries, batch.blocks)
-
-  def evaluate(self, params, mesh) -> dict[str, float]:
-    """Answer recall@k of the eval QA set over every block of the store (none without one)."""
-    if not self.eval_examples:
-      return {}
-    config = self.config
-    return answer_recall_over_store(
-        params, config.retriever, self.store, self.tokenizer, self.eval_examples,
-        config.eval_recall_ks, query_length=config.query_length, block_length=config.block_length,
-        dtype=config.dtype, mesh=mesh)

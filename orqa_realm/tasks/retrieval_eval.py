@@ -28,3 +28,18 @@ def answer_recall_over_store(params: Any, config: RetrieverConfig, store: BlockS
   ids = ExactSearcher(blocks, mesh=mesh).search(queries, depth).ids  # [questions, depth]
   recalls = recall_at_k(answer_hits(ids, store, examples), [k for k in ks if k <= depth])
   return {f"answer_recall@{k}": recall for k, recall in recalls.items()}
+
+
+class StoreRecallEvaluation:
+  """`Task.evaluate` for dual-encoder tasks (ICT, DPR): answer recall@k of `eval_examples` over
+  the whole store. Uses the task's `store`, `tokenizer`, `eval_examples` and a `config` with
+  `retriever`, `eval_recall_ks`, `query_length`, `block_length` and `dtype`."""
+
+  def evaluate(self, params, mesh) -> dict[str, float]:
+    if not self.eval_examples:
+      return {}
+    config = self.config
+    return answer_recall_over_store(
+        params, config.retriever, self.store, self.tokenizer, self.eval_examples,
+        config.eval_recall_ks, query_length=config.query_length, block_length=config.block_length,
+        dtype=config.dtype, mesh=mesh)
