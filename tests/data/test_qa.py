@@ -3,9 +3,11 @@
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 from orqa_realm.data import qa
+from orqa_realm.data.qa import every_nth, question_indices
 from orqa_realm.data.documents import load_documents
 from orqa_realm.errors import InputError
 from tests.conftest import DEMO_SQUAD
@@ -112,3 +114,18 @@ def test_corpus_reader_errors(tmp_path):
   path = write(tmp_path, "corpus.jsonl", '{"_id": "1", "title": "T", "text": "t"}\n{"_id": "2"}\n')
   with pytest.raises(InputError, match=r"corpus\.jsonl, line 2, field 'text': missing field"):
     list(load_documents(f"beir:{path}"))
+
+
+def test_question_order_is_seeded_epochs_of_permutations():
+  steps = [question_indices(10, 4, seed=3, step=step) for step in range(5)]  # 20 = 2 epochs
+  order = np.concatenate(steps)
+  assert sorted(order[:10]) == list(range(10)) and sorted(order[10:]) == list(range(10))
+  assert not np.array_equal(order[:10], order[10:])  # each epoch has its own order
+  np.testing.assert_array_equal(question_indices(10, 4, seed=3, step=3), steps[3])
+  assert not np.array_equal(question_indices(10, 4, seed=4, step=0), steps[0])
+
+
+def test_every_nth_spreads_at_most_n_examples():
+  assert every_nth(list(range(10)), 3) == [0, 3, 6]
+  assert every_nth(list(range(10)), 20) == list(range(10))
+  assert every_nth(list(range(10)), 0) == []

@@ -25,15 +25,6 @@ from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.tiny_orqa import TINY_RETRIEVER, tiny_index_dir, tiny_orqa_task
 
 
-def test_question_order_is_seeded_epochs_of_permutations():
-  steps = [question_indices(10, 4, seed=3, step=step) for step in range(5)]  # 20 = 2 epochs
-  order = np.concatenate(steps)
-  assert sorted(order[:10]) == list(range(10)) and sorted(order[10:]) == list(range(10))
-  assert not np.array_equal(order[:10], order[10:])  # each epoch has its own order
-  np.testing.assert_array_equal(question_indices(10, 4, seed=3, step=3), steps[3])
-  assert not np.array_equal(question_indices(10, 4, seed=4, step=0), steps[0])
-
-
 @pytest.fixture(scope="module")
 def tiny_task(squad_block_store, tiny_bert_dir, tmp_path_factory):
   return tiny_orqa_task(squad_block_store.directory, tiny_bert_dir,
