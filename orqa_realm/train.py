@@ -28,9 +28,12 @@ import tqdm
 from absl import app, flags, logging
 
 from orqa_realm import checkpoints, parallel
+from orqa_realm.data.blocks import BlockStore
 from orqa_realm.errors import InputError
 from orqa_realm.index import refresher
 from orqa_realm.index.handle import IndexHandle, LoadedIndex
+from orqa_realm.tasks import retriever_flags
+from orqa_realm.tasks.ance import ANCETask
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
@@ -38,6 +41,7 @@ from orqa_realm.tasks.orqa import ORQATask
 
 # name -> a constructor from flags: (batch_size, seed, dtype, remat) -> Task
 TASKS: dict[str, Callable[..., Task]] = {
+    "ance": ANCETask.from_flags,
     "dpr": DPRTask.from_flags,
     "ict": ICTTask.from_flags,
     "orqa": ORQATask.from_flags,
@@ -77,6 +81,9 @@ _REFRESH_EVERY_STEPS = flags.DEFINE_integer(
 REFRESH_POLL_SECONDS = flags.DEFINE_float(
     "refresh_poll_seconds", 10.0, "How often the refresher and the index handle re-read the "
     "checkpoint directory and the index pointer when nothing woke them.")
+_INDEX_WAIT_SECONDS = flags.DEFINE_float(
+    "index_wait_seconds", 3600.0, "How long a task that mines batches from the refreshed index "
+    "(ANCE) waits at start-up for its first version before giving up.")
 
 _MULTIHOST = flags.DEFINE_bool(
     "multihost", False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU).")
@@ -99,6 +106,7 @@ class TrainOptions:
   eval_every_steps: int = 0
   refresh_every_steps: int = 0
   async_checkpoints: bool = True
+  index_wait_seconds: float = 3600.0
 
 
 class TrainState(NamedTuple):
@@ -217,6 +225,20 @@ def _index_metrics(index: LoadedIndex | None, step: int) -> dict[str, float]:
   return metrics
 
 
+def wait_for_first_index(task: Task, index_handle: IndexHandle | None,
+                         checkpointer: checkpoints.Checkpointer, state: TrainState,
+                         latest_checkpoint: int | None, timeout: float) -> None:
+  """Blocks until `index_handle` has a version for a task that mines batches from it. A fresh
+  run first saves checkpoint 0, so that the refresher indexes the initial model."""
+  if index_handle is None:
+    raise InputError(f"--task={task.name} mines its batches from the refreshed index of the "
+                     "model being trained: pass --refresh_index and --index_dir (or run "
+                     "python -m orqa_realm.refresh beside it)")
+  if latest_checkpoint is None:
+    checkpointer.save(0, state, force=True)
+  index_handle.wait_for_version(timeout)
+
+
 def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
           on_checkpoint_commit: Callable[[], None] | None = None,
           index_handle: IndexHandle | None = None) -> TrainState:
@@ -255,6 +277,9 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
     if jax.process_index() == 0:
       print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
   start_step = int(state.step)
+  if task.needs_index:
+    wait_for_first_index(task, index_handle, checkpointer, state, latest,
+                         options.index_wait_seconds)
 
   dropout_key = jax.random.fold_in(jax.random.key(options.seed), 1)
   train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key),
@@ -291,7 +316,7 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
   with StopOnSigterm() as stop:
     for step in range(start_step, options.num_train_steps):
       index = index_handle.current() if index_handle is not None else None
-      batch = parallel.to_global(task.train_batch(step, state.params, mesh), mesh)
+      batch = parallel.to_global(task.train_batch(step, state.params, mesh, index), mesh)
       state, metrics = train_step(state, batch)
       completed = step + 1
       window_steps += 1
@@ -334,7 +359,8 @@ def main(argv):
       max_grad_norm=_MAX_GRAD_NORM.value, seed=_SEED.value,
       checkpoint_every_steps=_CHECKPOINT_EVERY_STEPS.value,
       keep_checkpoints=_KEEP_CHECKPOINTS.value, log_every_steps=_LOG_EVERY_STEPS.value,
-      eval_every_steps=_EVAL_EVERY_STEPS.value, refresh_every_steps=_REFRESH_EVERY_STEPS.value)
+      eval_every_steps=_EVAL_EVERY_STEPS.value, refresh_every_steps=_REFRESH_EVERY_STEPS.value,
+      index_wait_seconds=_INDEX_WAIT_SECONDS.value)
   refresher_thread, index_handle = None, None
   try:
     task = TASKS[_TASK.value](batch_size=options.batch_size, seed=options.seed,
@@ -350,6 +376,10 @@ def main(argv):
       worker.on_publish = lambda version: index_handle.notify()
       refresher_thread = refresher.RefresherThread(
           worker, poll_seconds=REFRESH_POLL_SECONDS.value).start()
+    elif task.needs_index:
+      # A refresher process elsewhere publishes the versions; this run only reads them.
+      index_handle = refresher.handle_from_flags(BlockStore(retriever_flags.BLOCK_STORE.value),
+                                                 poll_seconds=REFRESH_POLL_SECONDS.value)
     train(task, options, flags_text=flags.FLAGS.flags_into_string(),
           on_checkpoint_commit=refresher_thread.notify if refresher_thread else None,
           index_handle=index_handle)

@@ -33,12 +33,32 @@ class DPRExample(NamedTuple):
   question: str
   positive: int  # block index
   hard_negatives: tuple[int, ...]  # block indices, BM25's best first
+  # What may never be a negative: blocks of these documents (the gold paragraph; a BEIR query's
+  # judged documents), and blocks whose text contains one of these answers.
+  excluded_documents: tuple[int, ...] = ()
+  answers: tuple[str, ...] = ()
+  answer_kind: str = "text"
 
 
 class DPRExamples(NamedTuple):
   examples: list[DPRExample]
   num_dropped: int  # questions without a positive block
   num_random_negatives: int  # negatives drawn at random when BM25's top `depth` ran short
+
+
+class NegativeRule:
+  """Whether a block may be a negative of an example: not of an excluded document, and
+  containing none of its answers (`BlockAnswerMatcher`'s cached texts keep this cheap)."""
+
+  def __init__(self, store: BlockStore):
+    self.documents = store.document_indices()
+    self.matcher = BlockAnswerMatcher(store)
+
+  def allows(self, example: DPRExample, block: int) -> bool:
+    if int(self.documents[block]) in example.excluded_documents:
+      return False
+    return not (example.answers
+                and self.matcher.has_answer([block], example.answers, example.answer_kind)[0])
 
 
 def document_blocks(store: BlockStore) -> dict[str, np.ndarray]:
@@ -56,30 +76,42 @@ def _first_by_rank(candidates: np.ndarray, ranking: np.ndarray) -> int:
   return int(min(candidates, key=lambda block: (rank.get(int(block), len(ranking)), block)))
 
 
-def _hard_negatives(ranking: np.ndarray, allowed: Callable[[int], bool], count: int,
-                    num_blocks: int, rng: np.random.Generator) -> tuple[tuple[int, ...], int]:
-  """(`count` allowed blocks, BM25's first, then random ones; how many are random)."""
-  negatives = [int(block) for block in ranking if allowed(int(block))][:count]
-  chosen = set(negatives) | set(int(block) for block in ranking)
+def fill_negatives(chosen: Sequence[int], allowed: Callable[[int], bool], count: int,
+                   num_blocks: int, rng: np.random.Generator, *,
+                   skip: Sequence[int] = ()) -> tuple[tuple[int, ...], int]:
+  """`chosen` topped up to `count` with random allowed blocks (never one of `chosen` or
+  `skip`): (the negatives, how many are random)."""
+  negatives = [int(block) for block in chosen][:count]
+  taken = set(negatives) | {int(block) for block in skip}
   num_random = count - len(negatives)
   for block in rng.permutation(num_blocks):
     if len(negatives) == count:
       break
-    if int(block) not in chosen and allowed(int(block)):
+    if int(block) not in taken and allowed(int(block)):
       negatives.append(int(block))
   if len(negatives) < count:
-    raise ValueError(f"the store has fewer than {count} blocks that may be hard negatives")
+    raise ValueError(f"the store has fewer than {count} blocks that may be negatives")
   return tuple(negatives), num_random
+
+
+def bm25_negatives(example: DPRExample, ranking: np.ndarray, rule: NegativeRule, count: int,
+                   rng: np.random.Generator) -> tuple[DPRExample, int]:
+  """`example` with BM25's best `count` allowed blocks of `ranking` as hard negatives (topped
+  up at random), and how many are random."""
+  allowed = lambda block: rule.allows(example, block)
+  negatives, num_random = fill_negatives([b for b in ranking if allowed(int(b))], allowed, count,
+                                         len(rule.documents), rng, skip=ranking)
+  return example._replace(hard_negatives=negatives), num_random
 
 
 def qa_examples(examples: Sequence[QAExample], store: BlockStore, rankings: SearchResult,
                 num_hard_negatives: int, *, seed: int = 0) -> DPRExamples:
   """DPR examples of QA questions from their BM25 rankings ([questions, depth] ids)."""
-  matcher = BlockAnswerMatcher(store)
+  rule = NegativeRule(store)
   blocks_of = document_blocks(store)
   dpr_examples, dropped, random_negatives = [], 0, 0
   for index, (example, ranking) in enumerate(zip(examples, rankings.ids)):
-    contains = lambda blocks: matcher.has_answer(blocks, example.answers, example.kind)
+    contains = lambda blocks: rule.matcher.has_answer(blocks, example.answers, example.kind)
     if example.gold_document_id:
       gold = blocks_of.get(example.gold_document_id, np.zeros(0, np.int64))
       with_answer = gold[contains(gold)] if len(gold) else gold
@@ -90,13 +122,13 @@ def qa_examples(examples: Sequence[QAExample], store: BlockStore, rankings: Sear
     if not len(candidates):
       dropped += 1
       continue
-    positive = _first_by_rank(candidates, ranking)
-    gold_set = set(gold.tolist())
-    negatives, num_random = _hard_negatives(
-        ranking, lambda block: block not in gold_set and not contains([block])[0],
-        num_hard_negatives, len(store), np.random.default_rng([seed, index]))
+    excluded = tuple(sorted({int(rule.documents[block]) for block in gold}))
+    dpr_example = DPRExample(example.question, _first_by_rank(candidates, ranking), (),
+                             excluded, tuple(example.answers), example.kind)
+    dpr_example, num_random = bm25_negatives(dpr_example, ranking, rule, num_hard_negatives,
+                                             np.random.default_rng([seed, index]))
     random_negatives += num_random
-    dpr_examples.append(DPRExample(example.question, positive, negatives))
+    dpr_examples.append(dpr_example)
   return DPRExamples(dpr_examples, dropped, random_negatives)
 
 
@@ -108,8 +140,8 @@ def beir_examples(queries: dict[str, str], qrels: dict[str, dict[str, int]], sto
   Args:
     rankings: {query id: its BM25 ranking [depth] of block ids}.
   """
+  rule = NegativeRule(store)
   blocks_of = document_blocks(store)
-  document_of = store.document_indices()
   dpr_examples, dropped, random_negatives = [], 0, 0
   for index, (query_id, judgements) in enumerate(sorted(qrels.items())):
     relevant = [doc for doc, relevance in sorted(judgements.items())
@@ -118,13 +150,14 @@ def beir_examples(queries: dict[str, str], qrels: dict[str, dict[str, int]], sto
       dropped += 1
       continue
     ranking = rankings[query_id]
-    judged = {int(document_of[blocks_of[doc][0]]) for doc in judgements if doc in blocks_of}
+    judged = tuple(sorted(int(rule.documents[blocks_of[doc][0]]) for doc in judgements
+                          if doc in blocks_of))
     rng = np.random.default_rng([seed, index])
     for doc in relevant:
-      negatives, num_random = _hard_negatives(
-          ranking, lambda block: int(document_of[block]) not in judged, num_hard_negatives,
-          len(store), rng)
+      dpr_example = DPRExample(queries[query_id], _first_by_rank(blocks_of[doc], ranking), (),
+                               judged)
+      dpr_example, num_random = bm25_negatives(dpr_example, ranking, rule, num_hard_negatives,
+                                               rng)
       random_negatives += num_random
-      dpr_examples.append(DPRExample(queries[query_id], _first_by_rank(blocks_of[doc], ranking),
-                                     negatives))
+      dpr_examples.append(dpr_example)
   return DPRExamples(dpr_examples, dropped, random_negatives)

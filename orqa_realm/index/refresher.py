@@ -146,6 +146,8 @@ def refresher_from_flags(workdir: str, model_config: dict, *, mesh=None,
 def handle_from_flags(store: BlockStore | None = None, *, mesh=None,
                       poll_seconds: float = 10.0) -> IndexHandle:
   """An IndexHandle on --index_dir with --index_backend."""
+  if not index_flags.INDEX_DIR.value:
+    raise InputError("reading a refreshed index needs --index_dir")
   return IndexHandle(
       IndexRoot(index_flags.INDEX_DIR.value, keep=index_flags.INDEX_KEEP_VERSIONS.value),
       store, backend=index_flags.INDEX_BACKEND.value, mesh=mesh, poll_seconds=poll_seconds)

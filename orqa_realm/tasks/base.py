@@ -32,13 +32,18 @@ class Task(abc.ABC):
   def init_params(self, rng: jax.Array) -> Params:
     """Initial parameters (from pretrained weights where the task says so)."""
 
+  # Whether batches are mined from the refreshed index of the model being trained (ANCE): the
+  # loop then indexes the initial model before step 0 and passes each step the newest version.
+  needs_index: bool = False
+
   @abc.abstractmethod
   def train_batch(self, step: int, params: Params = None,
-                  mesh: jax.sharding.Mesh | None = None) -> Batch:
+                  mesh: jax.sharding.Mesh | None = None, index: Any = None) -> Batch:
     """The global batch of step `step`: a pure function of the task's seed, `step` and, for a
     task whose batches depend on the model, `params` (the parameters step `step` starts from,
-    replicated over `mesh`; ORQA retrieves each question's blocks with them). Leaves are numpy
-    arrays of the whole global batch, or jax Arrays already on `mesh`."""
+    replicated over `mesh`; ORQA retrieves each question's blocks with them) and `index` (the
+    `LoadedIndex` version the loop took for this step, for tasks that `needs_index`). Leaves are
+    numpy arrays of the whole global batch, or jax Arrays already on `mesh`."""
 
   @abc.abstractmethod
   def loss(self, params: Params, batch: Batch, rng: jax.Array,

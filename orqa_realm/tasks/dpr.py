@@ -84,21 +84,50 @@ class DPRConfig:
   remat: bool = False
 
 
-def build_examples(config: DPRConfig, store: BlockStore) -> DPRExamples:
-  """The training examples, positives and hard negatives from BM25 over `store`."""
+def config_from_flags(*, batch_size: int, seed: int, dtype, remat: bool) -> DPRConfig:
+  """The DPR configuration the flags describe (ANCE's too). A run's retriever
+  (--retriever_workdir) keeps its own architecture; otherwise the flags describe it."""
+  if not retriever_flags.BLOCK_STORE.value:
+    raise InputError("--task=dpr and --task=ance need --block_store")
+  workdir = retriever_flags.RETRIEVER_WORKDIR.value
+  retriever_config = (
+      retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
+      else retriever_flags.retriever_config())
+  bert_dir = resolve_model_dir(retriever_flags.BERT.value)
+  if workdir and read_config(bert_dir) != retriever_config.bert:
+    raise InputError("the run's BERT is not --bert's, whose tokenizer would read the questions",
+                     path=workdir, field="retriever_workdir")
+  return DPRConfig(
+      block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
+      bert_dir=bert_dir, batch_size=batch_size,
+      train_qa_dataset=retriever_flags.TRAIN_QA_DATASET.value or "",
+      train_beir_queries=_TRAIN_BEIR_QUERIES.value, train_beir_qrels=_TRAIN_BEIR_QRELS.value,
+      retriever_workdir=workdir, hard_negatives_per_question=_HARD_NEGATIVES.value,
+      hard_negative_depth=_HARD_NEGATIVE_DEPTH.value, bm25=index_flags.bm25_settings(),
+      bm25_dir=index_flags.BM25_DIR.value, seed=seed,
+      query_length=retriever_flags.QUERY_LENGTH.value,
+      block_length=retriever_flags.BLOCK_LENGTH.value,
+      score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value,
+      eval_qa_dataset=retriever_flags.EVAL_QA_DATASET.value,
+      eval_questions=retriever_flags.EVAL_QUESTIONS.value,
+      eval_recall_ks=retriever_flags.eval_recall_ks(), dtype=dtype, remat=remat)
+
+
+def build_examples(config: DPRConfig, store: BlockStore, num_hard_negatives: int) -> DPRExamples:
+  """The training examples, positives and `num_hard_negatives` hard negatives from BM25 over
+  `store`."""
   searcher = bm25.open_or_build(store, config.bm25, config.bm25_dir)
   depth = min(config.hard_negative_depth, len(store))
   if config.train_qa_dataset:
     examples = load_qa_dataset(config.train_qa_dataset)
     rankings = searcher.search_texts([example.question for example in examples], depth)
-    return qa_examples(examples, store, rankings, config.hard_negatives_per_question,
-                       seed=config.seed)
+    return qa_examples(examples, store, rankings, num_hard_negatives, seed=config.seed)
   queries, qrels = (beir.read_queries(config.train_beir_queries),
                     beir.read_qrels(config.train_beir_qrels))
   query_ids = sorted(queries)
   ids = searcher.search_texts([queries[qid] for qid in query_ids], depth).ids
-  return beir_examples(queries, qrels, store, dict(zip(query_ids, ids)),
-                       config.hard_negatives_per_question, seed=config.seed)
+  return beir_examples(queries, qrels, store, dict(zip(query_ids, ids)), num_hard_negatives,
+                       seed=config.seed)
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
@@ -109,6 +138,8 @@ def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
 
 class DPRTask(StoreRecallEvaluation, Task):
   name = "dpr"
+  # Whether the examples carry BM25 hard negatives (ANCE mines its own from the index).
+  bm25_negatives = True
 
   def __init__(self, config: DPRConfig, bert_params: Any = None):
     """`bert_params`: --bert's weights (unused when starting from a run); None: random."""
@@ -123,7 +154,8 @@ class DPRTask(StoreRecallEvaluation, Task):
     self.store.check_tokenizer(self.tokenizer)
     self.model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
     self._bert_params = bert_params
-    built = build_examples(config, self.store)
+    built = build_examples(config, self.store,
+                           config.hard_negatives_per_question if self.bm25_negatives else 0)
     if not built.examples:
       raise InputError("no training question has a positive block in the store",
                        path=config.train_qa_dataset or config.train_beir_qrels)
@@ -139,32 +171,9 @@ class DPRTask(StoreRecallEvaluation, Task):
 
   @classmethod
   def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> DPRTask:
-    if not retriever_flags.BLOCK_STORE.value:
-      raise InputError("--task=dpr needs --block_store")
-    workdir = retriever_flags.RETRIEVER_WORKDIR.value
-    # A run's retriever keeps its own architecture; otherwise the flags describe it.
-    retriever_config = (
-        retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
-        else retriever_flags.retriever_config())
-    bert_dir = resolve_model_dir(retriever_flags.BERT.value)
-    if workdir and read_config(bert_dir) != retriever_config.bert:
-      raise InputError("the run's BERT is not --bert's, whose tokenizer would read the questions",
-                       path=workdir, field="retriever_workdir")
-    config = DPRConfig(
-        block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
-        bert_dir=bert_dir, batch_size=batch_size,
-        train_qa_dataset=retriever_flags.TRAIN_QA_DATASET.value or "",
-        train_beir_queries=_TRAIN_BEIR_QUERIES.value, train_beir_qrels=_TRAIN_BEIR_QRELS.value,
-        retriever_workdir=workdir, hard_negatives_per_question=_HARD_NEGATIVES.value,
-        hard_negative_depth=_HARD_NEGATIVE_DEPTH.value, bm25=index_flags.bm25_settings(),
-        bm25_dir=index_flags.BM25_DIR.value, seed=seed,
-        query_length=retriever_flags.QUERY_LENGTH.value,
-        block_length=retriever_flags.BLOCK_LENGTH.value,
-        score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value,
-        eval_qa_dataset=retriever_flags.EVAL_QA_DATASET.value,
-        eval_questions=retriever_flags.EVAL_QUESTIONS.value,
-        eval_recall_ks=retriever_flags.eval_recall_ks(), dtype=dtype, remat=remat)
-    return cls(config, None if workdir else retriever_flags.pretrained_bert_params())
+    config = config_from_flags(batch_size=batch_size, seed=seed, dtype=dtype, remat=remat)
+    return cls(config, None if config.retriever_workdir
+               else retriever_flags.pretrained_bert_params())
 
   def model_config(self) -> dict[str, Any]:
     return dict(task=self.name, **self.config.retriever.to_dict())
@@ -182,8 +191,8 @@ class DPRTask(StoreRecallEvaluation, Task):
     reader.close()
     return params
 
-  def train_batch(self, step: int, params=None, mesh=None) -> DPRInputs:
-    del params, mesh  # DPR batches depend on the step only
+  def train_batch(self, step: int, params=None, mesh=None, index=None) -> DPRInputs:
+    del params, mesh, index  # DPR batches depend on the step only
     config = self.config
     rows = question_indices(len(self.examples), config.batch_size, seed=config.seed, step=step)
     block_ids = batch_blocks([self.examples[row] for row in rows])

@@ -118,8 +118,8 @@ class ICTTask(StoreRecallEvaluation, Task):
   def init_params(self, rng: jax.Array) -> Any:
     return retriever.init_params(self.config.retriever, rng, self._bert_params)
 
-  def train_batch(self, step: int, params=None, mesh=None) -> ICTInputs:
-    del params, mesh  # ICT batches depend on the step only
+  def train_batch(self, step: int, params=None, mesh=None, index=None) -> ICTInputs:
+    del params, mesh, index  # ICT batches depend on the step only
     batch = self.train_sampler.batch(step)
     return ICTInputs(batch.queries, batch.blocks)
 

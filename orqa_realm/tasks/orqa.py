@@ -220,7 +220,8 @@ class ORQATask(Task):
                 reader=init_reader_params(self.config.reader, reader_rng,
                                           self._bert_params))
 
-  def train_batch(self, step: int, params=None, mesh=None) -> ORQABatch:
+  def train_batch(self, step: int, params=None, mesh=None, index=None) -> ORQABatch:
+    del index  # ORQA's index is frozen: its own, opened at start-up
     if params is None:
       raise ValueError("ORQA batches are retrieved with the question encoder: pass params")
     mesh = mesh if mesh is not None else parallel.make_mesh()

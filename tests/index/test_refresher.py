@@ -93,10 +93,10 @@ class WaitForIndexAt:
   def __getattr__(self, name):
     return getattr(self._task, name)
 
-  def train_batch(self, step, params=None, mesh=None):
+  def train_batch(self, step, params=None, mesh=None, index=None):
     if step == self._step:
       self._handle.wait_for_version(timeout=300)
-    return self._task.train_batch(step, params, mesh)
+    return self._task.train_batch(step, params, mesh, index)
 
 
 def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(

@@ -1,0 +1,111 @@
+"""ANCE: negatives mined from the index version the loop hands over (never an answer, the gold
+paragraph or the positive), the initial model indexed before step 0, and a switch to a refreshed
+version mid-run with its staleness logged."""
+
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from orqa_realm import checkpoints
+from orqa_realm import train as train_lib
+from orqa_realm.index.handle import IndexHandle, open_index
+from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.index.storage import IndexRoot
+from orqa_realm.metrics import has_answer
+from orqa_realm.modeling import retriever
+from tests.tasks.tiny_dpr import tiny_ance_task
+
+
+@pytest.fixture(scope="module")
+def tiny_task(squad_block_store, tiny_bert_dir):
+  return tiny_ance_task(squad_block_store.directory, tiny_bert_dir, negative_depth=10)
+
+
+def publish_random_version(root: IndexRoot, store, seed: int):
+  embeddings = np.random.default_rng(seed).normal(size=(len(store), 16)).astype(np.float32)
+  root.publish(embeddings, store_fingerprint=store.fingerprint, checkpoint_step=seed)
+  return open_index(root.latest(), store)
+
+
+def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
+  task, store = tiny_task, tiny_task.store
+  root = IndexRoot(str(tmp_path / "index"))
+  older, newer = publish_random_version(root, store, 1), publish_random_version(root, store, 2)
+  params = task.init_params(jax.random.key(0))
+  batch = task.train_batch(5, params, index=newer)
+  queries = np.asarray(retriever.DualEncoder(task.config.retriever).apply(
+      {"params": params}, batch.queries, method=retriever.DualEncoder.embed_queries))
+  negatives = batch.block_ids[8:].reshape(8, 2)
+  for query, positive, pair in zip(queries, batch.block_ids[:8], negatives):
+    top = np.argsort(-(newer.embeddings @ query), kind="stable")[:10]
+    assert set(pair) <= set(top.tolist()), (pair, top)  # from the newest version's top 10
+    example = next(e for e in task.examples if e.positive == positive)
+    for negative in pair:
+      assert negative != positive
+      assert not has_answer(store.text(int(negative)), example.answers)
+      assert int(store.document_index(int(negative))) not in example.excluded_documents
+  # Another version gives other negatives for the same questions and positives.
+  other = task.train_batch(5, params, index=older)
+  np.testing.assert_array_equal(other.block_ids[:8], batch.block_ids[:8])
+  assert not np.array_equal(other.block_ids[8:], batch.block_ids[8:])
+  with pytest.raises(ValueError, match="refreshed index"):
+    task.train_batch(5, params)
+
+
+class SwitchAt:
+  """The ANCE task, except that the batch of `step` waits until the handle has loaded version 2:
+  the test's way of making a refresh land mid-run deterministically."""
+
+  def __init__(self, task, handle, step):
+    self._task, self._handle, self._step = task, handle, step
+
+  def __getattr__(self, name):
+    return getattr(self._task, name)
+
+  def train_batch(self, step, params=None, mesh=None, index=None):
+    if step == self._step:
+      deadline = time.monotonic() + 300
+      while self._handle.current().version.version < 2:
+        assert time.monotonic() < deadline, "no second index version"
+        time.sleep(0.1)
+    return self._task.train_batch(step, params, mesh, index)
+
+
+def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_task, tmp_path):
+  task = tiny_task
+  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"))
+  handle = IndexHandle(root, task.store, poll_seconds=60)
+  refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
+                        config=task.config.retriever, index_root=root, block_length=48,
+                        batch_size=64, dtype=jnp.float32,
+                        on_publish=lambda version: handle.notify())
+  thread = RefresherThread(refresher, poll_seconds=60).start()
+  options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
+                                   learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
+                                   log_every_steps=1)
+  train_lib.train(SwitchAt(task, handle, step=4), options, on_checkpoint_commit=thread.notify,
+                  index_handle=handle)
+  thread.close()
+  handle.close()
+  assert root.read(1).checkpoint_step == 0  # the initial model, indexed before step 0
+  with open(workdir / "metrics.jsonl") as f:
+    logged = [json.loads(line) for line in f if "index_version" in line]
+  assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
+  versions = [entry["index_version"] for entry in logged]
+  # Version 2 needs checkpoint 2, saved after step 2 is logged; the batch of step 5 (index 4)
+  # waited for it, so step 6 sees it at the latest.
+  assert versions[:2] == [1, 1] and versions[-1] >= 2 and versions == sorted(versions)
+  for entry in logged:
+    built_from = root.read(int(entry["index_version"])).checkpoint_step
+    assert entry["index_staleness_steps"] == entry["step"] - built_from
+
+
+def test_without_an_index_the_loop_says_what_to_pass(tiny_task, tmp_path):
+  options = train_lib.TrainOptions(workdir=str(tmp_path / "run"), num_train_steps=1,
+                                   batch_size=8)
+  with pytest.raises(train_lib.InputError, match="--refresh_index and --index_dir"):
+    train_lib.train(tiny_task, options)
