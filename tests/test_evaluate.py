@@ -93,6 +93,7 @@ def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_bert_dir, tmp_pat
   assert (tmp_path / "eval" / "recall_at_k.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tmp_path):
   store = squad_block_store
   common = [f"--block_store={store.directory}", f"--qa_dataset=squad:{DEMO_SQUAD}",

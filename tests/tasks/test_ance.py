@@ -75,9 +75,11 @@ class SwitchAt:
     return self._task.train_batch(step, params, mesh, index)
 
 
+@pytest.mark.slow
 def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_task, tmp_path):
   task = tiny_task
-  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"))
+  # Every version is kept: the test reads each one's checkpoint step.
+  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"), keep=100)
   handle = IndexHandle(root, task.store, poll_seconds=60)
   refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
                         config=task.config.retriever, index_root=root, block_length=48,

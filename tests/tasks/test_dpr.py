@@ -92,6 +92,7 @@ def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path
       assert negative not in judged
 
 
+@pytest.mark.slow
 def test_train_cli_logs_loss_and_recall(squad_block_store, tiny_bert_dir, tmp_path):
   result = subprocess.run(
       [sys.executable, "-m", "orqa_realm.train", "--task=dpr", f"--workdir={tmp_path / 'run'}",

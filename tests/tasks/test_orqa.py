@@ -112,6 +112,7 @@ def first_short_paragraph_questions(path, paragraphs: int, per_paragraph: int,
   return f"squad:{path}"
 
 
+@pytest.mark.slow
 def test_orqa_learns_on_squad(squad_block_store, squad_minilm_embeddings, minilm_dir, tmp_path):
   """A short CPU run on real SQuAD questions over the whole slice: the loss falls and the
   exact match on the training questions rises above the untrained model's."""
