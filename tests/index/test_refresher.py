@@ -16,6 +16,7 @@ from orqa_realm.index.handle import IndexHandle
 from orqa_realm.index.refresher import Refresher, RefresherThread
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from orqa_realm.modeling import retriever
+from tests.index.hold_batch import HoldBatchUntilVersion
 from tests.tasks.tiny_ict import tiny_ict_task
 
 BLOCK_LENGTH = 48
@@ -83,22 +84,6 @@ def test_training_never_waits_and_the_index_is_its_checkpoints_embeddings(
                              atol=1e-5, rtol=1e-5)
 
 
-class WaitForIndexAt:
-  """The ICT task, except that the batch of `step` is made only once the handle has a version:
-  the test's way of making the refresh land mid-run deterministically."""
-
-  def __init__(self, task, handle, step):
-    self._task, self._handle, self._step = task, handle, step
-
-  def __getattr__(self, name):
-    return getattr(self._task, name)
-
-  def train_batch(self, step, params=None, mesh=None, index=None):
-    if step == self._step:
-      self._handle.wait_for_version(timeout=300)
-    return self._task.train_batch(step, params, mesh, index)
-
-
 def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(
     squad_block_store, tiny_bert_dir, tmp_path):
   task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
@@ -106,7 +91,7 @@ def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(
   refresher = make_refresher(task, tmp_path / "run", tmp_path / "index",
                              on_publish=lambda version: handle.notify())
   thread = RefresherThread(refresher, poll_seconds=60).start()
-  train_lib.train(WaitForIndexAt(task, handle, step=3), options(tmp_path / "run"),
+  train_lib.train(HoldBatchUntilVersion(task, handle, step=3), options(tmp_path / "run"),
                   on_checkpoint_commit=thread.notify, index_handle=handle)
   thread.close()
   handle.close()

@@ -11,7 +11,7 @@ import numpy as np
 
 from orqa_realm import parallel
 from orqa_realm.train import TrainOptions, train
-from tests.tasks.sharding import loss_and_grads
+from tests.tasks.sharding import one_device_against_all
 from tests.tasks.tiny_ict import tiny_ict_task
 
 
@@ -21,11 +21,7 @@ def main(block_store, bert_dir, workdir):
   task = tiny_ict_task(block_store, bert_dir, batch_size=8)
   params = task.init_params(jax.random.key(0))
   batch = task.train_batch(0)
-  loss_one, _, grads_one = loss_and_grads(task, params, batch, one)
-  loss_four, _, grads_four = loss_and_grads(task, params, batch, four)
-  grad_scale = float(np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(grads_one))))
-  grad_difference = max(float(np.abs(a - b).max())
-                        for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_four)))
+  found = one_device_against_all(task, params, batch)
 
   # Three whole optimizer steps through the training loop on each mesh.
   states = []
@@ -36,8 +32,9 @@ def main(block_store, bert_dir, workdir):
     states.append(jax.device_get(train(task, options, mesh=mesh).params))
   param_difference = max(float(np.abs(a - b).max())
                          for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])))
-  print(json.dumps(dict(loss_one=loss_one, loss_four=loss_four, grad_scale=grad_scale,
-                        grad_difference=grad_difference, param_difference=param_difference)))
+  print(json.dumps(dict(loss_one=found["loss_one"], loss_four=found["loss_four"],
+                        grad_scale=found["grad_scale"], grad_difference=found["grad_difference"],
+                        param_difference=param_difference)))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The jitted loss and gradients of a task's batch on a mesh, for the multi-device checks."""
 
 import jax
+import numpy as np
 
 from orqa_realm import parallel
 
@@ -16,3 +17,17 @@ def loss_and_grads(task, params, batch, mesh):
   (loss, metrics), grads = step(jax.device_put(params, parallel.replicated(mesh)),
                                 parallel.to_global(batch, mesh))
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
+
+
+def one_device_against_all(task, params, batch):
+  """The loss, metrics and gradients of `batch` on a 1-device mesh and on all devices:
+  {loss_one, loss_four, metrics_one, metrics_four, grad_scale (the 1-device gradient norm),
+  grad_difference (the largest elementwise difference)}."""
+  one, four = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh()
+  loss_one, metrics_one, grads_one = loss_and_grads(task, params, batch, one)
+  loss_four, metrics_four, grads_four = loss_and_grads(task, params, batch, four)
+  grad_scale = float(np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(grads_one))))
+  grad_difference = max(float(np.abs(a - b).max())
+                        for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_four)))
+  return dict(loss_one=loss_one, loss_four=loss_four, metrics_one=metrics_one,
+              metrics_four=metrics_four, grad_scale=grad_scale, grad_difference=grad_difference)

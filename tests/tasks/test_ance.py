@@ -3,7 +3,6 @@ paragraph or the positive), the initial model indexed before step 0, and a switc
 version mid-run with its staleness logged."""
 
 import json
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +16,7 @@ from orqa_realm.index.refresher import Refresher, RefresherThread
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.metrics import has_answer
 from orqa_realm.modeling import retriever
+from tests.index.hold_batch import HoldBatchUntilVersion
 from tests.tasks.tiny_dpr import tiny_ance_task
 
 
@@ -56,25 +56,6 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
     task.train_batch(5, params)
 
 
-class SwitchAt:
-  """The ANCE task, except that the batch of `step` waits until the handle has loaded version 2:
-  the test's way of making a refresh land mid-run deterministically."""
-
-  def __init__(self, task, handle, step):
-    self._task, self._handle, self._step = task, handle, step
-
-  def __getattr__(self, name):
-    return getattr(self._task, name)
-
-  def train_batch(self, step, params=None, mesh=None, index=None):
-    if step == self._step:
-      deadline = time.monotonic() + 300
-      while self._handle.current().version.version < 2:
-        assert time.monotonic() < deadline, "no second index version"
-        time.sleep(0.1)
-    return self._task.train_batch(step, params, mesh, index)
-
-
 @pytest.mark.slow
 def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_task, tmp_path):
   task = tiny_task
@@ -89,7 +70,7 @@ def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_ta
   options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
                                    learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
                                    log_every_steps=1)
-  train_lib.train(SwitchAt(task, handle, step=4), options, on_checkpoint_commit=thread.notify,
+  train_lib.train(HoldBatchUntilVersion(task, handle, step=4, version=2), options, on_checkpoint_commit=thread.notify,
                   index_handle=handle)
   thread.close()
   handle.close()
