@@ -70,17 +70,25 @@ def test_beir_readers_locate_bad_lines(tmp_path):
     beir.read_qrels(qrels)
 
 
-def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_bert_dir, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_index(squad_block_store, tiny_bert_dir, tmp_path_factory):
+  """(index root, model flags): the SQuAD store embedded by `embed` with a random tiny BERT."""
   model = [f"--bert={tiny_bert_dir}", "--from_scratch", "--projection_size=0",
            "--block_length=32", "--embed_dtype=float32"]
+  index_dir = tmp_path_factory.mktemp("evaluate") / "index"
   published = subprocess.run(
       [sys.executable, "-m", "orqa_realm.embed", f"--block_store={squad_block_store.directory}",
-       f"--index_dir={tmp_path / 'index'}", *model],
+       f"--index_dir={index_dir}", *model],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert published.returncode == 0, published.stderr[-3000:]
+  return index_dir, model
+
+
+def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_index, tmp_path):
+  index_dir, model = tiny_index
   result = subprocess.run(
       [sys.executable, "-m", "orqa_realm.evaluate", f"--block_store={squad_block_store.directory}",
-       f"--index_dir={tmp_path / 'index'}", f"--qa_dataset=squad:{DEMO_SQUAD}",
+       f"--index_dir={index_dir}", f"--qa_dataset=squad:{DEMO_SQUAD}",
        "--recall_ks=1,5", f"--output_dir={tmp_path / 'eval'}", "--query_length=16", *model],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -94,7 +102,8 @@ def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_bert_dir, tmp_pat
 
 
 @pytest.mark.slow
-def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tmp_path):
+def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_index,
+                                       tmp_path):
   store = squad_block_store
   common = [f"--block_store={store.directory}", f"--qa_dataset=squad:{DEMO_SQUAD}",
             "--recall_ks=1,5", f"--bm25_dir={tmp_path / 'bm25'}", f"--bert={tiny_bert_dir}"]
@@ -115,16 +124,10 @@ def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tmp_pat
   assert bm25_metrics["bm25"] == dict(k1=0.9, b=0.4, stemmer="english", stopwords="en")
 
   # Hybrid fuses a dense index with the BM25 index saved by the first run.
-  model = [f"--bert={tiny_bert_dir}", "--from_scratch", "--projection_size=0",
-           "--block_length=32", "--embed_dtype=float32"]
-  published = subprocess.run(
-      [sys.executable, "-m", "orqa_realm.embed", f"--block_store={store.directory}",
-       f"--index_dir={tmp_path / 'index'}", *model],
-      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
-  assert published.returncode == 0, published.stderr[-3000:]
+  index_dir, model = tiny_index
   hybrid_run = subprocess.run(
       [sys.executable, "-m", "orqa_realm.evaluate", "--retrieval=hybrid", "--hybrid_alpha=0.5",
-       "--hybrid_depth=50", f"--index_dir={tmp_path / 'index'}", "--query_length=16", *common,
+       "--hybrid_depth=50", f"--index_dir={index_dir}", "--query_length=16", *common,
        *model, f"--output_dir={tmp_path / 'hybrid_eval'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert hybrid_run.returncode == 0, hybrid_run.stderr[-3000:]

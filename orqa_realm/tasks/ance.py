@@ -28,7 +28,7 @@ from orqa_realm.data.qa import question_indices
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling import retriever
 from orqa_realm.tasks import retriever_flags
-from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask, batch_blocks, config_from_flags
+from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask, config_from_flags
 
 _NEGATIVE_DEPTH = flags.DEFINE_integer(
     "ance_negative_depth", 200, "ANCE draws each question's hard negatives from its top N "
@@ -91,7 +91,4 @@ class ANCETask(DPRTask):
         example, ranking, self.rule, config.hard_negatives_per_question,
         np.random.default_rng([config.seed, step, position])))
                 for position, (example, ranking) in enumerate(zip(examples, rankings))]
-    block_ids = batch_blocks(examples)
-    blocks = self.store.encode(block_ids, max_length=config.block_length,
-                               block_format=config.retriever.block_format)
-    return DPRInputs(queries, blocks, block_ids)
+    return self.inputs(rows, examples)

@@ -195,7 +195,12 @@ class DPRTask(StoreRecallEvaluation, Task):
     del params, mesh, index  # DPR batches depend on the step only
     config = self.config
     rows = question_indices(len(self.examples), config.batch_size, seed=config.seed, step=step)
-    block_ids = batch_blocks([self.examples[row] for row in rows])
+    return self.inputs(rows, [self.examples[row] for row in rows])
+
+  def inputs(self, rows: np.ndarray, examples: list[DPRExample]) -> DPRInputs:
+    """The batch of training examples `rows` (`examples`, with the negatives to use)."""
+    config = self.config
+    block_ids = batch_blocks(examples)
     queries = self.tokenizer.pack([self.question_ids[row] for row in rows],
                                   max_length=config.query_length)
     blocks = self.store.encode(block_ids, max_length=config.block_length,
