@@ -12,9 +12,9 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=[
         "absl-py>=2.1",
-        "blingfire>=0.1.8",
+        "blingfire>=0.1.8",  # sentence boundaries with character offsets, fast enough for Wikipedia
         "bm25s>=0.2.6",  # BM25 (Lucene scoring) over block stores, for baselines, fusion and DPR
-        "PyStemmer>=2.2",  # Snowball stemming of BM25 words  # sentence boundaries with character offsets, fast enough for Wikipedia
+        "PyStemmer>=2.2",  # Snowball stemming of BM25 words
         "flax>=0.10",
         "jax>=0.7",
         "matplotlib>=3.8",  # recall@k plots of evaluate.py

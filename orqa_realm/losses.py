@@ -101,3 +101,56 @@ def full_loss(span_logits: jax.Array, span_is_answer: jax.Array) -> MarginalLoss
   losses, any_correct = marginal_log_likelihood(span_logits.reshape(questions, -1),
                                                 span_is_answer.reshape(questions, -1))
   return MarginalLoss(jnp.mean(losses), jnp.mean(any_correct))
+
+
+class REALMLoss(NamedTuple):
+  loss: jax.Array  # [] negative marginal log-likelihood per masked wordpiece
+  retrieval_utility: jax.Array  # [] mean of log p(y | top retrieved, x) - log p(y | null, x)
+  null_probability: jax.Array  # [] mean p(null document | x)
+  masked_accuracy: jax.Array  # [] masked wordpieces whose marginal prediction is right
+
+
+def realm_loss(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.Array,
+               target_mask: jax.Array, marginal: str = "token") -> REALMLoss:
+  """REALM's loss: the masked wordpieces' likelihood marginalised over the candidate documents.
+
+  log p(z | x) = log_softmax over the k candidates of the retrieval logits, and log p(y | z, x)
+  the MLM's log-probabilities of the targets reading candidate z. With `marginal="token"` (the
+  reference code) each masked wordpiece j is marginalised alone, log p(y_j | x) = logsumexp_z
+  [log p(z | x) + log p(y_j | z, x)]; with "span" (the paper) the span's wordpieces are multiplied
+  first, log p(y | x) = logsumexp_z [log p(z | x) + sum_j log p(y_j | z, x)]. Either way the loss
+  is the negative log-likelihood summed over the batch and divided by its number of masked
+  wordpieces, so that the two are on one scale.
+
+  Retrieval utility (the paper's RU) compares, per query, the span's log-likelihood reading the
+  best-scored retrieved document (candidate 1 onwards) with reading the null document.
+
+  Args:
+    retrieval_logits: [batch, k] scores of the candidates; candidate 0 is the null document.
+    mlm_logits: [batch, k, masks, vocab] the MLM's logits at the masked positions.
+    targets: [batch, masks] int the masked wordpieces.
+    target_mask: [batch, masks] bool, False on padding slots.
+    marginal: "token" or "span".
+  """
+  if marginal not in ("token", "span"):
+    raise ValueError(f"marginal {marginal!r} is not 'token' or 'span'")
+  weights = target_mask.astype(jnp.float32)  # [batch, masks]
+  num_masks = jnp.maximum(jnp.sum(weights), 1.0)
+  log_p_z = jax.nn.log_softmax(retrieval_logits.astype(jnp.float32), axis=-1)  # [batch, k]
+  log_p_vocab = jax.nn.log_softmax(mlm_logits.astype(jnp.float32), axis=-1)  # [b, k, masks, v]
+  token_log_p = jnp.take_along_axis(
+      log_p_vocab, targets[:, None, :, None].astype(jnp.int32), axis=-1)[..., 0]  # [b, k, masks]
+  token_log_p = token_log_p * weights[:, None, :]
+  span_log_p = jnp.sum(token_log_p, axis=-1)  # [batch, k]
+  if marginal == "token":
+    marginals = jax.nn.logsumexp(log_p_z[:, :, None] + token_log_p, axis=1)  # [batch, masks]
+    log_likelihood = jnp.sum(marginals * weights)
+  else:
+    log_likelihood = jnp.sum(jax.nn.logsumexp(log_p_z + span_log_p, axis=1))
+  top_retrieved = 1 + jnp.argmax(retrieval_logits[:, 1:], axis=-1)  # [batch]
+  utility = jnp.take_along_axis(span_log_p, top_retrieved[:, None], axis=1)[:, 0] - span_log_p[:, 0]
+  predictions = jnp.argmax(jax.nn.logsumexp(log_p_z[:, :, None, None] + log_p_vocab, axis=1),
+                           axis=-1)  # [batch, masks]
+  return REALMLoss(loss=-log_likelihood / num_masks, retrieval_utility=jnp.mean(utility),
+                   null_probability=jnp.mean(jnp.exp(log_p_z[:, 0])),
+                   masked_accuracy=jnp.sum((predictions == targets) * weights) / num_masks)

@@ -38,6 +38,7 @@ from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.orqa import ORQATask
+from orqa_realm.tasks.realm import REALMTask
 
 # name -> a constructor from flags: (batch_size, seed, dtype, remat) -> Task
 TASKS: dict[str, Callable[..., Task]] = {
@@ -45,6 +46,7 @@ TASKS: dict[str, Callable[..., Task]] = {
     "dpr": DPRTask.from_flags,
     "ict": ICTTask.from_flags,
     "orqa": ORQATask.from_flags,
+    "realm": REALMTask.from_flags,
 }
 
 _TASK = flags.DEFINE_enum("task", "ict", sorted(TASKS), "The training objective.")

@@ -62,6 +62,24 @@ def squad_block_store(tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def salient_squad_store(tokenizer, tmp_path_factory):
+  """The first 60 paragraphs (two articles) of the bundled SQuAD slice as a block store with its
+  salient spans (spaCy, the `ner` extra)."""
+  import itertools
+
+  pytest.importorskip("spacy")
+  from orqa_realm.data import salient_spans
+  from orqa_realm.data.blocks import build_block_store
+  from orqa_realm.data.documents import load_documents
+
+  spec = f"squad:{DEMO_SQUAD}"
+  store = build_block_store(itertools.islice(load_documents(spec), 60), tokenizer,
+                            tmp_path_factory.mktemp("stores") / "squad_salient", source=spec)
+  salient_spans.annotate_store(store)
+  return store
+
+
+@pytest.fixture(scope="session")
 def tiny_bert_dir(minilm_dir, tmp_path_factory) -> str:
   """MiniLM's tokenizer with a tiny random architecture (tests/tasks/tiny_ict.py)."""
   from tests.tasks.tiny_ict import make_tiny_bert_dir

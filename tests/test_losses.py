@@ -125,3 +125,64 @@ def test_early_and_full_losses_match_numpy():
   expected = numpy_marginal(span_logits.reshape(4, -1), span_is_answer.reshape(4, -1))
   np.testing.assert_allclose(full.loss, expected.mean(), rtol=1e-5)
   np.testing.assert_allclose(full.has_correct, 0.75)
+
+
+def numpy_log_softmax(x, axis=-1):
+  x = np.asarray(x, np.float64)
+  shifted = x - x.max(axis=axis, keepdims=True)
+  return shifted - np.log(np.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+def numpy_realm(retrieval_logits, mlm_logits, targets, target_mask, marginal):
+  """REALM's loss and retrieval utility written out with loops, in float64."""
+  batch, k, masks, _ = mlm_logits.shape
+  log_p_z = numpy_log_softmax(retrieval_logits)
+  log_p_vocab = numpy_log_softmax(mlm_logits)
+  total, count, utilities = 0.0, target_mask.sum(), []
+  for b in range(batch):
+    token = np.array([[log_p_vocab[b, z, j, targets[b, j]] for j in range(masks)]
+                      for z in range(k)])  # [k, masks]
+    token = token * target_mask[b]
+    if marginal == "token":
+      for j in np.flatnonzero(target_mask[b]):
+        total += np.log(np.sum(np.exp(log_p_z[b] + token[:, j])))
+    else:
+      total += np.log(np.sum(np.exp(log_p_z[b] + token.sum(axis=1))))
+    best = 1 + int(np.argmax(retrieval_logits[b, 1:]))
+    utilities.append(token[best].sum() - token[0].sum())
+  return -total / count, np.mean(utilities)
+
+
+@pytest.mark.parametrize("marginal", ["token", "span"])
+def test_realm_loss_matches_numpy(marginal):
+  rng = np.random.default_rng(0)
+  batch, k, masks, vocab = 3, 4, 5, 11
+  retrieval_logits = rng.normal(size=(batch, k)) * 3
+  mlm_logits = rng.normal(size=(batch, k, masks, vocab)) * 2
+  targets = rng.integers(vocab, size=(batch, masks))
+  target_mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+  result = losses.realm_loss(jnp.asarray(retrieval_logits, jnp.float32),
+                             jnp.asarray(mlm_logits, jnp.float32), jnp.asarray(targets),
+                             jnp.asarray(target_mask), marginal)
+  expected_loss, expected_utility = numpy_realm(retrieval_logits, mlm_logits, targets,
+                                                target_mask, marginal)
+  np.testing.assert_allclose(float(result.loss), expected_loss, rtol=1e-5)
+  np.testing.assert_allclose(float(result.retrieval_utility), expected_utility, rtol=1e-5)
+  np.testing.assert_allclose(float(result.null_probability),
+                             np.exp(numpy_log_softmax(retrieval_logits)[:, 0]).mean(), rtol=1e-5)
+
+
+def test_realm_marginals_differ_and_agree_on_one_document():
+  """Token and span marginals differ once documents disagree, and coincide with one candidate
+  carrying all the retrieval mass."""
+  rng = np.random.default_rng(1)
+  mlm_logits = jnp.asarray(rng.normal(size=(2, 3, 4, 7)) * 2, jnp.float32)
+  targets, target_mask = jnp.asarray(rng.integers(7, size=(2, 4))), jnp.ones((2, 4), bool)
+  spread = jnp.zeros((2, 3))
+  token = losses.realm_loss(spread, mlm_logits, targets, target_mask, "token").loss
+  span = losses.realm_loss(spread, mlm_logits, targets, target_mask, "span").loss
+  assert abs(float(token) - float(span)) > 1e-3
+  peaked = jnp.array([[0.0, 200.0, 0.0], [0.0, 0.0, 200.0]])
+  np.testing.assert_allclose(
+      float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "token").loss),
+      float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "span").loss), rtol=1e-5)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-_ACTIVATIONS = {
+ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
@@ -49,8 +49,8 @@ class BertConfig:
     if self.hidden_size % self.num_attention_heads:
       raise ValueError(f"hidden_size {self.hidden_size} is not a multiple of "
                        f"num_attention_heads {self.num_attention_heads}")
-    if self.hidden_act not in _ACTIVATIONS:
-      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(_ACTIVATIONS)}")
+    if self.hidden_act not in ACTIVATIONS:
+      raise ValueError(f"hidden_act {self.hidden_act!r} is not one of {sorted(ACTIVATIONS)}")
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> BertConfig:
@@ -174,7 +174,7 @@ class BertLayer(nn.Module):
         hidden, attention_mask, deterministic)
     hidden = layer_norm(config, "attention_layer_norm")(
         hidden + dropout(attended, deterministic=deterministic))
-    intermediate = _ACTIVATIONS[config.hidden_act](
+    intermediate = ACTIVATIONS[config.hidden_act](
         dense(config.intermediate_size, config, self.dtype, "intermediate")(hidden))
     output = dense(config.hidden_size, config, self.dtype, "output")(intermediate)
     return layer_norm(config, "output_layer_norm")(

@@ -32,7 +32,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags
+from absl import flags, logging
 
 from orqa_realm import checkpoints, embed, parallel
 from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
@@ -45,13 +45,14 @@ from orqa_realm.index import index_flags
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot, IndexVersion
 from orqa_realm.losses import early_loss, full_loss
-from orqa_realm.modeling import retriever
+from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.hf_import import read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.predict import OpenQAPredictor, ReaderSettings, qa_metrics
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER
 
 _RETRIEVER_BEAM_SIZE = flags.DEFINE_integer(
     "retriever_beam_size", 5000, "c: blocks retrieved per question for the early loss (at most "
@@ -218,7 +219,31 @@ class ORQATask(Task):
                                                self._bert_params)
     return dict(retriever=query_tower_params(retriever_params, self.retriever_config),
                 reader=init_reader_params(self.config.reader, reader_rng,
-                                          self._bert_params))
+                                          self._reader_bert_params()))
+
+  def _reader_bert_params(self) -> Any:
+    """The reader's initial BERT: a REALM run's knowledge-augmented encoder (REALM's fine-tuning
+    starts the reader from it), else --bert's weights."""
+    workdir = self.config.retriever_workdir
+    if not workdir:
+      return self._bert_params
+    model_config = checkpoints.read_model_config(workdir)
+    if KNOWLEDGE_ENCODER not in model_config:
+      return self._bert_params
+    knowledge_config = mlm.KnowledgeEncoderConfig.from_dict(model_config[KNOWLEDGE_ENCODER])
+    if knowledge_config.bert != self.config.reader.bert:
+      raise InputError(f"the REALM run's knowledge encoder is {knowledge_config.bert}, the reader "
+                       f"--bert is {self.config.reader.bert}", path=workdir,
+                       field="retriever_workdir")
+    logging.info("ORQA: the reader starts from the knowledge-augmented encoder of %s", workdir)
+    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+    shapes = jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0)))
+    restored = reader.restore_params(
+        self.index.version.checkpoint_step,
+        {KNOWLEDGE_ENCODER: {"bert": checkpoints.abstract_with_sharding(
+            shapes["bert"], parallel.replicated(parallel.make_mesh()))}})
+    reader.close()
+    return restored[KNOWLEDGE_ENCODER]["bert"]
 
   def train_batch(self, step: int, params=None, mesh=None, index=None) -> ORQABatch:
     del index  # ORQA's index is frozen: its own, opened at start-up

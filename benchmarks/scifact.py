@@ -1,0 +1,144 @@
+"""SciFact (BEIR) benchmark: nDCG@10 and recall@100 on the 300 test claims of BM25, of dense
+retrievers, and of each dense retriever fused with BM25, side by side in one table.
+
+    python benchmarks/scifact.py --block_store=runs/blocks/scifact_docs \\
+        --bm25_dir=runs/bm25/scifact_docs --embed_dtype=float32 \\
+        --dense="MiniLM zero-shot=runs/index/scifact_minilm_cos" \\
+        --dense="DPR=runs/index/scifact_dpr@runs/dpr_scifact"
+
+Each --dense row is NAME=INDEX_DIR, or NAME=INDEX_DIR@WORKDIR for an index embedded from a
+training run's checkpoint. The retriever's architecture is read from the index (what it was
+embedded with); the query tower is the run's checkpoint the index was built from, or --bert's
+weights for an index built from them. The fusion (`index/fusion.py`) is chosen on the training
+claims (their qrels): every normalisation and --alphas is tried there, the best nDCG@10 wins,
+and only that one is evaluated on the test claims, so no test claim picks a setting. Documents
+are ranked by their best block (one block per abstract in `scifact_docs`).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple
+
+import jax
+from absl import app, flags
+
+from common import print_table
+from orqa_realm import checkpoints, embed, evaluate, parallel
+from orqa_realm.data import beir
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.index import bm25, index_flags
+from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
+from orqa_realm.index.handle import open_index
+from orqa_realm.index.searcher import SearchResult
+from orqa_realm.index.storage import IndexRoot
+from orqa_realm.modeling import retriever
+from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.tasks import retriever_flags
+
+_DENSE = flags.DEFINE_multi_string(
+    "dense", [], "A dense row, NAME=INDEX_DIR or NAME=INDEX_DIR@WORKDIR (repeat the flag).")
+_SCIFACT = flags.DEFINE_string("scifact_dir", "../shared/data/scifact",
+                               "Holds queries.{train,test} and qrels.{train,test}.")
+_ALPHAS = flags.DEFINE_list("alphas", ["0.25", "0.5", "1", "1.5", "2", "3"],
+                            "BM25 weights tried on the training claims.")
+_DEPTH = 100
+
+
+class Split(NamedTuple):
+  query_ids: list[str]
+  texts: list[str]
+  qrels: dict[str, dict[str, int]]
+
+
+def read_split(name: str) -> Split:
+  directory = _SCIFACT.value
+  queries_path = f"{directory}/queries.{name}.tsv"
+  queries = beir.read_queries(queries_path if name == "train" else f"{queries_path}.gz")
+  qrels = beir.read_qrels(f"{directory}/qrels.{name}.txt")
+  query_ids = [qid for qid in queries if qid in qrels]
+  return Split(query_ids, [queries[qid] for qid in query_ids], qrels)
+
+
+def query_encoder(index_dir: str, workdir: str | None, mesh):
+  """(retriever config, query tower params, the index's searcher) of one dense row."""
+  version = IndexRoot(index_dir).latest()
+  if version is None:
+    raise ValueError(f"{index_dir}: no index version")
+  config = retriever.RetrieverConfig.from_dict(version.metadata["retriever"])
+  if version.checkpoint_step is None:
+    params = retriever.init_params(config, jax.random.key(0),
+                                   retriever_flags.pretrained_bert_params())
+  else:
+    if not workdir:
+      raise ValueError(f"{index_dir} was embedded from checkpoint {version.checkpoint_step} of a "
+                       "run: name it as NAME=INDEX_DIR@WORKDIR")
+    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+    params = embed.restore_retriever(reader, version.checkpoint_step, config, mesh)
+    reader.close()
+  return config, params, version
+
+
+def scores(name: str, ranking: SearchResult, split: Split, store) -> list[str]:
+  run = evaluate.document_run(split.query_ids, ranking.ids, ranking.scores, store)
+  metrics = evaluate.beir_metrics(run, split.qrels)
+  return [name, f"{metrics['ndcg_cut_10']:.4f}", f"{metrics['recall_10']:.3f}",
+          f"{metrics['recall_100']:.3f}"]
+
+
+def best_fusion(dense: SearchResult, sparse: SearchResult, split: Split, store
+                ) -> tuple[str, float, float]:
+  """(normalisation, alpha, nDCG@10) of the best fusion on `split`."""
+  best = ("", 0.0, -1.0)
+  for normalization in NORMALIZATIONS:
+    for alpha in (float(a) for a in _ALPHAS.value):
+      fused = fuse_rankings(dense, sparse, _DEPTH, alpha=alpha, normalization=normalization)
+      run = evaluate.document_run(split.query_ids, fused.ids, fused.scores, store)
+      ndcg = evaluate.beir_metrics(run, split.qrels)["ndcg_cut_10"]
+      if ndcg > best[2]:
+        best = (normalization, alpha, ndcg)
+  return best
+
+
+def main(argv):
+  del argv
+  mesh = parallel.make_mesh()
+  store = BlockStore(retriever_flags.BLOCK_STORE.value)
+  tokenizer = Tokenizer(resolve_model_dir(retriever_flags.BERT.value))
+  store.check_tokenizer(tokenizer)
+  train, test = read_split("train"), read_split("test")
+  depth = min(_DEPTH, len(store))
+  started = time.perf_counter()
+  sparse = bm25.open_or_build(store, index_flags.bm25_settings(), index_flags.BM25_DIR.value)
+  sparse_rankings = {split: sparse.search_texts(data.texts, depth)
+                     for split, data in (("train", train), ("test", test))}
+  print(f"{len(test.texts)} test and {len(train.texts)} training claims, {len(store)} blocks; "
+        f"BM25 {time.perf_counter() - started:.1f} s")
+  rows = [scores("BM25", sparse_rankings["test"], test, store)]
+  for spec in _DENSE.value:
+    name, _, location = spec.partition("=")
+    index_dir, _, workdir = location.partition("@")
+    started = time.perf_counter()
+    config, params, version = query_encoder(index_dir, workdir or None, mesh)
+    searcher = open_index(version, store, mesh=mesh).searcher
+    dense_rankings = {}
+    for split, data in (("train", train), ("test", test)):
+      queries = embed.embed_queries(data.texts, params, config, tokenizer,
+                                    query_length=retriever_flags.QUERY_LENGTH.value,
+                                    dtype=index_flags.embed_dtype(), mesh=mesh)
+      dense_rankings[split] = searcher.search(queries, depth)
+    normalization, alpha, train_ndcg = best_fusion(dense_rankings["train"],
+                                                   sparse_rankings["train"], train, store)
+    fused = fuse_rankings(dense_rankings["test"], sparse_rankings["test"], _DEPTH, alpha=alpha,
+                          normalization=normalization)
+    rows.append(scores(name, dense_rankings["test"], test, store))
+    rows.append(scores(f"{name} + BM25 ({normalization}, alpha {alpha:g}; train nDCG "
+                       f"{train_ndcg:.3f})", fused, test, store))
+    print(f"{name}: {time.perf_counter() - started:.0f} s")
+  print_table("SciFact test (300 claims)", ["retriever", "nDCG@10", "recall@10", "recall@100"],
+              rows)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,105 @@
+"""REALM's knowledge-augmented encoder: BERT over `[CLS] masked query [SEP] document [SEP]` with a
+masked-language-model head tied to the word embeddings.
+
+The head is BERT's (Hugging Face `BertForMaskedLM`'s `cls.predictions`): dense(hidden) ->
+activation -> LayerNorm -> inner product with the word embeddings + an output bias. It scores
+only the masked positions, so the [vocab]-wide output is [queries x candidates, max_masks, vocab]
+rather than per token. A checkpoint with an MLM head (`cls.predictions.*`) initialises it through
+`mlm_head_params`; all-MiniLM-L6-v2 has none, so REALM from MiniLM starts with a fresh transform
+and bias on the pretrained (tied) word embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.errors import InputError
+from orqa_realm.modeling.bert import ACTIVATIONS, BertConfig, BertModel, dense, layer_norm
+
+
+@dataclasses.dataclass(frozen=True)
+class KnowledgeEncoderConfig:
+  bert: BertConfig
+
+  def to_dict(self) -> dict[str, Any]:
+    return dict(bert=self.bert.to_dict())
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> KnowledgeEncoderConfig:
+    return cls(bert=BertConfig.from_dict(values["bert"]))
+
+
+class KnowledgeAugmentedEncoder(nn.Module):
+  """BERT + the tied MLM head; params: 'bert', 'mlm_transform', 'mlm_layer_norm',
+  'mlm_output_bias'."""
+  config: KnowledgeEncoderConfig
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, inputs: TokenBatch, mask_positions: jax.Array,
+               deterministic: bool = True) -> jax.Array:
+    """[batch, length] inputs, [batch, num_masks] positions -> [batch, num_masks, vocab] float32
+    logits of the wordpiece at each position."""
+    bert_config = self.config.bert
+    bert = BertModel(bert_config, self.dtype, self.remat, name="bert")
+    hidden = bert(inputs.token_ids, inputs.segment_ids, inputs.input_mask,
+                  deterministic).sequence_output  # [batch, length, hidden]
+    # [batch, masks, hidden]
+    hidden = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
+    hidden = ACTIVATIONS[bert_config.hidden_act](
+        dense(bert_config.hidden_size, bert_config, self.dtype, "mlm_transform")(hidden))
+    hidden = layer_norm(bert_config, "mlm_layer_norm")(hidden)
+    word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
+    bias = self.param("mlm_output_bias", nn.initializers.zeros, (bert_config.vocab_size,),
+                      jnp.float32)
+    return jnp.einsum("bmh,vh->bmv", hidden.astype(self.dtype), word_embeddings.astype(self.dtype),
+                      preferred_element_type=jnp.float32) + bias  # [batch, masks, vocab]
+
+
+def init_params(config: KnowledgeEncoderConfig, rng: jax.Array,
+                bert_params: dict[str, Any] | None = None,
+                head_params: dict[str, Any] | None = None) -> dict[str, Any]:
+  """The encoder's params: BERT from `bert_params` and the head from `head_params` (e.g.
+  `mlm_head_params`) where given, freshly initialised otherwise."""
+  dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
+  params = dict(KnowledgeAugmentedEncoder(config).init(
+      rng, dummy, jnp.zeros((1, 1), jnp.int32))["params"])
+  if bert_params is not None:
+    params["bert"] = jax.tree.map(jnp.asarray, bert_params)
+  if head_params is not None:
+    params.update(jax.tree.map(jnp.asarray, head_params))
+  return params
+
+
+def mlm_head_params(head_tensors: dict[str, np.ndarray], config: BertConfig,
+                    source: str = "") -> dict[str, Any] | None:
+  """The MLM head of a Hugging Face checkpoint's `cls.predictions.*` tensors (`HFBert.
+  head_tensors`) as our params, or None when it has none. The decoder weight is tied to the
+  word embeddings, so only the transform and the output bias are read."""
+  prefix = "cls.predictions."
+  if not any(name.startswith(prefix) for name in head_tensors):
+    return None
+  names = dict(kernel="transform.dense.weight", bias="transform.dense.bias",
+               scale="transform.LayerNorm.weight", ln_bias="transform.LayerNorm.bias",
+               output_bias="bias")
+  missing = [prefix + name for name in names.values() if prefix + name not in head_tensors]
+  if missing:
+    raise InputError(f"the MLM head lacks {missing}", path=source)
+  tensor = lambda key: np.asarray(head_tensors[prefix + names[key]], np.float32)
+  params = dict(mlm_transform=dict(kernel=tensor("kernel").T, bias=tensor("bias")),
+                mlm_layer_norm=dict(scale=tensor("scale"), bias=tensor("ln_bias")),
+                mlm_output_bias=tensor("output_bias"))
+  hidden, vocab = config.hidden_size, config.vocab_size
+  if params["mlm_transform"]["kernel"].shape != (hidden, hidden) or (
+      params["mlm_output_bias"].shape != (vocab,)):
+    raise InputError(f"the MLM head does not fit hidden size {hidden} and vocabulary {vocab}",
+                     path=source)
+  return params

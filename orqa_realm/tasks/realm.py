@@ -1,0 +1,283 @@
+"""REALM pretraining (Guu et al. 2020): masked-language modelling marginalised over retrieved
+documents, with the retriever trained through the marginal and its index refreshed
+asynchronously.
+
+    python -m orqa_realm.preprocess --salient_spans --output_dir=runs/blocks/squad_demo
+    python -m orqa_realm.train --flagfile=configs/realm_demo.cfg
+
+Each step, for every query of the global batch:
+
+1. `train_batch` (before the step): a sentence of the corpus with one salient span masked
+   (`--realm_masking`, `data/realm.py`) is embedded with the parameters the step starts from and
+   searched in the newest loaded index version (built by the refresher from an earlier
+   checkpoint: stale). Blocks of the query's own document are removed, and the candidates are
+   the null document (empty body, always candidate 0) + the best k - 1 remaining blocks
+   (`--realm_num_candidates`, k = 8).
+2. `loss` (the jitted step): the query and the k candidates are embedded again with the current
+   parameters, so that both encoders get gradients through log p(z | x); the
+   knowledge-augmented encoder (`modeling/mlm.py`) reads `[CLS] masked query [SEP] document
+   [SEP]` for each candidate; the loss is `losses.realm_loss` (`--realm_marginal=token|span`).
+
+The loop logs the loss, the retrieval utility (log-likelihood of the span reading the best
+retrieved document minus reading the null document: positive when retrieval helps), p(null),
+the masked-wordpiece accuracy, and the index version with its staleness in steps.
+
+The retriever's params sit at the top level of the params, as in an ICT or DPR run, beside
+'knowledge_encoder', so that `embed`, the refresher and ORQA (`--retriever_workdir`) read a REALM
+checkpoint as they read any retriever run; ORQA also starts its reader from the knowledge
+encoder's BERT (REALM's fine-tuning).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags, logging
+
+from orqa_realm import checkpoints, embed, parallel
+from orqa_realm.data.answer_spans import continuation_mask
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.masking import MASKINGS
+from orqa_realm.data.realm import REALMExamples, REALMQuery, knowledge_inputs
+from orqa_realm.data.salient_spans import SalientSpans
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.errors import InputError
+from orqa_realm.index.handle import LoadedIndex
+from orqa_realm.losses import realm_loss
+from orqa_realm.modeling import mlm, retriever
+from orqa_realm.modeling.hf_import import load_hf_bert, read_config
+from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.tasks import retriever_flags
+from orqa_realm.tasks.base import Task
+
+KNOWLEDGE_ENCODER = "knowledge_encoder"
+
+_MASKING = flags.DEFINE_enum(
+    "realm_masking", "salient", list(MASKINGS), "What REALM masks in a query sentence: one "
+    "salient span (named entity or date), random wordpieces, or a random span of whole words.")
+_MAX_MASKS = flags.DEFINE_integer("max_masks", 10, "Most wordpieces masked in a query.")
+_NUM_CANDIDATES = flags.DEFINE_integer(
+    "realm_num_candidates", 8, "k: documents the knowledge-augmented encoder reads per query, "
+    "the null document included.")
+_MARGINAL = flags.DEFINE_enum(
+    "realm_marginal", "token", ["token", "span"], "Marginalise over documents each masked "
+    "wordpiece alone (REALM's code) or the span's wordpieces jointly (REALM's paper).")
+_DOCUMENT_LENGTH = flags.DEFINE_integer(
+    "realm_document_length", 288, "Document wordpieces (and its [SEP]) in the knowledge-augmented "
+    "encoder's input, after the query's --query_length.")
+
+
+class REALMBatch(NamedTuple):
+  queries: TokenBatch  # [batch, query_length] the masked query, for the query encoder
+  retrieved: TokenBatch  # [batch, k - 1, block_length] the retrieved blocks, for the block tower
+  knowledge_inputs: TokenBatch  # [batch, k, length] [CLS] query [SEP] document [SEP]
+  mask_positions: np.ndarray  # [batch, max_masks] int32 positions in knowledge_inputs
+  targets: np.ndarray  # [batch, max_masks] int32
+  target_mask: np.ndarray  # [batch, max_masks] bool
+  candidates: np.ndarray  # [batch, k] int32 block ids, -1 (the null document) first
+
+
+@dataclasses.dataclass(frozen=True)
+class REALMConfig:
+  block_store: str
+  retriever: retriever.RetrieverConfig
+  knowledge_encoder: mlm.KnowledgeEncoderConfig
+  bert_dir: str  # the tokenizer and the knowledge encoder's initial BERT
+  batch_size: int
+  masking: str = "salient"
+  max_masks: int = 10
+  num_candidates: int = 8
+  marginal: str = "token"
+  retriever_workdir: str = ""  # e.g. an ICT run (REALM starts its retriever from ICT)
+  seed: int = 0
+  query_length: int = 96
+  block_length: int = 288  # the block tower's input
+  document_length: int = 288  # the document part of the knowledge-augmented encoder's input
+  score_scale: float = 1.0
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+
+def retriever_params(params: dict[str, Any]) -> dict[str, Any]:
+  """The retriever part of REALM params (everything but the knowledge encoder)."""
+  return {name: value for name, value in params.items() if name != KNOWLEDGE_ENCODER}
+
+
+def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_document: int,
+                           count: int) -> np.ndarray:
+  """The first `count` blocks of `ranking` whose document is not `source_document`: the query
+  sentence's own document would make retrieval trivial."""
+  kept = ranking[documents[ranking] != source_document][:count]
+  if len(kept) < count:
+    raise ValueError(f"only {len(kept)} blocks outside the query's document among the "
+                     f"{len(ranking)} retrieved; {count} are needed")
+  return kept
+
+
+class REALMTask(Task):
+  name = "realm"
+  needs_index = True
+
+  def __init__(self, config: REALMConfig, *, bert_dir_params: Any = None):
+    """`bert_dir_params`: `load_hf_bert(config.bert_dir)` (the knowledge encoder's BERT and MLM
+    head, and the retriever's BERT without --retriever_workdir); None: random."""
+    if config.num_candidates < 2:
+      raise InputError("REALM needs the null document and at least one retrieved one: "
+                       "--realm_num_candidates >= 2", field="realm_num_candidates")
+    self.config = config
+    self.store = BlockStore(config.block_store)
+    self.tokenizer = Tokenizer(config.bert_dir)
+    self.store.check_tokenizer(self.tokenizer)
+    spans = SalientSpans(self.store) if config.masking == "salient" else None
+    self.examples = REALMExamples(
+        self.store, masking=config.masking, max_masks=config.max_masks,
+        query_length=config.query_length, mask_id=self.tokenizer.mask_id, seed=config.seed,
+        continuation=continuation_mask(self.tokenizer), spans=spans)
+    logging.info("REALM: %d %s-masking examples per epoch", len(self.examples), config.masking)
+    self.retriever_model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
+    self.knowledge_model = mlm.KnowledgeAugmentedEncoder(config.knowledge_encoder, config.dtype,
+                                                         config.remat)
+    self._bert_dir_params = bert_dir_params
+    self.block_documents = np.asarray(self.store.document_indices())
+    self.max_document_blocks = int(np.bincount(self.block_documents).max())
+    if len(self.store) - self.max_document_blocks < config.num_candidates - 1:
+      raise InputError(f"the store has too few blocks for {config.num_candidates - 1} retrieved "
+                       "candidates outside a query's document", path=config.block_store)
+    # The null document's block-tower input: an empty title and body.
+    self.null_block = self.store.pack_blocks([[]], [[]], max_length=8,
+                                             block_format=config.retriever.block_format)
+
+  @classmethod
+  def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> REALMTask:
+    if not retriever_flags.BLOCK_STORE.value:
+      raise InputError("--task=realm needs --block_store")
+    workdir = retriever_flags.RETRIEVER_WORKDIR.value
+    retriever_config = (
+        retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
+        else retriever_flags.retriever_config())
+    bert_dir = resolve_model_dir(retriever_flags.BERT.value)
+    bert_config = read_config(bert_dir)
+    if workdir and bert_config != retriever_config.bert:
+      raise InputError("the run's BERT is not --bert's, whose tokenizer would read the queries",
+                       path=workdir, field="retriever_workdir")
+    config = REALMConfig(
+        block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
+        knowledge_encoder=mlm.KnowledgeEncoderConfig(bert_config), bert_dir=bert_dir,
+        batch_size=batch_size, masking=_MASKING.value, max_masks=_MAX_MASKS.value,
+        num_candidates=_NUM_CANDIDATES.value, marginal=_MARGINAL.value,
+        retriever_workdir=workdir, seed=seed, query_length=retriever_flags.QUERY_LENGTH.value,
+        block_length=retriever_flags.BLOCK_LENGTH.value, document_length=_DOCUMENT_LENGTH.value,
+        score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value, dtype=dtype, remat=remat)
+    pretrained = None if retriever_flags.FROM_SCRATCH.value else load_hf_bert(bert_dir)
+    return cls(config, bert_dir_params=pretrained)
+
+  def model_config(self) -> dict[str, Any]:
+    return dict(task=self.name, **self.config.retriever.to_dict(),
+                knowledge_encoder=self.config.knowledge_encoder.to_dict())
+
+  def init_params(self, rng: jax.Array) -> dict[str, Any]:
+    retriever_rng, knowledge_rng = jax.random.split(rng)
+    pretrained = self._bert_dir_params
+    if self.config.retriever_workdir:
+      reader = checkpoints.CheckpointReader(
+          checkpoints.checkpoint_dir(self.config.retriever_workdir))
+      step = reader.latest_step()
+      if step is None:
+        raise InputError("the run has no checkpoint to start from", path=reader.directory,
+                         field="retriever_workdir")
+      params = embed.restore_retriever(reader, step, self.config.retriever, parallel.make_mesh())
+      reader.close()
+    else:
+      params = retriever.init_params(self.config.retriever, retriever_rng,
+                                     pretrained.params if pretrained else None)
+    head = None
+    if pretrained is not None:
+      head = mlm.mlm_head_params(pretrained.head_tensors, pretrained.config, self.config.bert_dir)
+      if head is None:
+        logging.warning("%s has no MLM head (cls.predictions): the knowledge encoder's head "
+                        "starts freshly initialised on the tied word embeddings",
+                        self.config.bert_dir)
+    params = dict(params)
+    params[KNOWLEDGE_ENCODER] = mlm.init_params(
+        self.config.knowledge_encoder, knowledge_rng, pretrained.params if pretrained else None,
+        head)
+    return params
+
+  def candidates(self, queries: list[REALMQuery], query_embeddings: np.ndarray,
+                 index: LoadedIndex) -> np.ndarray:
+    """[batch, k] int32: the null document (-1), then the best k - 1 blocks of `index` outside
+    each query's document."""
+    count = self.config.num_candidates - 1
+    depth = min(count + self.max_document_blocks, index.searcher.num_rows)
+    rankings = index.searcher.search(query_embeddings, depth).ids  # [batch, depth]
+    retrieved = np.stack([remove_source_document(ranking, self.block_documents, query.document,
+                                                 count)
+                          for query, ranking in zip(queries, rankings)])
+    return np.concatenate([np.full((len(queries), 1), -1), retrieved], axis=1).astype(np.int32)
+
+  def train_batch(self, step: int, params=None, mesh=None,
+                  index: LoadedIndex | None = None) -> REALMBatch:
+    if params is None or index is None:
+      raise ValueError("REALM retrieves with the current params from the refreshed index: "
+                       "pass both")
+    mesh = mesh if mesh is not None else parallel.make_mesh()
+    config = self.config
+    queries = self.examples.batch(step, config.batch_size)
+    query_tokens = self.store.pack([query.masked.token_ids for query in queries],
+                                   max_length=config.query_length)
+    embed_queries = embed.make_tower_embedder(config.retriever, config.dtype, mesh,
+                                              retriever.DualEncoder.embed_queries)
+    query_embeddings = np.asarray(parallel.fetch_replicated(embed_queries(
+        retriever_params(params), parallel.to_global(query_tokens, mesh))))  # [batch, dim]
+    candidates = self.candidates(queries, query_embeddings, index)  # [batch, k]
+    retrieved = self.store.encode(candidates[:, 1:].ravel(), max_length=config.block_length,
+                                  block_format=config.retriever.block_format)
+    knowledge = knowledge_inputs(self.store, queries, candidates,
+                                 max_query_length=config.query_length,
+                                 max_document_length=config.document_length,
+                                 max_masks=config.max_masks)
+    per_query = lambda array: array.reshape(len(queries), -1, *array.shape[1:])
+    return REALMBatch(query_tokens, TokenBatch(*(per_query(array) for array in retrieved)),
+                      knowledge.tokens, knowledge.mask_positions, knowledge.targets,
+                      knowledge.target_mask, candidates)
+
+  def loss(self, params, batch: REALMBatch, rng, deterministic: bool):
+    query_rng, block_rng, knowledge_rng = jax.random.split(rng, 3)
+    batch_size, retrieved_count, block_length = batch.retrieved.token_ids.shape
+    tower_params = {"params": retriever_params(params)}
+    query_embeddings = self.retriever_model.apply(
+        tower_params, batch.queries, deterministic, method=retriever.DualEncoder.embed_queries,
+        rngs={"dropout": query_rng})  # [batch, dim]
+    flat_retrieved = TokenBatch(*(array.reshape(batch_size * retrieved_count, block_length)
+                                  for array in batch.retrieved))
+    block_embeddings = self.retriever_model.apply(
+        tower_params, flat_retrieved, deterministic, method=retriever.DualEncoder.embed_blocks,
+        rngs={"dropout": block_rng}).reshape(batch_size, retrieved_count, -1)  # [b, k - 1, dim]
+    null_embedding = self.retriever_model.apply(
+        tower_params, TokenBatch(*(jnp.asarray(array) for array in self.null_block)),
+        deterministic, method=retriever.DualEncoder.embed_blocks,
+        rngs={"dropout": block_rng})  # [1, dim]
+    candidate_embeddings = jnp.concatenate(
+        [jnp.broadcast_to(null_embedding[None], (batch_size, 1, null_embedding.shape[-1])),
+         block_embeddings], axis=1)  # [batch, k, dim]
+    retrieval_logits = self.config.score_scale * jnp.einsum(
+        "bd,bkd->bk", query_embeddings, candidate_embeddings,
+        preferred_element_type=jnp.float32)  # [batch, k]
+
+    k, length = batch.knowledge_inputs.token_ids.shape[1:]
+    flat_inputs = TokenBatch(*(array.reshape(batch_size * k, length)
+                               for array in batch.knowledge_inputs))
+    flat_positions = jnp.repeat(batch.mask_positions, k, axis=0)  # [batch x k, masks]
+    mlm_logits = self.knowledge_model.apply(
+        {"params": params[KNOWLEDGE_ENCODER]}, flat_inputs, flat_positions, deterministic,
+        rngs={"dropout": knowledge_rng})  # [batch x k, masks, vocab]
+    mlm_logits = mlm_logits.reshape(batch_size, k, *mlm_logits.shape[1:])
+    result = realm_loss(retrieval_logits, mlm_logits, batch.targets, batch.target_mask,
+                        self.config.marginal)
+    return result.loss, dict(loss=result.loss, retrieval_utility=result.retrieval_utility,
+                             null_probability=result.null_probability,
+                             masked_accuracy=result.masked_accuracy)

@@ -1,0 +1,69 @@
+"""The knowledge-augmented encoder's MLM head against PyTorch `transformers`' BERT MLM head.
+
+MiniLM ships no MLM head, so the reference is MiniLM's real encoder under a head PyTorch
+initialises (seeded), saved as a `BertForPreTraining` checkpoint (the layout of Google's BERT
+checkpoints: pooler, MLM and next-sentence heads) and read back through `hf_import`.
+"""
+
+import jax
+import numpy as np
+import pytest
+
+from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.errors import InputError
+from orqa_realm.modeling import mlm
+from orqa_realm.modeling.hf_import import load_hf_bert
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def minilm_with_head(minilm_dir, tmp_path_factory):
+  """MiniLM's encoder with a seeded random MLM head, as a Hugging Face checkpoint directory."""
+  torch.manual_seed(0)
+  model = transformers.BertForPreTraining.from_pretrained(minilm_dir).eval()
+  with torch.no_grad():  # a head that is not the identity-ish initialisation
+    for parameter in model.cls.predictions.transform.parameters():
+      parameter.normal_(0.0, 0.05)
+    model.cls.predictions.bias.normal_(0.0, 0.5)
+  directory = tmp_path_factory.mktemp("minilm_mlm")
+  model.save_pretrained(directory)
+  return model, str(directory)
+
+
+def test_logits_match_pytorch_at_masked_positions(tokenizer, minilm_with_head):
+  torch_model, directory = minilm_with_head
+  query = "[MASK] [MASK] was the president of the united states in 1861 ."
+  document = "Abraham Lincoln was an American lawyer and statesman who served as president."
+  encoded = tokenizer.hf_tokenizer([query, "the [MASK] flows through paris"],
+                                   [document, "The Seine is a river in France."],
+                                   padding=True, return_tensors="np")
+  inputs = TokenBatch(*(encoded[name].astype(np.int32)
+                        for name in ("input_ids", "token_type_ids", "attention_mask")))
+  # The second query has one mask: its second slot repeats it (as padding slots point anywhere).
+  positions = np.array([[1, 2], [2, 2]], np.int32)
+  assert (inputs.token_ids[np.arange(2)[:, None], positions] == tokenizer.mask_id).all()
+
+  with torch.no_grad():
+    expected = torch_model(input_ids=torch.tensor(inputs.token_ids, dtype=torch.long),
+                           token_type_ids=torch.tensor(inputs.segment_ids, dtype=torch.long),
+                           attention_mask=torch.tensor(inputs.input_mask, dtype=torch.long)
+                           ).prediction_logits.numpy()
+  expected = expected[np.arange(2)[:, None], positions]  # [2, masks, vocab]
+
+  imported = load_hf_bert(directory)
+  config = mlm.KnowledgeEncoderConfig(imported.config)
+  head = mlm.mlm_head_params(imported.head_tensors, imported.config, directory)
+  params = mlm.init_params(config, jax.random.key(0), imported.params, head)
+  logits = mlm.KnowledgeAugmentedEncoder(config).apply({"params": params}, inputs, positions)
+  np.testing.assert_allclose(np.asarray(logits), expected, atol=2e-4, rtol=1e-4)
+  # The head is real: the reference's best wordpiece is ours.
+  np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(expected, -1))
+
+
+def test_minilm_has_no_head_and_a_partial_head_is_refused(minilm_dir):
+  minilm = load_hf_bert(minilm_dir)
+  assert mlm.mlm_head_params(minilm.head_tensors, minilm.config) is None
+  with pytest.raises(InputError, match="lacks"):
+    mlm.mlm_head_params({"cls.predictions.bias": np.zeros(3)}, minilm.config, "ckpt")

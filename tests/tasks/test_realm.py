@@ -1,0 +1,162 @@
+"""REALM: the null document first and the source document never among the candidates, gradients
+reaching both retriever towers and the knowledge-augmented encoder, 4 simulated devices equal to
+one, and a refresh mid-training switched to with its staleness logged."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from orqa_realm import checkpoints
+from orqa_realm.embed import embed_and_publish
+from orqa_realm import train as train_lib
+from orqa_realm.index.handle import IndexHandle, open_index
+from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.index.storage import IndexRoot
+from orqa_realm.modeling import retriever
+from orqa_realm.tasks.orqa import init_reader_params
+from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER
+from tests.conftest import REPO_ROOT, subprocess_env
+from tests.index.hold_batch import HoldBatchUntilVersion
+from tests.tasks.tiny_orqa import tiny_orqa_task
+from tests.tasks.tiny_realm import tiny_realm_task
+
+
+@pytest.fixture(scope="module")
+def tiny_task(salient_squad_store, tiny_bert_dir):
+  return tiny_realm_task(salient_squad_store.directory, tiny_bert_dir)
+
+
+@pytest.fixture(scope="module")
+def tiny_params(tiny_task):
+  return tiny_task.init_params(jax.random.key(0))
+
+
+def query_embeddings(task, params, batch):
+  return np.asarray(retriever.DualEncoder(task.config.retriever).apply(
+      {"params": params}, batch.queries, method=retriever.DualEncoder.embed_queries))
+
+
+def test_null_document_first_and_the_source_document_never_retrieved(tiny_task, tiny_params,
+                                                                      tmp_path):
+  task, store = tiny_task, tiny_task.store
+  documents = np.asarray(store.document_indices())
+  queries = task.examples.batch(4, 8)
+  # An index in which each query's own document is what it matches best: a retriever that
+  # kept it would return it first.
+  probe = task.train_batch(4, tiny_params, index=random_index(task, tmp_path / "probe"))
+  embeddings = np.random.default_rng(0).normal(size=(len(store), 16)).astype(np.float32)
+  for query, embedding in zip(queries, query_embeddings(task, tiny_params, probe)):
+    embeddings[documents == query.document] += 10 * embedding
+  root = IndexRoot(str(tmp_path / "index"))
+  root.publish(embeddings, store_fingerprint=store.fingerprint, checkpoint_step=0)
+  batch = task.train_batch(4, tiny_params, index=open_index(root.latest(), store))
+
+  assert (batch.candidates[:, 0] == -1).all()
+  for query, candidates, embedding in zip(queries, batch.candidates,
+                                          query_embeddings(task, tiny_params, batch)):
+    retrieved = candidates[1:]
+    assert not (documents[retrieved] == query.document).any()
+    # The best k - 1 of the others, recomputed in NumPy.
+    scores = embeddings @ embedding
+    scores[documents == query.document] = -np.inf
+    np.testing.assert_array_equal(retrieved, np.argsort(-scores, kind="stable")[:3])
+  # The null document's input is [CLS] query [SEP] [SEP]; a retrieved one's holds its block.
+  lengths = batch.knowledge_inputs.input_mask.sum(-1)  # [batch, k]
+  assert (lengths[:, 0] == batch.queries.input_mask.sum(-1) + 1).all()
+  assert (lengths[:, 1:] > lengths[:, :1]).all()
+
+
+def random_index(task, directory):
+  root = IndexRoot(str(directory))
+  embeddings = np.random.default_rng(1).normal(size=(len(task.store), 16)).astype(np.float32)
+  root.publish(embeddings, store_fingerprint=task.store.fingerprint, checkpoint_step=0)
+  return open_index(root.latest(), task.store)
+
+
+def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_params, tmp_path):
+  batch = tiny_task.train_batch(0, tiny_params, index=random_index(tiny_task, tmp_path))
+  (loss, metrics), grads = jax.value_and_grad(tiny_task.loss, has_aux=True)(
+      tiny_params, jax.tree.map(jnp.asarray, batch), jax.random.key(0), False)
+  assert np.isfinite(float(loss)) and float(loss) > 0
+  for part in ("query_encoder", "block_encoder", KNOWLEDGE_ENCODER):
+    norm = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads[part])))
+    assert norm > 0, part
+  assert 0 < float(metrics["null_probability"]) < 1
+
+
+def test_four_devices_equal_one(salient_squad_store, tiny_bert_dir):
+  result = subprocess.run(
+      [sys.executable, "-m", "tests.tasks.sharded_realm_check", salient_squad_store.directory,
+       tiny_bert_dir],
+      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
+      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  found = json.loads(result.stdout.strip().splitlines()[-1])
+  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
+  np.testing.assert_allclose(found["utility_four"], found["utility_one"], rtol=1e-5, atol=1e-6)
+  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
+
+
+@pytest.mark.slow
+def test_a_refresh_mid_training_is_switched_to_with_its_staleness_logged(tiny_task, tmp_path):
+  task = tiny_task
+  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"), keep=100)
+  handle = IndexHandle(root, task.store, poll_seconds=60)
+  refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
+                        config=task.config.retriever, index_root=root, block_length=48,
+                        batch_size=64, dtype=jnp.float32,
+                        on_publish=lambda version: handle.notify())
+  thread = RefresherThread(refresher, poll_seconds=60).start()
+  options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
+                                   learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
+                                   log_every_steps=1)
+  train_lib.train(HoldBatchUntilVersion(task, handle, step=4, version=2), options,
+                  on_checkpoint_commit=thread.notify, index_handle=handle)
+  thread.close()
+  handle.close()
+  assert root.read(1).checkpoint_step == 0  # the initial model, indexed before step 0
+  with open(workdir / "metrics.jsonl") as f:
+    logged = [json.loads(line) for line in f if "index_version" in line]
+  assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
+  versions = [entry["index_version"] for entry in logged]
+  assert versions[:2] == [1, 1] and versions[-1] >= 2 and versions == sorted(versions)
+  for entry in logged:
+    built_from = root.read(int(entry["index_version"])).checkpoint_step
+    assert entry["index_staleness_steps"] == entry["step"] - built_from
+    assert np.isfinite(entry["retrieval_utility"]) and np.isfinite(entry["loss"])
+
+
+def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
+  """REALM's fine-tuning: ORQA over an index embedded from a REALM checkpoint takes its question
+  encoder from the REALM retriever and its reader's BERT from the knowledge encoder."""
+  task, workdir = tiny_task, str(tmp_path / "realm")
+  random_index(task, tmp_path / "realm_index")
+  handle = IndexHandle(IndexRoot(str(tmp_path / "realm_index")), task.store, poll_seconds=60)
+  train_lib.train(task, train_lib.TrainOptions(workdir=workdir, num_train_steps=1, batch_size=8,
+                                               learning_rate=1e-3, warmup_steps=1),
+                  index_handle=handle)
+  handle.close()
+  reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+  shapes = jax.eval_shape(lambda: task.init_params(jax.random.key(0)))
+  realm_params = reader.restore_params(1, checkpoints.abstract_with_sharding(
+      shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
+  reader.close()
+  index_dir = str(tmp_path / "orqa_index")
+  embed_and_publish(task.store, realm_params, task.config.retriever, IndexRoot(index_dir),
+                    checkpoint_step=1, block_length=48, batch_size=64, dtype=jnp.float32)
+
+  orqa = tiny_orqa_task(task.store.directory, tiny_bert_dir, index_dir, retriever_workdir=workdir)
+  params = orqa.init_params(jax.random.key(1))
+  same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
+                                                               jax.tree.leaves(b)))
+  assert same(params["retriever"]["query_encoder"], realm_params["query_encoder"])
+  assert same(params["reader"]["bert"], realm_params[KNOWLEDGE_ENCODER]["bert"])
+  # Not the reader ORQA starts from otherwise.
+  _, reader_rng = jax.random.split(jax.random.key(1))
+  assert not same(params["reader"]["bert"],
+                  init_reader_params(orqa.config.reader, reader_rng)["bert"])
