@@ -33,8 +33,6 @@ from orqa_realm.errors import InputError
 from orqa_realm.index import bm25, index_flags
 from orqa_realm.losses import in_batch_softmax_loss
 from orqa_realm.modeling import retriever
-from orqa_realm.modeling.hf_import import read_config
-from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluation
@@ -89,14 +87,8 @@ def config_from_flags(*, batch_size: int, seed: int, dtype, remat: bool) -> DPRC
   (--retriever_workdir) keeps its own architecture; otherwise the flags describe it."""
   if not retriever_flags.BLOCK_STORE.value:
     raise InputError("--task=dpr and --task=ance need --block_store")
+  retriever_config, bert_dir = retriever_flags.retriever_config_and_bert_dir()
   workdir = retriever_flags.RETRIEVER_WORKDIR.value
-  retriever_config = (
-      retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
-      else retriever_flags.retriever_config())
-  bert_dir = resolve_model_dir(retriever_flags.BERT.value)
-  if workdir and read_config(bert_dir) != retriever_config.bert:
-    raise InputError("the run's BERT is not --bert's, whose tokenizer would read the questions",
-                     path=workdir, field="retriever_workdir")
   return DPRConfig(
       block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
       bert_dir=bert_dir, batch_size=batch_size,

@@ -50,7 +50,6 @@ from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.losses import realm_loss
 from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
-from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
 
@@ -155,18 +154,11 @@ class REALMTask(Task):
   def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> REALMTask:
     if not retriever_flags.BLOCK_STORE.value:
       raise InputError("--task=realm needs --block_store")
+    retriever_config, bert_dir = retriever_flags.retriever_config_and_bert_dir()
     workdir = retriever_flags.RETRIEVER_WORKDIR.value
-    retriever_config = (
-        retriever.RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
-        else retriever_flags.retriever_config())
-    bert_dir = resolve_model_dir(retriever_flags.BERT.value)
-    bert_config = read_config(bert_dir)
-    if workdir and bert_config != retriever_config.bert:
-      raise InputError("the run's BERT is not --bert's, whose tokenizer would read the queries",
-                       path=workdir, field="retriever_workdir")
     config = REALMConfig(
         block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
-        knowledge_encoder=mlm.KnowledgeEncoderConfig(bert_config), bert_dir=bert_dir,
+        knowledge_encoder=mlm.KnowledgeEncoderConfig(read_config(bert_dir)), bert_dir=bert_dir,
         batch_size=batch_size, masking=_MASKING.value, max_masks=_MAX_MASKS.value,
         num_candidates=_NUM_CANDIDATES.value, marginal=_MARGINAL.value,
         retriever_workdir=workdir, seed=seed, query_length=retriever_flags.QUERY_LENGTH.value,

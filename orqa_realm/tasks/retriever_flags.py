@@ -1,10 +1,13 @@
-"""Flags shared by every task that trains the dual-encoder retriever (ICT, ORQA, DPR, ANCE)."""
+"""Flags shared by every task that trains the dual-encoder retriever (ICT, ORQA, DPR, ANCE,
+REALM)."""
 
 from __future__ import annotations
 
 from absl import flags
 
+from orqa_realm import checkpoints
 from orqa_realm.data.blocks import BLOCK_FORMATS
+from orqa_realm.errors import InputError
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.modeling.retriever import RetrieverConfig
@@ -66,6 +69,19 @@ def retriever_config() -> RetrieverConfig:
                          projection_size=PROJECTION_SIZE.value, pooling=POOLING.value,
                          share_encoders=SHARE_ENCODERS.value, block_format=BLOCK_FORMAT.value,
                          normalize=NORMALIZE_EMBEDDINGS.value)
+
+
+def retriever_config_and_bert_dir() -> tuple[RetrieverConfig, str]:
+  """The retriever architecture, --retriever_workdir's (a run keeps its own) or the flags', and
+  --bert's directory, whose tokenizer reads the queries; a run of another BERT is refused."""
+  workdir = RETRIEVER_WORKDIR.value
+  config = (RetrieverConfig.from_dict(checkpoints.read_model_config(workdir)) if workdir
+            else retriever_config())
+  bert_dir = resolve_model_dir(BERT.value)
+  if workdir and read_config(bert_dir) != config.bert:
+    raise InputError("the run's BERT is not --bert's, whose tokenizer would read the queries",
+                     path=workdir, field="retriever_workdir")
+  return config, bert_dir
 
 
 def pretrained_bert_params():

@@ -1,9 +1,14 @@
 """The jitted loss and gradients of a task's batch on a mesh, for the multi-device checks."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import numpy as np
 
 from orqa_realm import parallel
+from tests.conftest import REPO_ROOT, subprocess_env
 
 
 def loss_and_grads(task, params, batch, mesh):
@@ -31,3 +36,13 @@ def one_device_against_all(task, params, batch):
                         for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_four)))
   return dict(loss_one=loss_one, loss_four=loss_four, metrics_one=metrics_one,
               metrics_four=metrics_four, grad_scale=grad_scale, grad_difference=grad_difference)
+
+
+def run_on_four_devices(module: str, *args: str) -> dict:
+  """Runs `python -m module args...` with 4 simulated CPU devices and returns the JSON object
+  its last output line holds (what the check found, for the test to assert on)."""
+  result = subprocess.run(
+      [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=600, env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])

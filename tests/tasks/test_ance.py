@@ -2,21 +2,16 @@
 paragraph or the positive), the initial model indexed before step 0, and a switch to a refreshed
 version mid-run with its staleness logged."""
 
-import json
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm import checkpoints
 from orqa_realm import train as train_lib
-from orqa_realm.index.handle import IndexHandle, open_index
-from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.metrics import has_answer
 from orqa_realm.modeling import retriever
-from tests.index.hold_batch import HoldBatchUntilVersion
+from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
 from tests.tasks.tiny_dpr import tiny_ance_task
 
 
@@ -58,33 +53,7 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
 
 @pytest.mark.slow
 def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_task, tmp_path):
-  task = tiny_task
-  # Every version is kept: the test reads each one's checkpoint step.
-  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"), keep=100)
-  handle = IndexHandle(root, task.store, poll_seconds=60)
-  refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
-                        config=task.config.retriever, index_root=root, block_length=48,
-                        batch_size=64, dtype=jnp.float32,
-                        on_publish=lambda version: handle.notify())
-  thread = RefresherThread(refresher, poll_seconds=60).start()
-  options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
-                                   learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
-                                   log_every_steps=1)
-  train_lib.train(HoldBatchUntilVersion(task, handle, step=4, version=2), options, on_checkpoint_commit=thread.notify,
-                  index_handle=handle)
-  thread.close()
-  handle.close()
-  assert root.read(1).checkpoint_step == 0  # the initial model, indexed before step 0
-  with open(workdir / "metrics.jsonl") as f:
-    logged = [json.loads(line) for line in f if "index_version" in line]
-  assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
-  versions = [entry["index_version"] for entry in logged]
-  # Version 2 needs checkpoint 2, saved after step 2 is logged; the batch of step 5 (index 4)
-  # waited for it, so step 6 sees it at the latest.
-  assert versions[:2] == [1, 1] and versions[-1] >= 2 and versions == sorted(versions)
-  for entry in logged:
-    built_from = root.read(int(entry["index_version"])).checkpoint_step
-    assert entry["index_staleness_steps"] == entry["step"] - built_from
+  assert_switched_with_staleness(*train_through_a_refresh(tiny_task, tmp_path, block_length=48))
 
 
 def test_without_an_index_the_loop_says_what_to_pass(tiny_task, tmp_path):

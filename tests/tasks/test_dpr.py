@@ -13,6 +13,7 @@ from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
 from orqa_realm.modeling import retriever
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
+from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task
 
 
@@ -58,13 +59,8 @@ def test_loss_equals_numpy_on_a_real_batch(tiny_task):
 
 
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir):
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.tasks.sharded_dpr_check", squad_block_store.directory,
-       tiny_bert_dir],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  found = json.loads(result.stdout.strip().splitlines()[-1])
+  found = run_on_four_devices("tests.tasks.sharded_dpr_check", squad_block_store.directory,
+                              tiny_bert_dir)
   np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
   assert found["accuracy_four"] == found["accuracy_one"]
   assert found["grad_difference"] <= 1e-5 * found["grad_scale"]

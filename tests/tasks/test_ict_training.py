@@ -13,17 +13,13 @@ import pytest
 from orqa_realm import train as train_lib
 from orqa_realm.errors import InputError
 from tests.conftest import REPO_ROOT, subprocess_env
+from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_ict import tiny_ict_task
 
 
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.tasks.sharded_ict_check", squad_block_store.directory,
-       tiny_bert_dir, str(tmp_path)],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  found = json.loads(result.stdout.strip().splitlines()[-1])
+  found = run_on_four_devices("tests.tasks.sharded_ict_check", squad_block_store.directory,
+                              tiny_bert_dir, str(tmp_path))
   np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
   assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
   assert found["param_difference"] <= 1e-5

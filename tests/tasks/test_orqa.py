@@ -22,6 +22,7 @@ from orqa_realm.modeling.reader import ReaderConfig
 from orqa_realm.predict import ReaderSettings
 from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
+from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_orqa import TINY_RETRIEVER, tiny_index_dir, tiny_orqa_task
 
 
@@ -70,13 +71,8 @@ def test_batch_retrieves_the_exact_top_c_and_labels_blocks_and_spans(tiny_task):
 
 
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.tasks.sharded_orqa_check", squad_block_store.directory,
-       tiny_bert_dir, str(tmp_path)],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  found = json.loads(result.stdout.strip().splitlines()[-1])
+  found = run_on_four_devices("tests.tasks.sharded_orqa_check", squad_block_store.directory,
+                              tiny_bert_dir, str(tmp_path))
   assert found["same_reader_batch"]
   assert found["early_loss_one"] > 0 and found["full_loss_one"] > 0
   np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)

@@ -1,10 +1,7 @@
 """REALM: the null document first and the source document never among the candidates, gradients
 reaching both retriever towers and the knowledge-augmented encoder, 4 simulated devices equal to
-one, and a refresh mid-training switched to with its staleness logged."""
-
-import json
-import subprocess
-import sys
+one, a refresh mid-training switched to with its staleness logged, and ORQA fine-tuning started
+from a REALM run."""
 
 import jax
 import jax.numpy as jnp
@@ -12,16 +9,15 @@ import numpy as np
 import pytest
 
 from orqa_realm import checkpoints
-from orqa_realm.embed import embed_and_publish
 from orqa_realm import train as train_lib
+from orqa_realm.embed import embed_and_publish
 from orqa_realm.index.handle import IndexHandle, open_index
-from orqa_realm.index.refresher import Refresher, RefresherThread
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import retriever
 from orqa_realm.tasks.orqa import init_reader_params
 from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER
-from tests.conftest import REPO_ROOT, subprocess_env
-from tests.index.hold_batch import HoldBatchUntilVersion
+from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
+from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_orqa import tiny_orqa_task
 from tests.tasks.tiny_realm import tiny_realm_task
 
@@ -80,8 +76,9 @@ def random_index(task, directory):
 
 def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_params, tmp_path):
   batch = tiny_task.train_batch(0, tiny_params, index=random_index(tiny_task, tmp_path))
-  (loss, metrics), grads = jax.value_and_grad(tiny_task.loss, has_aux=True)(
-      tiny_params, jax.tree.map(jnp.asarray, batch), jax.random.key(0), False)
+  loss_and_grads = jax.jit(lambda params, batch: jax.value_and_grad(tiny_task.loss, has_aux=True)(
+      params, batch, jax.random.key(0), False))
+  (loss, metrics), grads = loss_and_grads(tiny_params, batch)
   assert np.isfinite(float(loss)) and float(loss) > 0
   for part in ("query_encoder", "block_encoder", KNOWLEDGE_ENCODER):
     norm = np.sqrt(sum(float(jnp.sum(g ** 2)) for g in jax.tree.leaves(grads[part])))
@@ -90,13 +87,8 @@ def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_p
 
 
 def test_four_devices_equal_one(salient_squad_store, tiny_bert_dir):
-  result = subprocess.run(
-      [sys.executable, "-m", "tests.tasks.sharded_realm_check", salient_squad_store.directory,
-       tiny_bert_dir],
-      cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  found = json.loads(result.stdout.strip().splitlines()[-1])
+  found = run_on_four_devices("tests.tasks.sharded_realm_check", salient_squad_store.directory,
+                              tiny_bert_dir)
   np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
   np.testing.assert_allclose(found["utility_four"], found["utility_one"], rtol=1e-5, atol=1e-6)
   assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
@@ -104,30 +96,9 @@ def test_four_devices_equal_one(salient_squad_store, tiny_bert_dir):
 
 @pytest.mark.slow
 def test_a_refresh_mid_training_is_switched_to_with_its_staleness_logged(tiny_task, tmp_path):
-  task = tiny_task
-  workdir, root = tmp_path / "run", IndexRoot(str(tmp_path / "index"), keep=100)
-  handle = IndexHandle(root, task.store, poll_seconds=60)
-  refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
-                        config=task.config.retriever, index_root=root, block_length=48,
-                        batch_size=64, dtype=jnp.float32,
-                        on_publish=lambda version: handle.notify())
-  thread = RefresherThread(refresher, poll_seconds=60).start()
-  options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
-                                   learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
-                                   log_every_steps=1)
-  train_lib.train(HoldBatchUntilVersion(task, handle, step=4, version=2), options,
-                  on_checkpoint_commit=thread.notify, index_handle=handle)
-  thread.close()
-  handle.close()
-  assert root.read(1).checkpoint_step == 0  # the initial model, indexed before step 0
-  with open(workdir / "metrics.jsonl") as f:
-    logged = [json.loads(line) for line in f if "index_version" in line]
-  assert [entry["step"] for entry in logged] == [1, 2, 3, 4, 5, 6]
-  versions = [entry["index_version"] for entry in logged]
-  assert versions[:2] == [1, 1] and versions[-1] >= 2 and versions == sorted(versions)
+  root, logged = train_through_a_refresh(tiny_task, tmp_path, block_length=48)
+  assert_switched_with_staleness(root, logged)
   for entry in logged:
-    built_from = root.read(int(entry["index_version"])).checkpoint_step
-    assert entry["index_staleness_steps"] == entry["step"] - built_from
     assert np.isfinite(entry["retrieval_utility"]) and np.isfinite(entry["loss"])
 
 
