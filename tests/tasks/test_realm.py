@@ -3,6 +3,10 @@ reaching both retriever towers and the knowledge-augmented encoder, 4 simulated 
 one, a refresh mid-training switched to with its staleness logged, and ORQA fine-tuning started
 from a REALM run."""
 
+import json
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +20,7 @@ from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import retriever
 from orqa_realm.tasks.orqa import init_reader_params
 from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER
+from tests.conftest import REPO_ROOT, subprocess_env
 from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_orqa import tiny_orqa_task
@@ -131,3 +136,29 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
   _, reader_rng = jax.random.split(jax.random.key(1))
   assert not same(params["reader"]["bert"],
                   init_reader_params(orqa.config.reader, reader_rng)["bert"])
+
+
+@pytest.mark.slow
+def test_train_cli_runs_realm_on_its_own_refreshed_index(salient_squad_store, tiny_bert_dir,
+                                                         tmp_path):
+  """`python -m orqa_realm.train --task=realm --refresh_index`: the initial model is indexed, the
+  steps log REALM's metrics with the index version, and --realm_marginal=span is accepted."""
+  result = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.train", "--task=realm", f"--workdir={tmp_path / 'run'}",
+       f"--block_store={salient_squad_store.directory}", f"--bert={tiny_bert_dir}",
+       "--from_scratch", "--projection_size=16", "--query_length=24", "--block_length=48",
+       "--realm_document_length=40", "--realm_num_candidates=3", "--max_masks=6",
+       "--realm_marginal=span", "--refresh_index", f"--index_dir={tmp_path / 'index'}",
+       "--batch_size=4", "--num_train_steps=2", "--log_every_steps=1",
+       "--checkpoint_every_steps=2", "--learning_rate=1e-3", "--warmup_steps=1",
+       "--dtype=float32", "--embed_dtype=float32"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(tmp_path / "run" / "metrics.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert [r["step"] for r in records] == [1, 2]
+  for record in records:
+    assert record["index_version"] >= 1 and record["loss"] > 0
+    assert {"retrieval_utility", "null_probability", "masked_accuracy",
+            "index_staleness_steps"} <= set(record)
+  assert IndexRoot(str(tmp_path / "index")).read(1).checkpoint_step == 0
