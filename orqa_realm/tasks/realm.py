@@ -49,7 +49,7 @@ from orqa_realm.errors import InputError
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.losses import realm_loss
 from orqa_realm.modeling import mlm, retriever
-from orqa_realm.modeling.hf_import import load_hf_bert, read_config
+from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
 
@@ -121,9 +121,9 @@ class REALMTask(Task):
   name = "realm"
   needs_index = True
 
-  def __init__(self, config: REALMConfig, *, bert_dir_params: Any = None):
-    """`bert_dir_params`: `load_hf_bert(config.bert_dir)` (the knowledge encoder's BERT and MLM
-    head, and the retriever's BERT without --retriever_workdir); None: random."""
+  def __init__(self, config: REALMConfig, *, pretrained: HFBert | None = None):
+    """`pretrained`: `load_hf_bert(config.bert_dir)`, the knowledge encoder's BERT (and MLM head
+    when it has one) and, without --retriever_workdir, the retriever's BERT; None: random."""
     if config.num_candidates < 2:
       raise InputError("REALM needs the null document and at least one retrieved one: "
                        "--realm_num_candidates >= 2", field="realm_num_candidates")
@@ -140,7 +140,7 @@ class REALMTask(Task):
     self.retriever_model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
     self.knowledge_model = mlm.KnowledgeAugmentedEncoder(config.knowledge_encoder, config.dtype,
                                                          config.remat)
-    self._bert_dir_params = bert_dir_params
+    self._pretrained = pretrained
     self.block_documents = np.asarray(self.store.document_indices())
     self.max_document_blocks = int(np.bincount(self.block_documents).max())
     if len(self.store) - self.max_document_blocks < config.num_candidates - 1:
@@ -165,7 +165,7 @@ class REALMTask(Task):
         block_length=retriever_flags.BLOCK_LENGTH.value, document_length=_DOCUMENT_LENGTH.value,
         score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value, dtype=dtype, remat=remat)
     pretrained = None if retriever_flags.FROM_SCRATCH.value else load_hf_bert(bert_dir)
-    return cls(config, bert_dir_params=pretrained)
+    return cls(config, pretrained=pretrained)
 
   def model_config(self) -> dict[str, Any]:
     return dict(task=self.name, **self.config.retriever.to_dict(),
@@ -173,7 +173,7 @@ class REALMTask(Task):
 
   def init_params(self, rng: jax.Array) -> dict[str, Any]:
     retriever_rng, knowledge_rng = jax.random.split(rng)
-    pretrained = self._bert_dir_params
+    pretrained = self._pretrained
     if self.config.retriever_workdir:
       reader = checkpoints.CheckpointReader(
           checkpoints.checkpoint_dir(self.config.retriever_workdir))

@@ -107,6 +107,7 @@ def test_a_refresh_mid_training_is_switched_to_with_its_staleness_logged(tiny_ta
     assert np.isfinite(entry["retrieval_utility"]) and np.isfinite(entry["loss"])
 
 
+@pytest.mark.slow
 def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
   """REALM's fine-tuning: ORQA over an index embedded from a REALM checkpoint takes its question
   encoder from the REALM retriever and its reader's BERT from the knowledge encoder."""
