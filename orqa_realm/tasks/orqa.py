@@ -4,9 +4,10 @@ question-answer pairs over a frozen block index.
     python -m orqa_realm.train --flagfile=configs/orqa_squad_demo.cfg
 
 The block encoder is frozen (its embeddings are an index published by `python -m orqa_realm.embed`
-from an ICT run or from Hugging Face weights); the question encoder starts from the same weights
-and is trained, as is the reader (initialised from --bert). Each step, for every question of the
-global batch:
+from an ICT, DPR or REALM run or from Hugging Face weights); the question encoder starts from the
+same weights and is trained, as is the reader (initialised from --bert, or from a REALM run's
+knowledge-augmented encoder, as REALM fine-tunes). Each step, for every question of the global
+batch:
 
 1. `train_batch` (before the step): the question is embedded with the parameters the step starts
    from (without dropout), its top c = min(--retriever_beam_size, corpus) blocks are found by exact
