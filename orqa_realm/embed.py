@@ -143,6 +143,20 @@ def restore_retriever(reader: checkpoints.CheckpointReader, step: int,
       step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
 
 
+def restore_latest_retriever(workdir: str, config: retriever.RetrieverConfig, mesh
+                             ) -> dict[str, Any]:
+  """The retriever params of the latest checkpoint of the run in `workdir` (a warm start,
+  `--retriever_workdir`), replicated over `mesh`; an error if it has none."""
+  reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+  step = reader.latest_step()
+  if step is None:
+    raise InputError("the run has no checkpoint to start from", path=reader.directory,
+                     field="retriever_workdir")
+  params = restore_retriever(reader, step, config, mesh)
+  reader.close()
+  return params
+
+
 def embed_and_publish(store: BlockStore, params: Any, config: retriever.RetrieverConfig,
                       index_root: IndexRoot, *, checkpoint_step: int | None, block_length: int,
                       batch_size: int, dtype, mesh=None, storage_dtype: str = "float32",
@@ -160,6 +174,14 @@ def embed_and_publish(store: BlockStore, params: Any, config: retriever.Retrieve
       metadata=dict(metadata or {}, retriever=config.to_dict(), block_length=block_length,
                     embed_dtype=jnp.dtype(dtype).name, embed_seconds=round(embed_seconds, 2),
                     blocks_per_second=round(len(store) / embed_seconds, 1)))
+
+
+def embed_query_tokens(params: Any, queries: TokenBatch, config: retriever.RetrieverConfig, *,
+                       dtype, mesh) -> np.ndarray:
+  """[batch, embedding_size] float32 query-tower embeddings of packed queries, on the host
+  (e.g. to search a host-side index before a training step)."""
+  embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_queries)
+  return np.asarray(parallel.fetch_replicated(embed(params, parallel.to_global(queries, mesh))))
 
 
 def embed_queries(questions: list[str], params: Any, config: retriever.RetrieverConfig,

@@ -26,7 +26,6 @@ from orqa_realm import embed, parallel
 from orqa_realm.data.dpr import DPRExample, NegativeRule, fill_negatives
 from orqa_realm.data.qa import question_indices
 from orqa_realm.index.handle import LoadedIndex
-from orqa_realm.modeling import retriever
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask, config_from_flags
 
@@ -81,10 +80,8 @@ class ANCETask(DPRTask):
     examples = [self.examples[row] for row in rows]
     queries = self.tokenizer.pack([self.question_ids[row] for row in rows],
                                   max_length=config.query_length)
-    embed_queries = embed.make_tower_embedder(config.retriever, config.dtype, mesh,
-                                              retriever.DualEncoder.embed_queries)
-    query_embeddings = np.asarray(parallel.fetch_replicated(
-        embed_queries(params, parallel.to_global(queries, mesh))))  # [batch, dim]
+    query_embeddings = embed.embed_query_tokens(params, queries, config.retriever,
+                                                dtype=config.dtype, mesh=mesh)  # [batch, dim]
     depth = min(config.negative_depth, index.searcher.num_rows)
     rankings = index.searcher.search(query_embeddings, depth).ids  # [batch, depth]
     examples = [example._replace(hard_negatives=sample_negatives(

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm import embed, parallel
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.dpr import DPRExample, DPRExamples, beir_examples, qa_examples
@@ -174,14 +174,7 @@ class DPRTask(StoreRecallEvaluation, Task):
     workdir = self.config.retriever_workdir
     if not workdir:
       return retriever.init_params(self.config.retriever, rng, self._bert_params)
-    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
-    step = reader.latest_step()
-    if step is None:
-      raise InputError("the run has no checkpoint to start from", path=reader.directory,
-                       field="retriever_workdir")
-    params = embed.restore_retriever(reader, step, self.config.retriever, parallel.make_mesh())
-    reader.close()
-    return params
+    return embed.restore_latest_retriever(workdir, self.config.retriever, parallel.make_mesh())
 
   def train_batch(self, step: int, params=None, mesh=None, index=None) -> DPRInputs:
     del params, mesh, index  # DPR batches depend on the step only

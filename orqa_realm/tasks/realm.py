@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm import embed, parallel
 from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.masking import MASKINGS
@@ -175,14 +175,8 @@ class REALMTask(Task):
     retriever_rng, knowledge_rng = jax.random.split(rng)
     pretrained = self._pretrained
     if self.config.retriever_workdir:
-      reader = checkpoints.CheckpointReader(
-          checkpoints.checkpoint_dir(self.config.retriever_workdir))
-      step = reader.latest_step()
-      if step is None:
-        raise InputError("the run has no checkpoint to start from", path=reader.directory,
-                         field="retriever_workdir")
-      params = embed.restore_retriever(reader, step, self.config.retriever, parallel.make_mesh())
-      reader.close()
+      params = embed.restore_latest_retriever(self.config.retriever_workdir,
+                                              self.config.retriever, parallel.make_mesh())
     else:
       params = retriever.init_params(self.config.retriever, retriever_rng,
                                      pretrained.params if pretrained else None)
@@ -221,10 +215,9 @@ class REALMTask(Task):
     queries = self.examples.batch(step, config.batch_size)
     query_tokens = self.store.pack([query.masked.token_ids for query in queries],
                                    max_length=config.query_length)
-    embed_queries = embed.make_tower_embedder(config.retriever, config.dtype, mesh,
-                                              retriever.DualEncoder.embed_queries)
-    query_embeddings = np.asarray(parallel.fetch_replicated(embed_queries(
-        retriever_params(params), parallel.to_global(query_tokens, mesh))))  # [batch, dim]
+    query_embeddings = embed.embed_query_tokens(
+        retriever_params(params), query_tokens, config.retriever, dtype=config.dtype,
+        mesh=mesh)  # [batch, dim]
     candidates = self.candidates(queries, query_embeddings, index)  # [batch, k]
     retrieved = self.store.encode(candidates[:, 1:].ravel(), max_length=config.block_length,
                                   block_format=config.retriever.block_format)

@@ -9,12 +9,16 @@ import jax
 import numpy as np
 import pytest
 
+from orqa_realm import checkpoints, embed, parallel
+from orqa_realm import train as train_lib
 from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
+from orqa_realm.errors import InputError
 from orqa_realm.modeling import retriever
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task
+from tests.tasks.tiny_ict import tiny_ict_task
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +112,26 @@ def test_train_cli_logs_loss_and_recall(squad_block_store, tiny_bert_dir, tmp_pa
   assert final["step"] == 4 and 0.0 <= final["eval_answer_recall@1"] <= final[
       "eval_answer_recall@20"] <= 1.0
   assert (tmp_path / "bm25" / "bm25.json").exists()  # the BM25 index was kept for reuse
+
+
+def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_bert_dir, tmp_path):
+  """--retriever_workdir: DPR starts from the run's newest retriever (here an ICT run of 2
+  steps, checkpoints 1 and 2), not from a fresh init; a run without checkpoints is refused."""
+  ict = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  train_lib.train(ict, train_lib.TrainOptions(
+      workdir=str(tmp_path / "ict"), num_train_steps=3, batch_size=8, learning_rate=1e-3,
+      warmup_steps=1, checkpoint_every_steps=2, async_checkpoints=False))
+  reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(str(tmp_path / "ict")))
+  assert reader.all_steps()[-1] == 3
+  latest = embed.restore_retriever(reader, 3, ict.config.retriever, parallel.make_mesh())
+  earlier = embed.restore_retriever(reader, 2, ict.config.retriever, parallel.make_mesh())
+  reader.close()
+  task = tiny_dpr_task(squad_block_store.directory, tiny_bert_dir,
+                       retriever_workdir=str(tmp_path / "ict"))
+  params = task.init_params(jax.random.key(1))
+  leaves = lambda tree: jax.tree.leaves(tree)
+  assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(latest)))
+  assert not all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(earlier)))
+  with pytest.raises(InputError, match="no checkpoint to start from"):
+    embed.restore_latest_retriever(str(tmp_path / "none"), ict.config.retriever,
+                                   parallel.make_mesh())
