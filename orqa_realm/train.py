@@ -270,7 +270,7 @@ def train(task: Task, options: TrainOptions, *, mesh=None, flags_text: str = "",
       on_commit=on_checkpoint_commit)
   latest = checkpointer.latest_step()
   if latest is None:
-    params = jax.device_put(task.init_params(init_rng), replicated)
+    params = jax.device_put(task.warm_start(task.init_params(init_rng)), replicated)
     state = jax.jit(state_from, out_shardings=replicated)(params)
   else:
     # A restore needs only shapes and shardings: nothing is initialised on the devices.

@@ -30,7 +30,15 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:
-    """Initial parameters (from pretrained weights where the task says so)."""
+    """Initial parameters (from pretrained weights where the task says so). It reads no
+    checkpoint: a resumed run takes its shapes with `jax.eval_shape`, under which a restore
+    cannot run."""
+
+  def warm_start(self, params: Params) -> Params:
+    """The parameters a fresh run starts from: `params` (from `init_params`) with the parts that
+    another run trained (`--retriever_workdir`) read from its checkpoint. The loop calls it once,
+    outside any trace, and only when the run has no checkpoint of its own. Identity by default."""
+    return params
 
   # Whether batches are mined from the refreshed index of the model being trained (ANCE): the
   # loop then indexes the initial model before step 0 and passes each step the newest version.

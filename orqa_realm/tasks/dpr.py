@@ -171,9 +171,12 @@ class DPRTask(StoreRecallEvaluation, Task):
     return dict(task=self.name, **self.config.retriever.to_dict())
 
   def init_params(self, rng: jax.Array) -> Any:
+    return retriever.init_params(self.config.retriever, rng, self._bert_params)
+
+  def warm_start(self, params: Any) -> Any:
     workdir = self.config.retriever_workdir
     if not workdir:
-      return retriever.init_params(self.config.retriever, rng, self._bert_params)
+      return params
     return embed.restore_latest_retriever(workdir, self.config.retriever, parallel.make_mesh())
 
   def train_batch(self, step: int, params=None, mesh=None, index=None) -> DPRInputs:

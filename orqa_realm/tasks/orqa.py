@@ -207,30 +207,39 @@ class ORQATask(Task):
 
   def init_params(self, rng: jax.Array) -> dict[str, Any]:
     retriever_rng, reader_rng = jax.random.split(rng)
-    if self.config.retriever_workdir:
-      reader = checkpoints.CheckpointReader(
-          checkpoints.checkpoint_dir(self.config.retriever_workdir))
-      retriever_params = embed.restore_retriever(
-          reader, self.index.version.checkpoint_step, self.retriever_config, parallel.make_mesh())
-      reader.close()
-    else:
-      # The index was embedded from --bert's weights (checked in __init__): so is the question
-      # encoder, like the reader.
-      retriever_params = retriever.init_params(self.retriever_config, retriever_rng,
-                                               self._bert_params)
+    # Without --retriever_workdir the index was embedded from --bert's weights (checked in
+    # __init__): so is the question encoder, like the reader. With it, `warm_start` replaces the
+    # question encoder.
+    retriever_params = retriever.init_params(
+        self.retriever_config, retriever_rng,
+        None if self.config.retriever_workdir else self._bert_params)
     return dict(retriever=query_tower_params(retriever_params, self.retriever_config),
-                reader=init_reader_params(self.config.reader, reader_rng,
-                                          self._reader_bert_params()))
+                reader=init_reader_params(self.config.reader, reader_rng, self._bert_params))
 
-  def _reader_bert_params(self) -> Any:
-    """The reader's initial BERT: a REALM run's knowledge-augmented encoder (REALM's fine-tuning
-    starts the reader from it), else --bert's weights."""
+  def warm_start(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The question encoder of the --retriever_workdir checkpoint the index was embedded from;
+    the reader's BERT from its knowledge-augmented encoder when that run is REALM's."""
     workdir = self.config.retriever_workdir
     if not workdir:
-      return self._bert_params
+      return params
+    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+    retriever_params = embed.restore_retriever(
+        reader, self.index.version.checkpoint_step, self.retriever_config, parallel.make_mesh())
+    reader.close()
+    reader_params = params["reader"]
+    knowledge_bert = self._knowledge_encoder_bert()
+    if knowledge_bert is not None:
+      reader_params = dict(reader_params, bert=knowledge_bert)
+    return dict(retriever=query_tower_params(retriever_params, self.retriever_config),
+                reader=reader_params)
+
+  def _knowledge_encoder_bert(self) -> Any:
+    """The BERT of a REALM run's knowledge-augmented encoder (REALM's fine-tuning starts the
+    reader from it), or None when --retriever_workdir is not a REALM run."""
+    workdir = self.config.retriever_workdir
     model_config = checkpoints.read_model_config(workdir)
     if KNOWLEDGE_ENCODER not in model_config:
-      return self._bert_params
+      return None
     knowledge_config = mlm.KnowledgeEncoderConfig.from_dict(model_config[KNOWLEDGE_ENCODER])
     if knowledge_config.bert != self.config.reader.bert:
       raise InputError(f"the REALM run's knowledge encoder is {knowledge_config.bert}, the reader "

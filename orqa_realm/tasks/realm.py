@@ -174,12 +174,8 @@ class REALMTask(Task):
   def init_params(self, rng: jax.Array) -> dict[str, Any]:
     retriever_rng, knowledge_rng = jax.random.split(rng)
     pretrained = self._pretrained
-    if self.config.retriever_workdir:
-      params = embed.restore_latest_retriever(self.config.retriever_workdir,
-                                              self.config.retriever, parallel.make_mesh())
-    else:
-      params = retriever.init_params(self.config.retriever, retriever_rng,
-                                     pretrained.params if pretrained else None)
+    params = retriever.init_params(self.config.retriever, retriever_rng,
+                                   pretrained.params if pretrained else None)
     head = None
     if pretrained is not None:
       head = mlm.mlm_head_params(pretrained.head_tensors, pretrained.config, self.config.bert_dir)
@@ -192,6 +188,15 @@ class REALMTask(Task):
         self.config.knowledge_encoder, knowledge_rng, pretrained.params if pretrained else None,
         head)
     return params
+
+  def warm_start(self, params: dict[str, Any]) -> dict[str, Any]:
+    """The retriever from the newest checkpoint of --retriever_workdir (REALM starts from ICT);
+    the knowledge encoder as `init_params` made it."""
+    if not self.config.retriever_workdir:
+      return params
+    warm = embed.restore_latest_retriever(self.config.retriever_workdir, self.config.retriever,
+                                          parallel.make_mesh())
+    return dict(warm, **{KNOWLEDGE_ENCODER: params[KNOWLEDGE_ENCODER]})
 
   def candidates(self, queries: list[REALMQuery], query_embeddings: np.ndarray,
                  index: LoadedIndex) -> np.ndarray:

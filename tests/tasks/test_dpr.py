@@ -115,8 +115,9 @@ def test_train_cli_logs_loss_and_recall(squad_block_store, tiny_bert_dir, tmp_pa
 
 
 def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_bert_dir, tmp_path):
-  """--retriever_workdir: DPR starts from the run's newest retriever (here an ICT run of 2
-  steps, checkpoints 1 and 2), not from a fresh init; a run without checkpoints is refused."""
+  """--retriever_workdir: DPR starts from the run's newest retriever (here an ICT run of 3
+  steps, checkpoints 2 and 3), not from a fresh init; a run without checkpoints is refused; a
+  warm-started run resumes from its own checkpoint."""
   ict = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
   train_lib.train(ict, train_lib.TrainOptions(
       workdir=str(tmp_path / "ict"), num_train_steps=3, batch_size=8, learning_rate=1e-3,
@@ -128,10 +129,25 @@ def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_ber
   reader.close()
   task = tiny_dpr_task(squad_block_store.directory, tiny_bert_dir,
                        retriever_workdir=str(tmp_path / "ict"))
-  params = task.init_params(jax.random.key(1))
-  leaves = lambda tree: jax.tree.leaves(tree)
-  assert all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(latest)))
-  assert not all(np.array_equal(a, b) for a, b in zip(leaves(params), leaves(earlier)))
+  params = task.warm_start(task.init_params(jax.random.key(1)))
+  assert _same(params, latest) and not _same(params, earlier)
   with pytest.raises(InputError, match="no checkpoint to start from"):
     embed.restore_latest_retriever(str(tmp_path / "none"), ict.config.retriever,
                                    parallel.make_mesh())
+
+  # A warm-started run stopped at checkpoint 2 resumes from it (the warm start's checkpoint is
+  # not read again) and ends where an uninterrupted run ends.
+  options = lambda workdir, steps: train_lib.TrainOptions(
+      workdir=str(tmp_path / workdir), num_train_steps=steps, batch_size=8, learning_rate=1e-3,
+      warmup_steps=1, checkpoint_every_steps=2, async_checkpoints=False)
+  train_lib.train(task, options("dpr", 2))
+  resumed = train_lib.train(task, options("dpr", 3))
+  uninterrupted = train_lib.train(task, options("dpr_uninterrupted", 3))
+  assert int(resumed.step) == 3
+  assert _same(resumed.params, uninterrupted.params, atol=1e-6)
+
+
+def _same(tree, other, atol: float = 0.0) -> bool:
+  """Whether two param trees hold the same values (to `atol`)."""
+  return all(np.allclose(a, b, rtol=0.0, atol=atol)
+             for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(other)))

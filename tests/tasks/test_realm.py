@@ -128,7 +128,7 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
                     checkpoint_step=1, block_length=48, batch_size=64, dtype=jnp.float32)
 
   orqa = tiny_orqa_task(task.store.directory, tiny_bert_dir, index_dir, retriever_workdir=workdir)
-  params = orqa.init_params(jax.random.key(1))
+  params = orqa.warm_start(orqa.init_params(jax.random.key(1)))
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
                                                                jax.tree.leaves(b)))
   assert same(params["retriever"]["query_encoder"], realm_params["query_encoder"])
