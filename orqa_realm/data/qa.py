@@ -1,7 +1,8 @@
 """Question-answering datasets in their published formats, read into one `QAExample` type.
 
 A dataset is named by a spec string `FORMAT:PATH`, e.g. `nq_open:/data/NQ-open.dev.jsonl`, so that
-flags and configs can name any supported set the same way.
+flags and configs can name any supported set the same way; `tfds:NAME@SPLIT` reads a split of
+tensorflow-datasets prepared locally (`tfds_input`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from orqa_realm.data import files
+from orqa_realm.data import files, tfds_input
 from orqa_realm.errors import InputError
 
 AnswerKind = Literal["text", "regex"]
@@ -183,12 +184,36 @@ def split_squad_by_article(dataset: dict[str, Any], test_fraction: float,
   return pick(False), pick(True)
 
 
+def read_tfds_qa(spec: str) -> list[QAExample]:
+  """A QA split of tensorflow-datasets (`DATASET[/CONFIG][:VERSION]@SPLIT`, see `tfds_input`):
+  `question` with answers from `answer` or `answers` (a list of strings, as in
+  `natural_questions_open` and `web_questions`) or `answer.aliases` (`trivia_qa`, the answer set
+  of ORQA's and DPR's TriviaQA). Ids are `question_id` or `id` where present, else the index."""
+  examples = []
+  for index, record in tfds_input.read_records(spec):
+    where = dict(path=f"tfds:{spec} [example {index}]", line=None)
+    answers = record.get("answer", record.get("answers"))
+    field = "answer" if "answer" in record else "answers"
+    if isinstance(answers, dict):
+      answers, field = answers.get("aliases"), f"{field}.aliases"
+    if answers is None:
+      raise InputError("missing field: expected answer, answers or answer.aliases",
+                       field="answer", **where)
+    qid = record.get("question_id", record.get("id", index))
+    examples.append(QAExample(
+        question=files.required_string(record, "question", **where),
+        answers=tuple(dict.fromkeys(files.check_string_list(answers, field, **where))),
+        qid=str(qid)))
+  return examples
+
+
 QA_READERS: dict[str, Callable[[str], list[QAExample]]] = {
     "nq_open": read_nq_open,
     "webquestions": read_webquestions,
     "curatedtrec": read_curated_trec,
     "triviaqa": read_triviaqa_dpr,
     "squad": read_squad,
+    "tfds": read_tfds_qa,
 }
 
 
