@@ -13,6 +13,7 @@ TFDS is an optional dependency (`pip install -e ".[tfds]"`), imported only when 
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -81,13 +82,11 @@ def read_records(spec: str, *, directory: str | None = None) -> Iterator[tuple[i
 
 def _tf_data_examples(builder, split: str, where: str) -> Iterator[dict[str, Any]]:
   """The examples of a TFRecord split, through tf.data (TensorFlow needed)."""
-  try:
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import # noqa: F401
-  except ImportError as e:
+  if importlib.util.find_spec("tensorflow") is None:
     raise InputError(
         f"the split is stored as {builder.info.file_format.value}, which TFDS reads with "
         "TensorFlow: install tensorflow, or convert it once with `tfds convert_format "
-        "--root_data_dir=DIR --out_file_format=array_record`", path=where) from e
+        "--root_data_dir=DIR --out_file_format=array_record`", path=where)
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return iter(tfds.as_numpy(builder.as_dataset(split=split, shuffle_files=False)))
 
