@@ -1,7 +1,7 @@
 """Plots training metrics of a run (its `metrics.jsonl`) against the step, one panel per metric.
 
     python -m orqa_realm.plot_metrics --workdir=runs/realm_demo \\
-        --metrics=retrieval_utility,loss,index_version --output=runs/realm_demo/curves.png
+        --metrics=retrieval_utility,loss,index_version --plot_output=runs/realm_demo/curves.png
 
 Each panel shows the logged values and, with --smoothing_window > 1, their trailing mean over that
 many logged points (REALM's retrieval utility of a batch of 8 is noisy). The same numbers are
@@ -17,11 +17,11 @@ import sys
 import numpy as np
 from absl import app, flags
 
+from orqa_realm import checkpoints
 from orqa_realm.errors import InputError
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run whose metrics.jsonl is plotted.")
 _METRICS = flags.DEFINE_list("metrics", ["loss"], "Metric names to plot, one panel each.")
-_OUTPUT = flags.DEFINE_string("output", None, "PNG to write (default: WORKDIR/metrics.png).")
+_OUTPUT = flags.DEFINE_string("plot_output", None, "PNG to write (default: WORKDIR/metrics.png).")
 _SMOOTHING_WINDOW = flags.DEFINE_integer(
     "smoothing_window", 1, "Trailing mean over this many logged points, drawn over the raw ones.")
 
@@ -79,17 +79,17 @@ def plot_metrics(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, ti
 
 def main(argv):
   del argv
-  if not _WORKDIR.value:
+  if not checkpoints.WORKDIR.value:
     sys.exit("error: --workdir is required")
-  path = os.path.join(_WORKDIR.value, "metrics.jsonl")
+  path = os.path.join(checkpoints.WORKDIR.value, "metrics.jsonl")
   try:
     if not os.path.isfile(path):
       raise InputError("no metrics.jsonl: has the run logged a step?", path=path)
     curves = {name: read_metric(path, name) for name in _METRICS.value}
   except InputError as e:
     sys.exit(f"error: {e}")
-  output = _OUTPUT.value or os.path.join(_WORKDIR.value, "metrics.png")
-  plot_metrics(curves, output, _WORKDIR.value, _SMOOTHING_WINDOW.value)
+  output = _OUTPUT.value or os.path.join(checkpoints.WORKDIR.value, "metrics.png")
+  plot_metrics(curves, output, checkpoints.WORKDIR.value, _SMOOTHING_WINDOW.value)
   for name, (steps, values) in curves.items():
     smoothed = trailing_mean(values, _SMOOTHING_WINDOW.value)
     print(f"{name}: " + ", ".join(f"{step}: {value:.4g} ({mean:.4g})" for step, value, mean

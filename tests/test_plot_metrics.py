@@ -44,7 +44,7 @@ def test_cli_writes_the_plot_and_refuses_an_unlogged_metric(workdir):
   output = workdir / "curves.png"
   result = subprocess.run(
       [sys.executable, "-m", "orqa_realm.plot_metrics", f"--workdir={workdir}",
-       "--metrics=retrieval_utility,loss", "--smoothing_window=2", f"--output={output}"],
+       "--metrics=retrieval_utility,loss", "--smoothing_window=2", f"--plot_output={output}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
