@@ -223,19 +223,22 @@ class ORQATask(Task):
     if not workdir:
       return params
     reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
-    retriever_params = embed.restore_retriever(
-        reader, self.index.version.checkpoint_step, self.retriever_config, parallel.make_mesh())
-    reader.close()
+    try:
+      retriever_params = embed.restore_retriever(
+          reader, self.index.version.checkpoint_step, self.retriever_config, parallel.make_mesh())
+      knowledge_bert = self._knowledge_encoder_bert(reader)
+    finally:
+      reader.close()
     reader_params = params["reader"]
-    knowledge_bert = self._knowledge_encoder_bert()
     if knowledge_bert is not None:
       reader_params = dict(reader_params, bert=knowledge_bert)
     return dict(retriever=query_tower_params(retriever_params, self.retriever_config),
                 reader=reader_params)
 
-  def _knowledge_encoder_bert(self) -> Any:
+  def _knowledge_encoder_bert(self, reader: checkpoints.CheckpointReader) -> Any:
     """The BERT of a REALM run's knowledge-augmented encoder (REALM's fine-tuning starts the
-    reader from it), or None when --retriever_workdir is not a REALM run."""
+    reader from it), read through `reader` (the run's checkpoints), or None when
+    --retriever_workdir is not a REALM run."""
     workdir = self.config.retriever_workdir
     model_config = checkpoints.read_model_config(workdir)
     if KNOWLEDGE_ENCODER not in model_config:
@@ -246,13 +249,11 @@ class ORQATask(Task):
                        f"--bert is {self.config.reader.bert}", path=workdir,
                        field="retriever_workdir")
     logging.info("ORQA: the reader starts from the knowledge-augmented encoder of %s", workdir)
-    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
     shapes = jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0)))
     restored = reader.restore_params(
         self.index.version.checkpoint_step,
         {KNOWLEDGE_ENCODER: {"bert": checkpoints.abstract_with_sharding(
             shapes["bert"], parallel.replicated(parallel.make_mesh()))}})
-    reader.close()
     return restored[KNOWLEDGE_ENCODER]["bert"]
 
   def train_batch(self, step: int, params=None, mesh=None, index=None) -> ORQABatch:
