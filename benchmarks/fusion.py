@@ -20,14 +20,15 @@ import numpy as np
 from absl import app, flags
 
 from common import print_table
-from orqa_realm import evaluate, parallel
+from orqa_realm import evaluate
+from orqa_realm.core import parallel
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import load_qa_dataset
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.index import bm25, index_flags
 from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
-from orqa_realm.metrics import gold_hits, recall_at_k
+from orqa_realm.data.answers import gold_hits, recall_at_k
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 

@@ -24,7 +24,8 @@ import jax
 from absl import app, flags
 
 from common import print_table
-from orqa_realm import checkpoints, embed, evaluate, parallel
+from orqa_realm.core import checkpoints, parallel
+from orqa_realm import embed, evaluate
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.tokenization import Tokenizer

@@ -32,10 +32,10 @@ import numpy as np
 import tqdm
 from absl import app
 
-from orqa_realm import checkpoints, parallel
+from orqa_realm.core import checkpoints, parallel
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import index_flags
 from orqa_realm.index.storage import IndexRoot, IndexVersion
 from orqa_realm.modeling import retriever

@@ -47,21 +47,22 @@ from typing import Any
 import numpy as np
 from absl import app, flags
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm.core import checkpoints, parallel
+from orqa_realm import embed
 from orqa_realm.data import beir
 from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import every_nth, load_qa_dataset
 from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import bm25, index_flags
 from orqa_realm.index.fusion import NORMALIZATIONS, HybridSearcher
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.searcher import DenseTextSearcher, TextSearcher
 from orqa_realm.index.storage import IndexRoot
-from orqa_realm.metrics import answer_hits, gold_hits, recall_at_k
+from orqa_realm.data.answers import answer_hits, gold_hits, recall_at_k
 from orqa_realm.modeling.pretrained import resolve_model_dir
-from orqa_realm.predict import BlockReader, exact_match_rate, write_predictions
+from orqa_realm.encode.predict import BlockReader, exact_match_rate, write_predictions
 from orqa_realm.tasks import orqa, retriever_flags
 
 _QA_DATASET = flags.DEFINE_string(

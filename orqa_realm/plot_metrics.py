@@ -17,8 +17,8 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from orqa_realm import checkpoints
-from orqa_realm.errors import InputError
+from orqa_realm.core import checkpoints
+from orqa_realm.core.errors import InputError
 
 _METRICS = flags.DEFINE_list("metrics", ["loss"], "Metric names to plot, one panel each.")
 _OUTPUT = flags.DEFINE_string("plot_output", None, "PNG to write (default: WORKDIR/metrics.png).")

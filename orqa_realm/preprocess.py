@@ -20,7 +20,7 @@ from orqa_realm.data import salient_spans
 from orqa_realm.data.blocks import BlockStore, build_block_store
 from orqa_realm.data.documents import CORPUS_READERS, load_documents
 from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.pretrained import resolve_model_dir
 
 _CORPUS = flags.DEFINE_string(

@@ -18,9 +18,10 @@ import threading
 from absl import app
 
 # The trainer's flags, so that a run's flagfile (or its saved flags.txt) parses here too.
-from orqa_realm import checkpoints, train  # noqa: F401 (imported for its flags)
-from orqa_realm.errors import InputError
-from orqa_realm.index import refresher
+from orqa_realm.core import checkpoints  # noqa: F401 (imported for its flags)
+from orqa_realm import train  # noqa: F401 (imported for its flags)
+from orqa_realm.core.errors import InputError
+from orqa_realm.encode import refresher
 
 
 def main(argv):

@@ -18,7 +18,7 @@ from absl import app, flags
 
 from orqa_realm.data import files
 from orqa_realm.data.qa import split_squad_by_article
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 _SQUAD = flags.DEFINE_string("squad", None, "SQuAD v1.1 JSON (optionally .gz) to split.")
 _TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.5, "Fraction of the articles held out.")

@@ -27,10 +27,10 @@ import optax
 import tqdm
 from absl import app, flags, logging
 
-from orqa_realm import checkpoints, parallel
+from orqa_realm.core import checkpoints, parallel
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.errors import InputError
-from orqa_realm.index import refresher
+from orqa_realm.core.errors import InputError
+from orqa_realm.encode import refresher
 from orqa_realm.index.handle import IndexHandle, LoadedIndex
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.ance import ANCETask

@@ -9,10 +9,11 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm import evaluate, metrics
+from orqa_realm import evaluate
+from orqa_realm.data import answers
 from orqa_realm.data import beir
 from orqa_realm.data.qa import QAExample, load_qa_dataset
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.bm25 import BM25Searcher
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 
@@ -44,9 +45,9 @@ def test_answer_and_gold_hits(squad_block_store):
   answer = " ".join(text.split()[3:6])
   example = QAExample("q?", (answer,), gold_document_id=store.document_id(0))
   far = len(store) - 1
-  assert metrics.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
+  assert answers.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
       [False, True]]
-  assert metrics.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
+  assert answers.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
   ks, recalls = evaluate.recall_curve(np.array([[False, True], [False, False]]))
   assert ks.tolist() == [1, 2] and recalls.tolist() == [0.0, 0.5]
 
@@ -116,9 +117,9 @@ def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_in
     bm25_metrics = json.load(f)
   examples = load_qa_dataset(f"squad:{DEMO_SQUAD}")
   expected = BM25Searcher.build(store).search_texts([e.question for e in examples], 5)
-  hits = metrics.answer_hits(expected.ids, store, examples)
+  hits = answers.answer_hits(expected.ids, store, examples)
   assert bm25_metrics["answer_recall"] == {
-      f"@{k}": v for k, v in metrics.recall_at_k(hits, [1, 5]).items()}
+      f"@{k}": v for k, v in answers.recall_at_k(hits, [1, 5]).items()}
   # BM25 is strong on SQuAD: 78% over all 36 articles, the issue measured with plain tools.
   assert bm25_metrics["answer_recall"]["@1"] > 0.7
   assert bm25_metrics["bm25"] == dict(k1=0.9, b=0.4, stemmer="english", stopwords="en")

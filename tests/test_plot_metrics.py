@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.plot_metrics import read_metric, trailing_mean
 from tests.conftest import REPO_ROOT, subprocess_env
 

@@ -8,7 +8,7 @@ import pytest
 
 from orqa_realm.data import files
 from orqa_realm.data.qa import read_squad, split_squad_by_article
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.metrics import (compile_answer_pattern, contains_normalized_answer,
+from orqa_realm.data.answers import (compile_answer_pattern, contains_normalized_answer,
                                 normalize_answer, regex_match)
 
 Span = tuple[int, int]  # (first, last) wordpiece of a block, inclusive

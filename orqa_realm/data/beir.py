@@ -6,7 +6,7 @@ Both may be gzipped. A header line (BEIR's `query-id corpus-id score`) is skippe
 from __future__ import annotations
 
 from orqa_realm.data import files
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 def read_queries(path) -> dict[str, str]:

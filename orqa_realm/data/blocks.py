@@ -27,7 +27,7 @@ from orqa_realm.data import columns
 from orqa_realm.data.documents import Document
 from orqa_realm.data.files import atomic_directory
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 FORMAT = "orqa_realm.block_store"
 VERSION = 2  # 2: wordpiece character spans (block_token_char_spans)

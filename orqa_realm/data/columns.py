@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 class ColumnWriter:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 
 from orqa_realm.data import files, tfds_input
 from orqa_realm.data.qa import split_spec, squad_paragraph_id
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ import shutil
 from collections.abc import Iterator
 from typing import Any, TextIO
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 @contextlib.contextmanager

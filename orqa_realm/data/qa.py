@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 
 from orqa_realm.data import files, tfds_input
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 AnswerKind = Literal["text", "regex"]
 

@@ -28,7 +28,7 @@ import tqdm
 from orqa_realm.data import columns
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import atomic_directory
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 DIRECTORY = "salient_spans"
 FORMAT = "orqa_realm.salient_spans"

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 TFDS_DATA_DIR = flags.DEFINE_string(
     "tfds_data_dir", None,

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 class TokenBatch(NamedTuple):

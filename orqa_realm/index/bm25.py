@@ -25,7 +25,7 @@ from bm25s.tokenization import Tokenizer as WordTokenizer
 
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import atomic_directory
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.searcher import SearchResult, check_k
 
 FORMAT_VERSION = 1

@@ -17,7 +17,7 @@ import numpy as np
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from orqa_realm import parallel
+from orqa_realm.core import parallel
 from orqa_realm.index.searcher import SearchResult, check_search_args
 
 

@@ -21,7 +21,7 @@ from orqa_realm.index.scann_index import ScannSearcher
 from orqa_realm.index.searcher import Searcher
 from orqa_realm.index.storage import (SCANN_DIR, IndexRoot, IndexVersion, check_matches_store,
                                       load_embeddings)
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,7 @@ from typing import Any, Literal
 import ml_dtypes
 import numpy as np
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.scann_index import ScannConfig, ScannSearcher
 
 FORMAT = "orqa_realm.index"

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from flax import traverse_util
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.bert import BertConfig, parameter_shapes
 
 # Heads of BertFor* models (MLM, NSP): not part of the encoder, returned separately.

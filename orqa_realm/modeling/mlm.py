@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.bert import ACTIVATIONS, BertConfig, BertModel, dense, layer_norm
 
 

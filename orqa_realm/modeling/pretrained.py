@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 # name -> (Python package that ships it, directory inside the package, how to install it)
 PACKAGED_MODELS = {

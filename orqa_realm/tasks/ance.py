@@ -22,7 +22,8 @@ import dataclasses
 import numpy as np
 from absl import flags
 
-from orqa_realm import embed, parallel
+from orqa_realm import embed
+from orqa_realm.core import parallel
 from orqa_realm.data.dpr import DPRExample, NegativeRule, fill_negatives
 from orqa_realm.data.qa import question_indices
 from orqa_realm.index.handle import LoadedIndex

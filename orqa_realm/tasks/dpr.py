@@ -23,15 +23,16 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from orqa_realm import embed, parallel
+from orqa_realm import embed
+from orqa_realm.core import parallel
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.dpr import DPRExample, DPRExamples, beir_examples, qa_examples
 from orqa_realm.data.qa import every_nth, load_qa_dataset, question_indices
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import bm25, index_flags
-from orqa_realm.losses import in_batch_softmax_loss
+from orqa_realm.modeling.losses import in_batch_softmax_loss
 from orqa_realm.modeling import retriever
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task

@@ -21,7 +21,7 @@ from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.ict import ICTSampler
 from orqa_realm.data.qa import every_nth, load_qa_dataset
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.losses import in_batch_softmax_loss
+from orqa_realm.modeling.losses import in_batch_softmax_loss
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags

@@ -35,22 +35,23 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm.core import checkpoints, parallel
+from orqa_realm import embed
 from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import every_nth, load_qa_dataset, question_indices
 from orqa_realm.data.reader_inputs import reader_batch
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import index_flags
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot, IndexVersion
-from orqa_realm.losses import early_loss, full_loss
+from orqa_realm.modeling.losses import early_loss, full_loss
 from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.hf_import import read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
-from orqa_realm.predict import OpenQAPredictor, ReaderSettings, qa_metrics
+from orqa_realm.encode.predict import OpenQAPredictor, ReaderSettings, qa_metrics
 from orqa_realm.tasks import retriever_flags
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER

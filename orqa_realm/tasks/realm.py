@@ -38,16 +38,17 @@ import jax.numpy as jnp
 import numpy as np
 from absl import flags, logging
 
-from orqa_realm import embed, parallel
+from orqa_realm import embed
+from orqa_realm.core import parallel
 from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.masking import MASKINGS
 from orqa_realm.data.realm import REALMExamples, REALMQuery, knowledge_inputs
 from orqa_realm.data.salient_spans import SalientSpans
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.handle import LoadedIndex
-from orqa_realm.losses import realm_loss
+from orqa_realm.modeling.losses import realm_loss
 from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.tasks import retriever_flags

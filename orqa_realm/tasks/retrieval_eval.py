@@ -11,7 +11,7 @@ from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import QAExample
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.index.exact import ExactSearcher
-from orqa_realm.metrics import answer_hits, recall_at_k
+from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from absl import flags
 
-from orqa_realm import checkpoints
+from orqa_realm.core import checkpoints
 from orqa_realm.data.blocks import BLOCK_FORMATS
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 from orqa_realm.modeling.pretrained import resolve_model_dir
 from orqa_realm.modeling.retriever import RetrieverConfig

@@ -3,7 +3,7 @@
 import numpy as np
 
 from orqa_realm.data import answer_spans
-from orqa_realm.metrics import normalize_answer
+from orqa_realm.data.answers import normalize_answer
 from orqa_realm.modeling.reader import enumerate_spans
 from tests.conftest import DEMO_SQUAD
 
@@ -65,7 +65,7 @@ def test_span_labels_follow_the_block_offset():
 
 
 def test_block_matcher_agrees_with_has_answer(squad_block_store):
-  from orqa_realm.metrics import has_answer
+  from orqa_realm.data.answers import has_answer
 
   store = squad_block_store
   matcher = answer_spans.BlockAnswerMatcher(store, cache_size=64)

@@ -8,7 +8,7 @@ import pytest
 
 from orqa_realm.data import blocks
 from orqa_realm.data.documents import Document, load_documents
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from tests.conftest import DEMO_SQUAD
 
 

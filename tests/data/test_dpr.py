@@ -10,7 +10,7 @@ from orqa_realm.data.documents import Document
 from orqa_realm.data.dpr import beir_examples, document_blocks, qa_examples
 from orqa_realm.data.qa import read_squad
 from orqa_realm.index.bm25 import BM25Searcher
-from orqa_realm.metrics import has_answer
+from orqa_realm.data.answers import has_answer
 from tests.conftest import DEMO_SQUAD
 
 

@@ -9,7 +9,7 @@ import pytest
 from orqa_realm.data import qa
 from orqa_realm.data.qa import every_nth, question_indices
 from orqa_realm.data.documents import load_documents
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from tests.conftest import DEMO_SQUAD
 
 

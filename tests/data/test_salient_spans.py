@@ -7,7 +7,7 @@ import pytest
 
 from orqa_realm.data import salient_spans
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 pytest.importorskip("spacy")
 

@@ -8,7 +8,7 @@ tfds = pytest.importorskip("tensorflow_datasets")
 from orqa_realm.data import tfds_input  # noqa: E402
 from orqa_realm.data.documents import load_documents  # noqa: E402
 from orqa_realm.data.qa import load_qa_dataset  # noqa: E402
-from orqa_realm.errors import InputError  # noqa: E402
+from orqa_realm.core.errors import InputError  # noqa: E402
 
 _TEXT = tfds.features.Text()
 _TEXTS = tfds.features.Sequence(tfds.features.Text())

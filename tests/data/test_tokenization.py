@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from orqa_realm.data.tokenization import Tokenizer, pack_inputs
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 QUESTIONS = ["Which NFL team represented the AFC at Super Bowl 50?",
              "What is the name of the region the Normans gave their name to?"]

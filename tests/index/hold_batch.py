@@ -7,10 +7,10 @@ import time
 
 import jax.numpy as jnp
 
-from orqa_realm import checkpoints
+from orqa_realm.core import checkpoints
 from orqa_realm import train as train_lib
 from orqa_realm.index.handle import IndexHandle
-from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.encode.refresher import Refresher, RefresherThread
 from orqa_realm.index.storage import IndexRoot
 
 

@@ -8,7 +8,7 @@ import json
 import jax
 import numpy as np
 
-from orqa_realm import parallel
+from orqa_realm.core import parallel
 from orqa_realm.index.exact import ExactSearcher
 
 

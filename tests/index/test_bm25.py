@@ -10,7 +10,7 @@ import pytest
 from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
 from orqa_realm.data.qa import read_squad
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.bm25 import BM25Searcher, BM25Settings, block_text, open_or_build
 from tests.conftest import DEMO_SQUAD
 

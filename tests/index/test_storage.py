@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import storage
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.scann_index import ScannConfig

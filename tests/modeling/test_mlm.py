@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling import mlm
 from orqa_realm.modeling.hf_import import load_hf_bert
 

@@ -9,7 +9,7 @@ import sys
 import jax
 import numpy as np
 
-from orqa_realm import parallel
+from orqa_realm.core import parallel
 from orqa_realm.train import TrainOptions, train
 from tests.tasks.sharding import one_device_against_all
 from tests.tasks.tiny_ict import tiny_ict_task

@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 
-from orqa_realm import parallel
+from orqa_realm.core import parallel
 from orqa_realm.data.reader_inputs import enumerate_spans
 from tests.tasks.sharding import loss_and_grads
 from tests.tasks.tiny_orqa import tiny_index_dir, tiny_orqa_task

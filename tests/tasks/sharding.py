@@ -7,7 +7,7 @@ import sys
 import jax
 import numpy as np
 
-from orqa_realm import parallel
+from orqa_realm.core import parallel
 from tests.conftest import REPO_ROOT, subprocess_env
 
 

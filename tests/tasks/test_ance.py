@@ -9,7 +9,7 @@ import pytest
 from orqa_realm import train as train_lib
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
-from orqa_realm.metrics import has_answer
+from orqa_realm.data.answers import has_answer
 from orqa_realm.modeling import retriever
 from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
 from tests.tasks.tiny_dpr import tiny_ance_task

@@ -9,11 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm.core import checkpoints, parallel
+from orqa_realm import embed
 from orqa_realm import train as train_lib
 from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.modeling import retriever
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from orqa_realm import train as train_lib
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_ict import tiny_ict_task
@@ -121,8 +121,8 @@ def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store,
                                                                tmp_path):
   import jax
 
-  from orqa_realm import parallel
-  from orqa_realm.metrics import has_answer
+  from orqa_realm.core import parallel
+  from orqa_realm.data.answers import has_answer
   from orqa_realm.modeling import retriever
   from tests.conftest import DEMO_SQUAD
 

@@ -12,14 +12,14 @@ import pytest
 from orqa_realm import train as train_lib
 from orqa_realm.data.qa import question_indices, read_squad
 from orqa_realm.data.reader_inputs import enumerate_spans, span_text
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.bm25 import BM25Searcher
 from orqa_realm.index.storage import IndexRoot
-from orqa_realm.metrics import has_answer, normalize_answer
+from orqa_realm.data.answers import has_answer, normalize_answer
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.hf_import import load_hf_bert
 from orqa_realm.modeling.reader import ReaderConfig
-from orqa_realm.predict import ReaderSettings
+from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm import checkpoints
+from orqa_realm.core import checkpoints
 from orqa_realm import train as train_lib
 from orqa_realm.embed import embed_and_publish
 from orqa_realm.index.handle import IndexHandle, open_index

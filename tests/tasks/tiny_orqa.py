@@ -13,7 +13,7 @@ from orqa_realm.embed import embed_and_publish
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.reader import ReaderConfig
-from orqa_realm.predict import ReaderSettings
+from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
 from tests.conftest import DEMO_SQUAD
 from tests.tasks.tiny_ict import TINY_BERT

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from orqa_realm import checkpoints
+from orqa_realm.core import checkpoints
 from orqa_realm import train as train_lib
 from orqa_realm.index.handle import IndexHandle
-from orqa_realm.index.refresher import Refresher, RefresherThread
+from orqa_realm.encode.refresher import Refresher, RefresherThread
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from orqa_realm.modeling import retriever
 from tests.index.hold_batch import HoldBatchUntilVersion

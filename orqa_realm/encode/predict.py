@@ -17,14 +17,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orqa_realm import embed, parallel
+from orqa_realm import embed
+from orqa_realm.core import parallel
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import QAExample
 from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch, span_text
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 from orqa_realm.index.searcher import Searcher, SearchResult
-from orqa_realm.metrics import exact_match, gold_hits, recall_at_k
+from orqa_realm.data.answers import exact_match, gold_hits, recall_at_k
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.modeling.retriever import RetrieverConfig
 

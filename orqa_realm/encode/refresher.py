@@ -16,9 +16,10 @@ from collections.abc import Callable
 
 from absl import logging
 
-from orqa_realm import checkpoints, embed, parallel
+from orqa_realm.core import checkpoints, parallel
+from orqa_realm import embed
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import index_flags
 from orqa_realm.index.handle import IndexHandle
 from orqa_realm.index.scann_index import ScannConfig

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm import losses
+from orqa_realm.modeling import losses
 
 
 def numpy_in_batch_softmax(queries, blocks):

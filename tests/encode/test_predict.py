@@ -12,7 +12,7 @@ from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
-from orqa_realm.predict import (BlockReader, Prediction, ReaderSettings, qa_metrics,
+from orqa_realm.encode.predict import (BlockReader, Prediction, ReaderSettings, qa_metrics,
                                 write_predictions)
 from orqa_realm.tasks.orqa import init_reader_params
 from tests.tasks.tiny_ict import TINY_BERT

@@ -18,7 +18,7 @@ import jax
 import orbax.checkpoint as ocp
 from absl import flags
 
-from orqa_realm.errors import InputError
+from orqa_realm.core.errors import InputError
 
 MODEL_CONFIG_FILE = "model_config.json"
 FLAGS_FILE = "flags.txt"

@@ -1,0 +1,1 @@
+"""The training loop every task plugs into: optimizer, checkpoints, evaluation and metrics."""
