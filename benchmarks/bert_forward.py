@@ -36,7 +36,7 @@ def main(argv):
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.modeling.bert import BertModel
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.modeling.pretrained import resolve_model_dir
+  from orqa_realm.data.pretrained import resolve_model_dir
 
   model_dir = resolve_model_dir(_MODEL.value)
   batch_size, length = _BATCH_SIZE.value, _LENGTH.value

@@ -44,7 +44,7 @@ def main(argv):
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.modeling import retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.modeling.pretrained import resolve_model_dir
+  from orqa_realm.data.pretrained import resolve_model_dir
 
   model_dir = resolve_model_dir(retriever_flags.BERT.value)
   block_length = retriever_flags.BLOCK_LENGTH.value

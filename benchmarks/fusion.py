@@ -29,7 +29,7 @@ from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.index import bm25, index_flags
 from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
 from orqa_realm.data.answers import gold_hits, recall_at_k
-from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 
 _ALPHAS = flags.DEFINE_list("alphas", ["0.1", "0.2", "0.3", "0.5", "0.7", "1", "1.5", "2", "3"],

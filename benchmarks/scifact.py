@@ -35,7 +35,7 @@ from orqa_realm.index.handle import open_index
 from orqa_realm.index.searcher import SearchResult
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import retriever
-from orqa_realm.modeling.pretrained import resolve_model_dir
+from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.tasks import retriever_flags
 
 _DENSE = flags.DEFINE_multi_string(

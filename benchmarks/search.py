@@ -95,7 +95,7 @@ def scifact_vectors(index_root: str, scifact_dir: str):
   from orqa_realm.index.storage import IndexRoot, load_embeddings
   from orqa_realm.modeling import retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.modeling.pretrained import resolve_model_dir
+  from orqa_realm.data.pretrained import resolve_model_dir
 
   version = IndexRoot(index_root).latest()
   if version is None:

@@ -103,7 +103,7 @@ def main(argv):
   from orqa_realm.data.documents import load_documents
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.modeling.pretrained import resolve_model_dir
+  from orqa_realm.data.pretrained import resolve_model_dir
   from orqa_realm.tasks.ict import ICTInputs
 
   torch.set_num_threads(os.cpu_count())

@@ -11,45 +11,55 @@ articles were never seen in training.
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
-import sys
-from absl import app, flags
 
+from orqa_realm import cli
+from orqa_realm.core import config as settings_lib
+from orqa_realm.core import paths
+from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data import files
 from orqa_realm.data.qa import split_squad_by_article
-from orqa_realm.core.errors import InputError
-
-_SQUAD = flags.DEFINE_string("squad", None, "SQuAD v1.1 JSON (optionally .gz) to split.")
-_TEST_FRACTION = flags.DEFINE_float("test_fraction", 0.5, "Fraction of the articles held out.")
-_SEED = flags.DEFINE_integer("split_seed", 0, "Seeds which articles are held out.")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where train.json and test.json go.")
 
 
-def main(argv):
-  del argv
-  if not (_SQUAD.value and _OUTPUT_DIR.value):
-    sys.exit("error: --squad and --output_dir are required")
-  try:
-    train, test = split_squad_by_article(files.read_json(_SQUAD.value), _TEST_FRACTION.value,
-                                        _SEED.value)
-  except InputError as e:
-    sys.exit(f"error: {_SQUAD.value}: {e}")
-  os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-  summary = dict(source=_SQUAD.value, test_fraction=_TEST_FRACTION.value, seed=_SEED.value)
+@dataclasses.dataclass(frozen=True)
+class SplitCommand:
+  """Which SQuAD file is split, how, and where the halves go."""
+  squad: str = setting("", "SQuAD v1.1 JSON (optionally .gz) to split.")
+  test_fraction: float = setting(0.5, "Fraction of the articles held out.")
+  split_seed: int = setting(0, "Seeds which articles are held out.")
+  output_dir: str = setting("", "Where train.json and test.json go.")
+
+
+SETTINGS = settings_lib.FlagBinder("split_squad")
+SETTINGS.bind("split", SplitCommand)
+
+
+def main() -> None:
+  SETTINGS.check_read(["split"], "split_squad")
+  command = SETTINGS.build("split")
+  if not (command.squad and command.output_dir):
+    raise InputError("--squad and --output_dir are required")
+  train, test = split_squad_by_article(files.read_json(command.squad), command.test_fraction,
+                                      command.split_seed)
+  output_dir = paths.resolve(command.output_dir)
+  output_dir.mkdir(parents=True, exist_ok=True)
+  summary = dict(source=command.squad, test_fraction=command.test_fraction,
+                 seed=command.split_seed)
   for name, dataset in (("train", train), ("test", test)):
-    with open(os.path.join(_OUTPUT_DIR.value, f"{name}.json"), "w", encoding="utf-8") as f:
-      json.dump(dataset, f, ensure_ascii=False)
+    (output_dir / f"{name}.json").write_text(json.dumps(dataset, ensure_ascii=False),
+                                             encoding="utf-8")
     summary[name] = dict(
         articles=[article["title"] for article in dataset["data"]],
         questions=sum(len(paragraph.get("qas", [])) for article in dataset["data"]
                       for paragraph in article.get("paragraphs", [])))
-  with open(os.path.join(_OUTPUT_DIR.value, "split.json"), "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2, ensure_ascii=False)
+  (output_dir / "split.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False),
+                                         encoding="utf-8")
   print(json.dumps({name: dict(articles=len(summary[name]["articles"]),
                                questions=summary[name]["questions"])
                     for name in ("train", "test")}))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, SETTINGS)

@@ -26,7 +26,7 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def minilm_dir() -> str:
-  from orqa_realm.modeling.pretrained import resolve_model_dir
+  from orqa_realm.data.pretrained import resolve_model_dir
 
   # No skip: the README's install step installs it, and a missing model must fail loudly.
   return resolve_model_dir("minilm")

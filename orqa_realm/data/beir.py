@@ -5,8 +5,22 @@ Both may be gzipped. A header line (BEIR's `query-id corpus-id score`) is skippe
 
 from __future__ import annotations
 
-from orqa_realm.data import files
+import dataclasses
+
+from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.data import files
+
+
+@dataclasses.dataclass(frozen=True)
+class BEIREvaluation:
+  """BEIR queries and their relevance judgements, on which nDCG@10 and recall@k are measured."""
+  queries: str = setting("", "BEIR queries TSV (id<TAB>text) to evaluate on, with "
+                         "--eval_beir_qrels.", flag="eval_beir_queries")
+  qrels: str = setting("", "TREC/BEIR qrels of --eval_beir_queries.", flag="eval_beir_qrels")
+  block_depth: int = setting(
+      1000, "Blocks retrieved per BEIR query before ranking their documents.",
+      flag="beir_block_depth")
 
 
 def read_queries(path) -> dict[str, str]:

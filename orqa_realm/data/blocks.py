@@ -12,6 +12,7 @@ indexes built from the store carry, so a mismatched pair is refused instead of s
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -23,11 +24,13 @@ import blingfire
 import numpy as np
 import tqdm
 
+from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data import columns
 from orqa_realm.data.documents import Document
 from orqa_realm.data.files import atomic_directory
+from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
-from orqa_realm.core.errors import InputError
 
 FORMAT = "orqa_realm.block_store"
 VERSION = 2  # 2: wordpiece character spans (block_token_char_spans)
@@ -276,6 +279,31 @@ class BlockStore:
           f"built from a block store with {num_rows} blocks (fingerprint {fingerprint}), but "
           f"{self.directory} has {len(self)} blocks (fingerprint {self.fingerprint})",
           path=source, field="block_store")
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSource:
+  """A block store and the model whose tokenizer reads it."""
+  block_store: str = setting(
+      "", "Block store directory (built with python -m orqa_realm.preprocess).")
+  bert: str = setting(
+      "minilm", "Hugging Face BERT directory (config.json, model.safetensors, vocab) or a "
+      "packaged model name ('minilm'): the architecture, the tokenizer, and the initial weights.")
+
+  def open_store(self) -> tuple[BlockStore, Tokenizer]:
+    """The block store, and --bert's tokenizer (refused when the store used another)."""
+    return open_store(self.block_store, self.bert)
+
+
+def open_store(directory: str | os.PathLike, model: str) -> tuple[BlockStore, Tokenizer]:
+  """The block store at `directory` and the tokenizer of `model` (a Hugging Face directory or a
+  packaged model's name), refused when the store was tokenized with another vocabulary."""
+  if not directory:
+    raise InputError("no block store given", field="block_store")
+  store = BlockStore(directory)
+  tokenizer = Tokenizer(resolve_model_dir(model))
+  store.check_tokenizer(tokenizer)
+  return store, tokenizer
 
 
 def _chunks(iterable: Iterable[Document], size: int) -> Iterator[list[Document]]:

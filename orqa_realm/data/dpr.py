@@ -26,7 +26,6 @@ import numpy as np
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import QAExample
-from orqa_realm.index.searcher import SearchResult
 
 
 class DPRExample(NamedTuple):
@@ -104,13 +103,13 @@ def bm25_negatives(example: DPRExample, ranking: np.ndarray, rule: NegativeRule,
   return example._replace(hard_negatives=negatives), num_random
 
 
-def qa_examples(examples: Sequence[QAExample], store: BlockStore, rankings: SearchResult,
+def qa_examples(examples: Sequence[QAExample], store: BlockStore, rankings: np.ndarray,
                 num_hard_negatives: int, *, seed: int = 0) -> DPRExamples:
-  """DPR examples of QA questions from their BM25 rankings ([questions, depth] ids)."""
+  """DPR examples of QA questions from their BM25 rankings ([questions, depth] block ids)."""
   rule = NegativeRule(store)
   blocks_of = document_blocks(store)
   dpr_examples, dropped, random_negatives = [], 0, 0
-  for index, (example, ranking) in enumerate(zip(examples, rankings.ids)):
+  for index, (example, ranking) in enumerate(zip(examples, rankings)):
     contains = lambda blocks: rule.matcher.has_answer(blocks, example.answers, example.kind)
     if example.gold_document_id:
       gold = blocks_of.get(example.gold_document_id, np.zeros(0, np.int64))

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from orqa_realm.data import files, tfds_input
+from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.data import files, tfds_input
 
 AnswerKind = Literal["text", "regex"]
 
@@ -230,3 +231,28 @@ def load_qa_dataset(spec: str) -> list[QAExample]:
   """Reads a QA dataset named `FORMAT:PATH`, e.g. `curatedtrec:/data/large2180-test.tsv`."""
   data_format, path = split_spec(spec, QA_READERS)
   return QA_READERS[data_format](path)
+
+
+@dataclasses.dataclass(frozen=True)
+class QAEvaluation:
+  """A held-out QA set on which retrieval recall@k (and a reader's exact match) is measured."""
+  qa_dataset: str = setting(
+      "", "Held-out questions as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
+      "squad, or tfds:NAME@SPLIT) on which answer recall@k (and a reader's exact match) is "
+      "measured; empty: none.", flag="eval_qa_dataset")
+  questions: int = setting(
+      0, "Most --eval_qa_dataset questions evaluated, every n-th from the first; 0: all.",
+      flag="eval_questions")
+  recall_ks: tuple[int, ...] = setting((1, 5, 20), "Cut-offs of recall@k.",
+                                       flag="eval_recall_ks")
+
+  def examples(self) -> list[QAExample]:
+    """The evaluated questions (none without a dataset)."""
+    if not self.qa_dataset:
+      return []
+    examples = load_qa_dataset(self.qa_dataset)
+    return every_nth(examples, self.questions) if self.questions else examples
+
+  @property
+  def sorted_ks(self) -> tuple[int, ...]:
+    return tuple(sorted(self.recall_ks))

@@ -13,20 +13,36 @@ TFDS is an optional dependency (`pip install -e ".[tfds]"`), imported only when 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
-from absl import flags
 
+from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 
-TFDS_DATA_DIR = flags.DEFINE_string(
-    "tfds_data_dir", None,
-    "Directory of prepared tensorflow-datasets, for the tfds:NAME@SPLIT specs of --corpus and the "
-    "QA dataset flags (default: $TFDS_DATA_DIR, else TFDS's own default).")
+
+
+@dataclasses.dataclass(frozen=True)
+class TFDSSettings:
+  """Where prepared tensorflow-datasets are read from."""
+  tfds_data_dir: str = setting(
+      "", "Directory of prepared tensorflow-datasets, for the tfds:NAME@SPLIT specs of --corpus "
+      "and the QA dataset flags (empty: $TFDS_DATA_DIR, else TFDS's own default).")
+
+
+# The directory a command chose (`use_settings`), for every tfds: spec it reads.
+_data_dir: str | None = None
+
+
+def use_settings(settings: TFDSSettings) -> None:
+  """Reads every tfds: spec of this process from `settings.tfds_data_dir` (when set)."""
+  global _data_dir
+  _data_dir = settings.tfds_data_dir or None
+
 
 # TFDS file formats read by index, without TensorFlow.
 _RANDOM_ACCESS_FORMATS = ("array_record",)
@@ -41,11 +57,8 @@ def parse_split_spec(spec: str) -> tuple[str, str]:
 
 
 def data_dir() -> str | None:
-  """--tfds_data_dir when flags are parsed and it is set, else $TFDS_DATA_DIR (or None: TFDS's
-  default)."""
-  if flags.FLAGS.is_parsed() and TFDS_DATA_DIR.value:
-    return TFDS_DATA_DIR.value
-  return os.environ.get("TFDS_DATA_DIR")
+  """The command's --tfds_data_dir when set, else $TFDS_DATA_DIR (or None: TFDS's default)."""
+  return _data_dir or os.environ.get("TFDS_DATA_DIR")
 
 
 def read_records(spec: str, *, directory: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:

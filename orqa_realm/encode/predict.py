@@ -7,6 +7,7 @@ ORQA task's periodic evaluation and by `python -m orqa_realm.evaluate` on a chec
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -17,15 +18,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orqa_realm import embed
 from orqa_realm.core import parallel
+from orqa_realm.core.config import setting
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import QAExample
 from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch, span_text
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.index.searcher import Searcher, SearchResult
 from orqa_realm.data.answers import exact_match, gold_hits, recall_at_k
+from orqa_realm.encode import embedding
+from orqa_realm.index.searcher import Searcher, SearchResult
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.modeling.retriever import RetrieverConfig
 
@@ -56,26 +58,28 @@ def make_span_scorer(config: ReaderConfig, dtype, mesh):
                  out_shardings=parallel.replicated(mesh))
 
 
-class ReaderSettings(NamedTuple):
-  """How questions and blocks are read (recorded with an ORQA run, so evaluation reads alike)."""
-  query_length: int = 64  # wordpieces of the retriever's question input
-  reader_length: int = 320  # the longest reader input, [CLS] question [SEP] block [SEP]
-  reader_question_length: int = 32  # wordpieces of the question in the reader input
-  reader_beam_size: int = 5  # blocks read per question
-  # Multiplies q . block before the losses and before it is added to span logits: a cosine
-  # retriever's scores lie in [-1, 1], too flat for a softmax over thousands of blocks unless
-  # scaled (sentence-transformers trains MiniLM with 20). Rankings are unchanged.
-  retrieval_score_scale: float = 1.0
+@dataclasses.dataclass(frozen=True)
+class ReaderSettings:
+  """How the reader reads retrieved blocks (recorded with an ORQA run, so evaluation reads alike)."""
+  reader_length: int = setting(
+      320, "Longest reader input [CLS] question [SEP] block [SEP], in wordpieces.")
+  reader_question_length: int = setting(
+      32, "Question wordpieces kept in the reader input.")
+  reader_beam_size: int = setting(
+      5, "k: top blocks the reader reads per question (full loss, prediction).")
 
 
 class BlockReader:
   """Reads given blocks for each question with a span reader and returns the best spans."""
 
   def __init__(self, store: BlockStore, tokenizer: Tokenizer, reader_config: ReaderConfig,
-               settings: ReaderSettings, *, continuation: np.ndarray, batch_size: int = 8,
-               dtype=jnp.float32, mesh=None):
+               settings: ReaderSettings, *, continuation: np.ndarray, score_scale: float = 1.0,
+               batch_size: int = 8, dtype=jnp.float32, mesh=None):
+    """`score_scale` multiplies the retrieval scores added to span logits (the retriever's
+    `score_scale`, with which the reader was trained)."""
     self.store, self.tokenizer = store, tokenizer
     self.reader_config, self.settings = reader_config, settings
+    self.score_scale = score_scale
     self.continuation = continuation
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
     # Questions per reader call: a multiple of the devices, so that questions x k rows split.
@@ -89,8 +93,8 @@ class BlockReader:
     Args:
       reader_params: the span reader's parameters.
       block_ids: [questions, k] blocks to read for each question.
-      retrieval_scores: [questions, k] their retrieval scores, scaled by the settings'
-        `retrieval_score_scale` and added to the span logits (zeros: the reader alone ranks).
+      retrieval_scores: [questions, k] their retrieval scores, scaled by `score_scale` and added
+        to the span logits (zeros: the reader alone ranks).
     """
     scorer = make_span_scorer(self.reader_config, self.dtype, self.mesh)
     reader_params = jax.device_put(reader_params, parallel.replicated(self.mesh))
@@ -111,7 +115,7 @@ class BlockReader:
                       parallel.to_global(TokenBatch(*(flat(a) for a in batch.inputs)), self.mesh),
                       parallel.to_global(flat(batch.block_mask), self.mesh))
       logits = np.asarray(jax.device_get(logits)).reshape(num_questions, k, -1)
-      retrieval_logits = self.settings.retrieval_score_scale * retrieval_scores[rows]
+      retrieval_logits = self.score_scale * retrieval_scores[rows]
       scores = logits + retrieval_logits[:, :, None]  # [questions, k, spans]
       spans = enumerate_spans(length, self.reader_config.max_span_width)
       for row in range(count):
@@ -141,16 +145,15 @@ class OpenQAPredictor:
                settings: ReaderSettings, *, continuation: np.ndarray, batch_size: int = 8,
                dtype=jnp.float32, mesh=None):
     self.reader = BlockReader(store, tokenizer, reader_config, settings,
-                              continuation=continuation, batch_size=batch_size, dtype=dtype,
-                              mesh=mesh)
+                              continuation=continuation, score_scale=retriever_config.score_scale,
+                              batch_size=batch_size, dtype=dtype, mesh=mesh)
     self.searcher, self.retriever_config = searcher, retriever_config
 
   def retrieve(self, params: dict[str, Any], questions: Sequence[str], depth: int) -> SearchResult:
     """The top `depth` blocks of each question (ids and retrieval scores [questions, depth])."""
-    queries = embed.embed_queries(list(questions), params["retriever"], self.retriever_config,
-                                  self.reader.tokenizer,
-                                  query_length=self.reader.settings.query_length,
-                                  dtype=self.reader.dtype, mesh=self.reader.mesh)
+    queries = embedding.embed_queries(list(questions), params["retriever"], self.retriever_config,
+                                      self.reader.tokenizer, dtype=self.reader.dtype,
+                                      mesh=self.reader.mesh)
     return self.searcher.search(queries, min(depth, self.searcher.num_rows))
 
   def predict(self, params: dict[str, Any], examples: Sequence[QAExample],

@@ -10,22 +10,27 @@ it was busy. A failed refresh is logged and the previous version stays published
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
 
 from absl import logging
 
-from orqa_realm.core import checkpoints, parallel
-from orqa_realm import embed
+from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core.config import setting
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.core.errors import InputError
-from orqa_realm.index import index_flags
-from orqa_realm.index.handle import IndexHandle
-from orqa_realm.index.scann_index import ScannConfig
-from orqa_realm.index.storage import IndexRoot, IndexVersion
+from orqa_realm.encode import embedding, runs
+from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling.retriever import RetrieverConfig
-from orqa_realm.tasks import retriever_flags
+
+
+@dataclasses.dataclass(frozen=True)
+class RefresherConfig:
+  """How often the refresher looks for new checkpoints."""
+  poll_seconds: float = setting(
+      10.0, "How often the refresher and the trainer's index handle re-read the checkpoint "
+      "directory and the index pointer when nothing woke them.", flag="refresh_poll_seconds")
 
 
 class Refresher:
@@ -34,29 +39,24 @@ class Refresher:
   Args:
     checkpoint_dir: the run's checkpoint directory.
     store: the block store to embed.
-    config: the run's retriever configuration.
-    index_root: where versions are published.
+    config: the run's retriever (its block tower embeds, at its block length).
+    index: where and how versions are published.
+    mesh: the devices that embed.
     on_publish: called with each published version (e.g. `IndexHandle.notify`).
-    Others: as `embed.embed_blocks` and `IndexRoot.publish`.
   """
 
   def __init__(self, *, checkpoint_dir: str, store: BlockStore, config: RetrieverConfig,
-               index_root: IndexRoot, block_length: int, batch_size: int, dtype, mesh=None,
-               storage_dtype: str = "float32", scann_config: ScannConfig | None = None,
+               index: embedding.IndexConfig, mesh=None,
                on_publish: Callable[[IndexVersion], None] | None = None):
     self.reader = checkpoints.CheckpointReader(checkpoint_dir)
     self.store = store
     self.config = config
-    self.index_root = index_root
-    self.block_length = block_length
-    self.batch_size = batch_size
-    self.dtype = dtype
+    self.index = index
+    self.index_root = index.root()
     self.mesh = mesh if mesh is not None else parallel.make_mesh()
-    self.storage_dtype = storage_dtype
-    self.scann_config = scann_config
     self.on_publish = on_publish
     self.failures = 0
-    latest = index_root.latest()
+    latest = self.index_root.latest()
     self.last_indexed_step = (latest.checkpoint_step
                               if latest and latest.checkpoint_step is not None else -1)
 
@@ -67,12 +67,9 @@ class Refresher:
       raise FileNotFoundError(
           f"checkpoint {step} of {self.reader.directory} was deleted before it could be indexed "
           "(the trainer keeps --keep_checkpoints); the newest one will be indexed instead")
-    params = embed.restore_retriever(self.reader, step, self.config, self.mesh,
-                                     block_tower_only=True)
-    version = embed.embed_and_publish(
-        self.store, params, self.config, self.index_root, checkpoint_step=step,
-        block_length=self.block_length, batch_size=self.batch_size, dtype=self.dtype,
-        mesh=self.mesh, storage_dtype=self.storage_dtype, scann_config=self.scann_config)
+    params = runs.restore_retriever(self.reader, step, self.config, self.mesh, tower="block")
+    version = embedding.embed_and_publish(self.store, params, self.config, self.index,
+                                          checkpoint_step=step, mesh=self.mesh)
     logging.info("published index version %d from checkpoint %d in %.1fs", version.version,
                  step, time.time() - started)
     if self.on_publish is not None:
@@ -128,27 +125,11 @@ class RefresherThread:
     self.refresher.close()
 
 
-def refresher_from_flags(workdir: str, model_config: dict, *, mesh=None,
-                         on_publish: Callable[[IndexVersion], None] | None = None) -> Refresher:
-  """A refresher for the run in `workdir`, configured by the retriever and index flags."""
-  if not index_flags.INDEX_DIR.value or not retriever_flags.BLOCK_STORE.value:
-    raise InputError("refreshing an index needs --index_dir and --block_store")
-  return Refresher(
-      checkpoint_dir=checkpoints.checkpoint_dir(workdir),
-      store=BlockStore(retriever_flags.BLOCK_STORE.value),
-      config=RetrieverConfig.from_dict(model_config),
-      index_root=IndexRoot(index_flags.INDEX_DIR.value, keep=index_flags.INDEX_KEEP_VERSIONS.value),
-      block_length=retriever_flags.BLOCK_LENGTH.value,
-      batch_size=index_flags.EMBED_BATCH_SIZE.value, dtype=index_flags.embed_dtype(), mesh=mesh,
-      storage_dtype=index_flags.INDEX_STORAGE_DTYPE.value,
-      scann_config=index_flags.scann_config(), on_publish=on_publish)
-
-
-def handle_from_flags(store: BlockStore | None = None, *, mesh=None,
-                      poll_seconds: float = 10.0) -> IndexHandle:
-  """An IndexHandle on --index_dir with --index_backend."""
-  if not index_flags.INDEX_DIR.value:
-    raise InputError("reading a refreshed index needs --index_dir")
-  return IndexHandle(
-      IndexRoot(index_flags.INDEX_DIR.value, keep=index_flags.INDEX_KEEP_VERSIONS.value),
-      store, backend=index_flags.INDEX_BACKEND.value, mesh=mesh, poll_seconds=poll_seconds)
+def refresher_for_run(run: runs.RetrieverRun, store: BlockStore, index: embedding.IndexConfig, *,
+                      mesh=None, on_publish: Callable[[IndexVersion], None] | None = None
+                      ) -> Refresher:
+  """A refresher of `run`'s checkpoints into `index`, embedding `store` (refused when it was
+  tokenized with another vocabulary than the run's)."""
+  runs.check_tokenizer(run, store.tokenizer_fingerprint, store.directory)
+  return Refresher(checkpoint_dir=run_directory.checkpoint_dir(run.workdir), store=store,
+                   config=run.retriever, index=index, mesh=mesh, on_publish=on_publish)

@@ -23,6 +23,7 @@ import Stemmer
 from absl import logging
 from bm25s.tokenization import Tokenizer as WordTokenizer
 
+from orqa_realm.core.config import nested, setting
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import atomic_directory
 from orqa_realm.core.errors import InputError
@@ -35,10 +36,21 @@ META_FILE = "bm25.json"
 @dataclasses.dataclass(frozen=True)
 class BM25Settings:
   """How blocks and queries are scored."""
-  k1: float = 0.9  # term frequency saturation
-  b: float = 0.4  # length normalisation
-  stemmer: str = "english"  # a Snowball algorithm of PyStemmer, or "" for none
-  stopwords: str = "en"  # a bm25s stop word list, or "" for none
+  k1: float = setting(0.9, "BM25 term frequency saturation.", flag="bm25_k1")
+  b: float = setting(0.4, "BM25 length normalisation.", flag="bm25_b")
+  stemmer: str = setting("english", "PyStemmer (Snowball) algorithm for BM25 words; '' for none.",
+                         flag="bm25_stemmer")
+  stopwords: str = setting("en", "bm25s stop word list (e.g. en); '' for none.",
+                           flag="bm25_stopwords")
+
+
+@dataclasses.dataclass(frozen=True)
+class BM25Config:
+  """A BM25 index of a block store: how it scores, and where it is kept."""
+  settings: BM25Settings = nested(BM25Settings())
+  directory: str = setting(
+      "", "Where the BM25 index of --block_store is kept: loaded when there, built and saved "
+      "there otherwise. Empty: built in memory for the run.", flag="bm25_dir")
 
 
 def block_text(store: BlockStore, block: int) -> str:
@@ -121,10 +133,10 @@ class BM25Searcher:
     return SearchResult(ids.astype(np.int64), scores.astype(np.float32))
 
 
-def open_or_build(store: BlockStore, settings: BM25Settings,
-                  directory: str | None = None) -> BM25Searcher:
-  """The BM25 index of `store`: loaded from `directory` when one is there, otherwise built (and
-  saved there when a directory is given)."""
+def open_or_build(store: BlockStore, config: BM25Config) -> BM25Searcher:
+  """The BM25 index of `store`: loaded from `config.directory` when one is there, otherwise built
+  (and saved there when a directory is given)."""
+  settings, directory = config.settings, config.directory
   if directory and os.path.exists(os.path.join(directory, META_FILE)):
     return BM25Searcher.load(directory, store, settings)
   searcher = BM25Searcher.build(store, settings)

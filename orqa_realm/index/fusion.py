@@ -15,6 +15,7 @@ from typing import Literal
 
 import numpy as np
 
+from orqa_realm.core.config import setting
 from orqa_realm.index.searcher import SearchResult, TextSearcher, check_k
 
 Normalization = Literal["minmax", "zscore"]
@@ -64,6 +65,18 @@ def fuse_rankings(dense: SearchResult, sparse: SearchResult, k: int, *, alpha: f
     ids.append(candidates[best])
     fused_scores.append(fused[best])
   return SearchResult(np.stack(ids).astype(np.int64), np.stack(fused_scores).astype(np.float32))
+
+
+@dataclasses.dataclass(frozen=True)
+class FusionConfig:
+  """How a hybrid searcher fuses its dense and BM25 rankings."""
+  alpha: float = setting(1.0, "Weight of BM25 in hybrid fusion.", flag="hybrid_alpha")
+  depth: int = setting(
+      1000, "k': blocks taken from each ranking before fusing (at least the k asked for); a "
+      "block missing from one ranking gets that ranking's k'-th score.", flag="hybrid_depth")
+  normalization: Normalization = setting(
+      "minmax", "How each ranking's scores are normalised before fusing.",
+      flag="hybrid_normalization")
 
 
 @dataclasses.dataclass(frozen=True)

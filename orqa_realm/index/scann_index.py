@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from orqa_realm.core.config import setting
 from orqa_realm.index.searcher import SearchResult, check_search_args
 
 # Below this many rows, brute-force AH scoring (then exact re-scoring) is used: it is exact-er
@@ -39,13 +40,26 @@ class ScannConfig:
     reorder_num_neighbors: candidates re-scored exactly (default max(100, 10 k)).
     num_neighbors: the k the searcher is built for; `search` may ask for another.
   """
-  num_leaves: int = 0
-  num_leaves_to_search: int = 0
-  training_sample_size: int = 0
-  dimensions_per_block: int = 2
-  anisotropic_quantization_threshold: float = 0.2
-  reorder_num_neighbors: int = 0
-  num_neighbors: int = 10
+  num_leaves: int = setting(
+      0, "ScaNN tree partitions; 0: ~sqrt(corpus size), no tree below 16384 rows.",
+      flag="scann_num_leaves")
+  num_leaves_to_search: int = setting(
+      0, "ScaNN partitions searched per query; 0: a tenth of the leaves.",
+      flag="scann_num_leaves_to_search")
+  training_sample_size: int = setting(
+      0, "Rows the ScaNN tree and quantiser train on; 0: min(N, max(100k, 100 x leaves)).",
+      flag="scann_training_sample_size")
+  dimensions_per_block: int = setting(
+      2, "ScaNN asymmetric hashing sub-space size.", flag="scann_dimensions_per_block")
+  anisotropic_quantization_threshold: float = setting(
+      0.2, "ScaNN anisotropic quantisation threshold (eta).",
+      flag="scann_anisotropic_threshold")
+  reorder_num_neighbors: int = setting(
+      0, "ScaNN candidates re-scored exactly; 0: max(100, 10 x scann_num_neighbors).",
+      flag="scann_reorder")
+  num_neighbors: int = setting(
+      10, "The k the ScaNN index is tuned for (searches may ask for more).",
+      flag="scann_num_neighbors")
 
   def resolved(self, num_rows: int) -> ScannConfig:
     """This configuration with every derived value filled in for a corpus of `num_rows`."""

@@ -24,6 +24,10 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.bert import ACTIVATIONS, BertConfig, BertModel, dense, layer_norm
 
 
+# Where a REALM run keeps the knowledge-augmented encoder's params, beside the retriever's.
+KNOWLEDGE_ENCODER = "knowledge_encoder"
+
+
 @dataclasses.dataclass(frozen=True)
 class KnowledgeEncoderConfig:
   bert: BertConfig

@@ -16,6 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from orqa_realm.core.config import setting
 from orqa_realm.data.reader_inputs import Spans, enumerate_spans
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm
@@ -30,23 +31,23 @@ class ReaderConfig:
   """The reader's architecture.
 
   Attributes:
-    bert: the encoder.
+    bert: the encoder (None in a task's settings: --bert's, filled in when the task starts).
     span_hidden_size: width of each of the start and end parts (256 in ORQA).
     max_span_width: longest span, in wordpieces (10 in ORQA).
   """
-  bert: BertConfig
-  span_hidden_size: int = 256
-  max_span_width: int = 10
+  bert: BertConfig | None = None
+  span_hidden_size: int = setting(256, "Width of the span scorer's start and end parts.")
+  max_span_width: int = setting(10, "Longest answer span, in wordpieces.")
+
+  def with_bert(self, bert: BertConfig) -> ReaderConfig:
+    return dataclasses.replace(self, bert=bert)
 
   def to_dict(self) -> dict[str, Any]:
-    return dict(bert=self.bert.to_dict(), span_hidden_size=self.span_hidden_size,
-                max_span_width=self.max_span_width)
+    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> ReaderConfig:
-    return cls(bert=BertConfig.from_dict(values["bert"]),
-               span_hidden_size=values["span_hidden_size"],
-               max_span_width=values["max_span_width"])
+    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 def valid_spans(block_mask: jax.Array, spans: Spans) -> jax.Array:
@@ -105,3 +106,13 @@ class SpanReader(nn.Module):
     logits = SpanHead(self.config, self.dtype, name="span_head")(hidden, spans)
     valid = valid_spans(block_mask, spans)
     return ReaderOutput(jnp.where(valid, logits, MASKED_SPAN_LOGIT), valid, spans)
+
+
+def init_params(config: ReaderConfig, rng: jax.Array,
+                bert_params: dict[str, Any] | None = None) -> dict[str, Any]:
+  """Reader params: the span head freshly initialised, BERT from `bert_params` if given."""
+  dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
+  params = SpanReader(config).init(rng, dummy, jnp.ones((1, 8), bool))["params"]
+  if bert_params is not None:
+    params = dict(params, bert=jax.tree.map(jnp.asarray, bert_params))
+  return params

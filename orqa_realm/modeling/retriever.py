@@ -7,64 +7,90 @@ Queries and blocks have their own BERT (the ORQA paper) or share one (the refere
 from __future__ import annotations
 
 import dataclasses
+import typing
 from typing import Any, Literal
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from orqa_realm.core.config import setting
 from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm, mean_pool
 
 Pooling = Literal["pooled", "cls", "mean"]
+Tower = Literal["query", "block"]
 
 
 @dataclasses.dataclass(frozen=True)
 class RetrieverConfig:
-  """The retriever's architecture.
+  """The retriever: its architecture and how it reads queries and blocks.
 
-  Attributes:
-    bert: the encoder architecture.
-    projection_size: size of the projected embedding (128 in ORQA); 0 keeps the pooled vector.
-    pooling: "pooled" (BERT's tanh pooler on [CLS], as ORQA), "cls" (the raw [CLS] state) or
-      "mean" (mean over real tokens, as sentence-transformers models such as MiniLM were trained).
-    share_encoders: one BERT for queries and blocks.
-    block_format: how blocks are packed into the block tower's input (`BLOCK_FORMATS`): "pair"
-      as ORQA, "joined" as sentence-transformers models were trained.
-    normalize: L2-normalise embeddings, so that the inner product is the cosine similarity
-      (sentence-transformers models such as all-MiniLM-L6-v2 end with this step).
+  Everything here is saved with a run and an index version, and read back by whoever uses their
+  checkpoints or embeddings (embed, evaluate, the refresher, warm starts, ORQA), so that a query
+  encoder is never used with settings other than those it was trained or indexed with.
+
+  `bert` is the encoder architecture: None in a task's settings, where it is read from --bert's
+  config.json when the task starts (`with_bert`).
   """
-  bert: BertConfig
-  projection_size: int = 128
-  pooling: Pooling = "pooled"
-  share_encoders: bool = False
-  block_format: BlockFormat = "pair"
-  normalize: bool = False
+  bert: BertConfig | None = None
+  projection_size: int = setting(
+      128, "Retrieval embedding size after dense + LayerNorm; 0: no projection.")
+  pooling: Pooling = setting(
+      "pooled", "Vector a tower projects: BERT's pooler output on [CLS] (ORQA), the raw [CLS] "
+      "state, or the mean over tokens (how sentence-transformers models such as MiniLM were "
+      "trained).")
+  share_encoders: bool = setting(
+      False, "One BERT for queries and blocks (the ORQA reference code) instead of two (the "
+      "paper).")
+  block_format: BlockFormat = setting(
+      "pair", "Block input: 'pair' = [CLS] title [SEP] text [SEP] with the text as segment 1 "
+      "(ORQA); 'joined' = [CLS] title text [SEP] in one segment (sentence-transformers, BEIR).")
+  normalize: bool = setting(
+      False, "L2-normalise query and block embeddings (cosine scores), as sentence-transformers "
+      "models such as all-MiniLM-L6-v2 do.", flag="normalize_embeddings")
+  query_length: int = setting(64, "Wordpieces per query, [CLS] and [SEP] included.")
+  block_length: int = setting(
+      288, "Wordpieces per encoded block, title and special tokens included.")
+  score_scale: float = setting(
+      1.0, "Multiplies question . block scores in the training losses and in ORQA's span "
+      "scores: an inverse temperature. 1 for ORQA's inner-product retriever; about 20 for a "
+      "cosine one (--normalize_embeddings), whose scores lie in [-1, 1] and would otherwise "
+      "give a nearly flat softmax. Rankings are unchanged.", flag="retrieval_score_scale")
 
   def __post_init__(self):
-    if self.pooling not in ("pooled", "cls", "mean"):
-      raise ValueError(f"pooling {self.pooling!r} is not one of 'pooled', 'cls', 'mean'")
+    if self.pooling not in typing.get_args(Pooling):
+      raise ValueError(f"pooling {self.pooling!r} is not one of {typing.get_args(Pooling)}")
     if self.block_format not in BLOCK_FORMATS:
       raise ValueError(f"block format {self.block_format!r} is not one of "
                        f"{sorted(BLOCK_FORMATS)}")
 
+  def with_bert(self, bert: BertConfig) -> RetrieverConfig:
+    return dataclasses.replace(self, bert=bert)
+
   def to_dict(self) -> dict[str, Any]:
-    """JSON-ready, as saved in a run's model_config.json."""
-    return dict(bert=self.bert.to_dict(), projection_size=self.projection_size,
-                pooling=self.pooling, share_encoders=self.share_encoders,
-                block_format=self.block_format, normalize=self.normalize)
+    """JSON-ready, as saved with a run and an index version."""
+    if self.bert is None:
+      raise ValueError("a retriever without its BERT architecture cannot be saved")
+    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
 
   @classmethod
   def from_dict(cls, values: dict[str, Any]) -> RetrieverConfig:
-    """The inverse of `to_dict`; other keys (a run's task name) are ignored."""
-    return cls(bert=BertConfig.from_dict(values["bert"]), projection_size=values["projection_size"],
-               pooling=values["pooling"], share_encoders=values["share_encoders"],
-               block_format=values["block_format"], normalize=values["normalize"])
+    """The inverse of `to_dict`."""
+    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
   @property
   def embedding_size(self) -> int:
     return self.projection_size or self.bert.hidden_size
+
+
+# The settings that make a retriever another model, and those that only say how it reads its
+# inputs (which a task warm-started from a run may change).
+ARCHITECTURE_FIELDS = ("bert", "projection_size", "pooling", "share_encoders", "block_format",
+                       "normalize")
+INPUT_FIELDS = ("query_length", "block_length", "score_scale")
+ALL_FIELDS = ARCHITECTURE_FIELDS + INPUT_FIELDS
 
 
 class EncoderTower(nn.Module):
@@ -128,7 +154,15 @@ class DualEncoder(nn.Module):
 
 
 def tower_names(config: RetrieverConfig) -> tuple[str, ...]:
+  """The top-level params entries of the retriever: one shared tower, or one per side."""
   return ("encoder",) if config.share_encoders else ("query_encoder", "block_encoder")
+
+
+def tower_params(params: dict[str, Any], config: RetrieverConfig, tower: Tower) -> dict[str, Any]:
+  """The part of the retriever `params` (or of a params tree holding them at its top level)
+  that the query or the block tower uses."""
+  name = "encoder" if config.share_encoders else f"{tower}_encoder"
+  return {name: params[name]}
 
 
 def init_params(config: RetrieverConfig, rng: jax.Array,

@@ -1,1 +1,2 @@
-"""Training objectives; each plugs into the one loop in `orqa_realm.train`."""
+"""Training objectives, one module each (its settings dataclass, batches, loss and evaluation);
+each plugs into the one loop in `orqa_realm.training.loop`."""

@@ -19,25 +19,22 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax.numpy as jnp
 import numpy as np
-from absl import flags
 
-from orqa_realm import embed
-from orqa_realm.core import parallel
+from orqa_realm.core.config import setting
 from orqa_realm.data.dpr import DPRExample, NegativeRule, fill_negatives
-from orqa_realm.data.qa import question_indices
-from orqa_realm.index.handle import LoadedIndex
-from orqa_realm.tasks import retriever_flags
-from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask, config_from_flags
-
-_NEGATIVE_DEPTH = flags.DEFINE_integer(
-    "ance_negative_depth", 200, "ANCE draws each question's hard negatives from its top N "
-    "blocks in the refreshed index.")
+from orqa_realm.encode import embedding
+from orqa_realm.tasks.base import Need, StepContext, TaskContext
+from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask
 
 
 @dataclasses.dataclass(frozen=True)
 class ANCEConfig(DPRConfig):
-  negative_depth: int = 200  # negatives are drawn from this many of the index's best blocks
+  """DPR's settings, and how deep in the refreshed index negatives are drawn."""
+  negative_depth: int = setting(
+      200, "ANCE draws each question's hard negatives from its top N blocks in the refreshed "
+      "index.", flag="ance_negative_depth")
 
 
 def sample_negatives(example: DPRExample, ranking: np.ndarray, rule: NegativeRule, count: int,
@@ -54,39 +51,26 @@ def sample_negatives(example: DPRExample, ranking: np.ndarray, rule: NegativeRul
 
 class ANCETask(DPRTask):
   name = "ance"
-  needs_index = True
+  config_class = ANCEConfig
+  needs = frozenset({Need.PARAMS, Need.INDEX})
   bm25_negatives = False
 
-  def __init__(self, config: ANCEConfig, bert_params=None):
-    super().__init__(config, bert_params)
+  def __init__(self, config: ANCEConfig, context: TaskContext):
+    super().__init__(config, context)
     self.rule = NegativeRule(self.store)
 
-  @classmethod
-  def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> ANCETask:
-    dpr = config_from_flags(batch_size=batch_size, seed=seed, dtype=dtype, remat=remat)
-    config = ANCEConfig(**{field.name: getattr(dpr, field.name)
-                           for field in dataclasses.fields(dpr)},
-                        negative_depth=_NEGATIVE_DEPTH.value)
-    return cls(config, None if config.retriever_workdir
-               else retriever_flags.pretrained_bert_params())
-
-  def train_batch(self, step: int, params=None, mesh=None,
-                  index: LoadedIndex | None = None) -> DPRInputs:
-    if params is None or index is None:
-      raise ValueError("ANCE mines negatives with the current params from the refreshed index: "
-                       "pass both")
-    mesh = mesh if mesh is not None else parallel.make_mesh()
+  def train_batch(self, step: int, context: StepContext) -> DPRInputs:
     config = self.config
-    rows = question_indices(len(self.examples), config.batch_size, seed=config.seed, step=step)
-    examples = [self.examples[row] for row in rows]
-    queries = self.tokenizer.pack([self.question_ids[row] for row in rows],
-                                  max_length=config.query_length)
-    query_embeddings = embed.embed_query_tokens(params, queries, config.retriever,
-                                                dtype=config.dtype, mesh=mesh)  # [batch, dim]
-    depth = min(config.negative_depth, index.searcher.num_rows)
-    rankings = index.searcher.search(query_embeddings, depth).ids  # [batch, depth]
+    rows, examples = self.step_examples(step)
+    queries = self.query_tokens(rows)
+    query_embeddings = embedding.embed_query_tokens(
+        context.params, queries, config.retriever, dtype=jnp.dtype(self.context.dtype),
+        mesh=context.mesh)  # [batch, dim]
+    searcher = context.index.searcher
+    depth = min(config.negative_depth, searcher.num_rows)
+    rankings = searcher.search(query_embeddings, depth).ids  # [batch, depth]
     examples = [example._replace(hard_negatives=sample_negatives(
         example, ranking, self.rule, config.hard_negatives_per_question,
-        np.random.default_rng([config.seed, step, position])))
+        np.random.default_rng([self.context.seed, step, position])))
                 for position, (example, ranking) in enumerate(zip(examples, rankings))]
-    return self.inputs(rows, examples)
+    return self.inputs(queries, examples)

@@ -1,32 +1,99 @@
-"""What a training objective provides to the generic loop in `orqa_realm.train`."""
+"""What a training objective provides to the loop (`orqa_realm.training.loop`), and what the loop
+hands it each step."""
 
 from __future__ import annotations
 
 import abc
+import enum
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 
+from orqa_realm.index.handle import LoadedIndex
+from orqa_realm.modeling.retriever import RetrieverConfig
+
 Params = Any
 Batch = Any  # a pytree of numpy arrays whose leading axis is the global batch
+
+
+class Need(enum.Enum):
+  """What a task's batches depend on besides the step (declared in `Task.needs`)."""
+  # The parameters the step starts from (ORQA retrieves each question's blocks with them).
+  PARAMS = "params"
+  # The newest loaded version of the refreshed index of the model being trained (ANCE's
+  # negatives, REALM's candidates); the loop indexes the initial model before step 0.
+  INDEX = "index"
+
+
+class StepContext:
+  """What the loop hands `Task.train_batch`: the mesh, and what the task declared it needs.
+
+  Reading something the task did not declare is an error rather than a None, so that a task
+  cannot silently depend on what the loop does not give it.
+  """
+
+  def __init__(self, mesh: jax.sharding.Mesh, *, params: Params = None,
+               index: LoadedIndex | None = None):
+    self.mesh = mesh
+    self._params = params
+    self._index = index
+
+  @property
+  def params(self) -> Params:
+    """The parameters the step starts from, replicated over `mesh`."""
+    if self._params is None:
+      raise RuntimeError("the task did not declare Need.PARAMS")
+    return self._params
+
+  @property
+  def index(self) -> LoadedIndex:
+    """The index version the loop took for this step (the same on every host)."""
+    if self._index is None:
+      raise RuntimeError("the task did not declare Need.INDEX")
+    return self._index
+
+
+class TaskContext(NamedTuple):
+  """The loop's settings a task is built with."""
+  batch_size: int  # global, over all devices and hosts
+  seed: int  # seeds initialisation, dropout and the data order
+  dtype: str  # matmul compute dtype ("float32" or "bfloat16")
+  remat: bool  # recompute each BERT layer in the backward pass
+
+
+class SavedRetriever(NamedTuple):
+  """A retriever a task's settings name elsewhere (a run it warm-starts from, ORQA's index),
+  whose settings the task takes."""
+  config: RetrieverConfig
+  source: str  # where it was read from, for messages
 
 
 class Task(abc.ABC):
   """A training objective: its model, data and loss.
 
   The loop owns the optimizer, the mesh, checkpoints and logging; a task only says how to build
-  its parameters, which global batch step k uses (given the parameters it starts from), and the
-  loss of a batch. `loss` must be a pure
+  its parameters, which global batch step k uses, and the loss of a batch. `loss` must be a pure
   function of its arguments (it is jitted with the batch sharded over the mesh and written over
   the global batch).
   """
 
-  name: str
+  name: ClassVar[str]
+  config_class: ClassVar[type]  # the frozen settings dataclass the task is built from
+  needs: ClassVar[frozenset[Need]] = frozenset()
+
+  @classmethod
+  def saved_retriever(cls, config: Any) -> SavedRetriever | None:
+    """The retriever `config` names elsewhere (a warm-start run, an index), whose architecture
+    the task must take (and whose input settings it takes unless the user sets them); None
+    when the task's own settings describe its retriever."""
+    del config
+    return None
 
   @abc.abstractmethod
-  def model_config(self) -> dict[str, Any]:
-    """The architecture, as JSON data; a resumed run must have the same."""
+  def run_model(self) -> dict[str, Any]:
+    """What the run's checkpoints need to be used, as JSON data (run.json's `model`); a resumed
+    run must have the same."""
 
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:
@@ -34,24 +101,19 @@ class Task(abc.ABC):
     checkpoint: a resumed run takes its shapes with `jax.eval_shape`, under which a restore
     cannot run."""
 
-  def warm_start(self, params: Params) -> Params:
+  def warm_start(self, params: Params, mesh: jax.sharding.Mesh) -> Params:
     """The parameters a fresh run starts from: `params` (from `init_params`) with the parts that
-    another run trained (`--retriever_workdir`) read from its checkpoint. The loop calls it once,
-    outside any trace, and only when the run has no checkpoint of its own. Identity by default."""
+    another run trained (`--retriever_workdir`) read from its checkpoint, on `mesh`. The loop
+    calls it once, outside any trace, and only when the run has no checkpoint of its own.
+    Identity by default."""
+    del mesh
     return params
 
-  # Whether batches are mined from the refreshed index of the model being trained (ANCE): the
-  # loop then indexes the initial model before step 0 and passes each step the newest version.
-  needs_index: bool = False
-
   @abc.abstractmethod
-  def train_batch(self, step: int, params: Params = None,
-                  mesh: jax.sharding.Mesh | None = None, index: Any = None) -> Batch:
-    """The global batch of step `step`: a pure function of the task's seed, `step` and, for a
-    task whose batches depend on the model, `params` (the parameters step `step` starts from,
-    replicated over `mesh`; ORQA retrieves each question's blocks with them) and `index` (the
-    `LoadedIndex` version the loop took for this step, for tasks that `needs_index`). Leaves are
-    numpy arrays of the whole global batch, or jax Arrays already on `mesh`."""
+  def train_batch(self, step: int, context: StepContext) -> Batch:
+    """The global batch of step `step`: a pure function of the task's seed, `step` and what the
+    task declared in `needs` (read from `context`). Leaves are numpy arrays of the whole global
+    batch, or jax Arrays already on `context.mesh`."""
 
   @abc.abstractmethod
   def loss(self, params: Params, batch: Batch, rng: jax.Array,

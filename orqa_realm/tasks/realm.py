@@ -31,44 +31,28 @@ encoder's BERT (REALM's fine-tuning).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+import functools
+from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import flags, logging
+from absl import logging
 
-from orqa_realm import embed
-from orqa_realm.core import parallel
+from orqa_realm.core.config import nested, setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import continuation_mask
-from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.masking import MASKINGS
+from orqa_realm.data.masking import Masking
 from orqa_realm.data.realm import REALMExamples, REALMQuery, knowledge_inputs
 from orqa_realm.data.salient_spans import SalientSpans
-from orqa_realm.data.tokenization import TokenBatch, Tokenizer
-from orqa_realm.core.errors import InputError
+from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.encode import embedding, runs
 from orqa_realm.index.handle import LoadedIndex
-from orqa_realm.modeling.losses import realm_loss
 from orqa_realm.modeling import mlm, retriever
-from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
-from orqa_realm.tasks import retriever_flags
-from orqa_realm.tasks.base import Task
-
-KNOWLEDGE_ENCODER = "knowledge_encoder"
-
-_MASKING = flags.DEFINE_enum(
-    "realm_masking", "salient", list(MASKINGS), "What REALM masks in a query sentence: one "
-    "salient span (named entity or date), random wordpieces, or a random span of whole words.")
-_MAX_MASKS = flags.DEFINE_integer("max_masks", 10, "Most wordpieces masked in a query.")
-_NUM_CANDIDATES = flags.DEFINE_integer(
-    "realm_num_candidates", 8, "k: documents the knowledge-augmented encoder reads per query, "
-    "the null document included.")
-_MARGINAL = flags.DEFINE_enum(
-    "realm_marginal", "token", ["token", "span"], "Marginalise over documents each masked "
-    "wordpiece alone (REALM's code) or the span's wordpieces jointly (REALM's paper).")
-_DOCUMENT_LENGTH = flags.DEFINE_integer(
-    "realm_document_length", 288, "Document wordpieces (and its [SEP]) in the knowledge-augmented "
-    "encoder's input, after the query's --query_length.")
+from orqa_realm.modeling.losses import realm_loss
+from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
+from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
+from orqa_realm.tasks.common import StoreAndBert, own_retriever, warm_start_retriever
 
 
 class REALMBatch(NamedTuple):
@@ -83,23 +67,26 @@ class REALMBatch(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class REALMConfig:
-  block_store: str
-  retriever: retriever.RetrieverConfig
-  knowledge_encoder: mlm.KnowledgeEncoderConfig
-  bert_dir: str  # the tokenizer and the knowledge encoder's initial BERT
-  batch_size: int
-  masking: str = "salient"
-  max_masks: int = 10
-  num_candidates: int = 8
-  marginal: str = "token"
-  retriever_workdir: str = ""  # e.g. an ICT run (REALM starts its retriever from ICT)
-  seed: int = 0
-  query_length: int = 96
-  block_length: int = 288  # the block tower's input
-  document_length: int = 288  # the document part of the knowledge-augmented encoder's input
-  score_scale: float = 1.0
-  dtype: Any = jnp.float32
-  remat: bool = False
+  """The settings of REALM pretraining."""
+  source: StoreAndBert = nested(StoreAndBert())
+  # REALM's queries are sentences with a masked span: 96 wordpieces in the reference.
+  retriever: retriever.RetrieverConfig = nested(retriever.RetrieverConfig(query_length=96))
+  retriever_workdir: str = setting(
+      "", "A run (ICT, DPR, REALM, ...) whose latest checkpoint the retriever starts from, with "
+      "that run's retriever settings; empty: --bert's weights.")
+  masking: Masking = setting(
+      "salient", "What REALM masks in a query sentence: one salient span (named entity or "
+      "date), random wordpieces, or a random span of whole words.", flag="realm_masking")
+  max_masks: int = setting(10, "Most wordpieces masked in a REALM query.")
+  num_candidates: int = setting(
+      8, "k: documents the knowledge-augmented encoder reads per query, the null document "
+      "included.", flag="realm_num_candidates")
+  marginal: Literal["token", "span"] = setting(
+      "token", "Marginalise over documents each masked wordpiece alone (REALM's code) or the "
+      "span's wordpieces jointly (REALM's paper).", flag="realm_marginal")
+  document_length: int = setting(
+      288, "Document wordpieces (and its [SEP]) in the knowledge-augmented encoder's input, "
+      "after the query.", flag="realm_document_length")
 
 
 def retriever_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -120,83 +107,78 @@ def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_do
 
 class REALMTask(Task):
   name = "realm"
-  needs_index = True
+  config_class = REALMConfig
+  needs = frozenset({Need.PARAMS, Need.INDEX})
 
-  def __init__(self, config: REALMConfig, *, pretrained: HFBert | None = None):
-    """`pretrained`: `load_hf_bert(config.bert_dir)`, the knowledge encoder's BERT (and MLM head
-    when it has one) and, without --retriever_workdir, the retriever's BERT; None: random."""
+  def __init__(self, config: REALMConfig, context: TaskContext):
     if config.num_candidates < 2:
       raise InputError("REALM needs the null document and at least one retrieved one: "
                        "--realm_num_candidates >= 2", field="realm_num_candidates")
-    self.config = config
-    self.store = BlockStore(config.block_store)
-    self.tokenizer = Tokenizer(config.bert_dir)
-    self.store.check_tokenizer(self.tokenizer)
+    self.store, self.tokenizer = config.source.open_store()
+    self.config = dataclasses.replace(config,
+                                      retriever=own_retriever(config.retriever, config.source))
+    self.context = context
+    self.knowledge_config = mlm.KnowledgeEncoderConfig(config.source.bert_config())
+    retriever_config = self.config.retriever
     spans = SalientSpans(self.store) if config.masking == "salient" else None
     self.examples = REALMExamples(
         self.store, masking=config.masking, max_masks=config.max_masks,
-        query_length=config.query_length, mask_id=self.tokenizer.mask_id, seed=config.seed,
-        continuation=continuation_mask(self.tokenizer), spans=spans)
+        query_length=retriever_config.query_length, mask_id=self.tokenizer.mask_id,
+        seed=context.seed, continuation=continuation_mask(self.tokenizer), spans=spans)
     logging.info("REALM: %d %s-masking examples per epoch", len(self.examples), config.masking)
-    self.retriever_model = retriever.DualEncoder(config.retriever, config.dtype, config.remat)
-    self.knowledge_model = mlm.KnowledgeAugmentedEncoder(config.knowledge_encoder, config.dtype,
-                                                         config.remat)
-    self._pretrained = pretrained
+    dtype = jnp.dtype(context.dtype)
+    self.retriever_model = retriever.DualEncoder(retriever_config, dtype, context.remat)
+    self.knowledge_model = mlm.KnowledgeAugmentedEncoder(self.knowledge_config, dtype,
+                                                         context.remat)
     self.block_documents = np.asarray(self.store.document_indices())
     self.max_document_blocks = int(np.bincount(self.block_documents).max())
     if len(self.store) - self.max_document_blocks < config.num_candidates - 1:
       raise InputError(f"the store has too few blocks for {config.num_candidates - 1} retrieved "
-                       "candidates outside a query's document", path=config.block_store)
+                       "candidates outside a query's document", path=config.source.block_store)
     # The null document's block-tower input: an empty title and body.
     self.null_block = self.store.pack_blocks([[]], [[]], max_length=8,
-                                             block_format=config.retriever.block_format)
+                                             block_format=retriever_config.block_format)
 
   @classmethod
-  def from_flags(cls, *, batch_size: int, seed: int, dtype, remat: bool) -> REALMTask:
-    if not retriever_flags.BLOCK_STORE.value:
-      raise InputError("--task=realm needs --block_store")
-    retriever_config, bert_dir = retriever_flags.retriever_config_and_bert_dir()
-    workdir = retriever_flags.RETRIEVER_WORKDIR.value
-    config = REALMConfig(
-        block_store=retriever_flags.BLOCK_STORE.value, retriever=retriever_config,
-        knowledge_encoder=mlm.KnowledgeEncoderConfig(read_config(bert_dir)), bert_dir=bert_dir,
-        batch_size=batch_size, masking=_MASKING.value, max_masks=_MAX_MASKS.value,
-        num_candidates=_NUM_CANDIDATES.value, marginal=_MARGINAL.value,
-        retriever_workdir=workdir, seed=seed, query_length=retriever_flags.QUERY_LENGTH.value,
-        block_length=retriever_flags.BLOCK_LENGTH.value, document_length=_DOCUMENT_LENGTH.value,
-        score_scale=retriever_flags.RETRIEVAL_SCORE_SCALE.value, dtype=dtype, remat=remat)
-    pretrained = None if retriever_flags.FROM_SCRATCH.value else load_hf_bert(bert_dir)
-    return cls(config, pretrained=pretrained)
+  def saved_retriever(cls, config: REALMConfig) -> SavedRetriever | None:
+    if not config.retriever_workdir:
+      return None
+    return warm_start_retriever(config.retriever_workdir, config.source)
 
-  def model_config(self) -> dict[str, Any]:
-    return dict(task=self.name, **self.config.retriever.to_dict(),
-                knowledge_encoder=self.config.knowledge_encoder.to_dict())
+  def run_model(self) -> dict[str, Any]:
+    return dict(runs.retriever_model(self.config.retriever, self.tokenizer.fingerprint),
+                **{KNOWLEDGE_ENCODER: self.knowledge_config.to_dict()})
+
+  @functools.cached_property
+  def pretrained(self):
+    """--bert's weights and MLM head (None with --from_scratch), read when first needed: the
+    knowledge encoder's start and, without --retriever_workdir, the retriever's BERT."""
+    return self.config.source.pretrained()
 
   def init_params(self, rng: jax.Array) -> dict[str, Any]:
     retriever_rng, knowledge_rng = jax.random.split(rng)
-    pretrained = self._pretrained
-    params = retriever.init_params(self.config.retriever, retriever_rng,
-                                   pretrained.params if pretrained else None)
+    pretrained = self.pretrained
+    params = dict(retriever.init_params(self.config.retriever, retriever_rng,
+                                        pretrained.params if pretrained else None))
     head = None
     if pretrained is not None:
-      head = mlm.mlm_head_params(pretrained.head_tensors, pretrained.config, self.config.bert_dir)
+      head = mlm.mlm_head_params(pretrained.head_tensors, pretrained.config,
+                                 self.config.source.bert_dir())
       if head is None:
         logging.warning("%s has no MLM head (cls.predictions): the knowledge encoder's head "
                         "starts freshly initialised on the tied word embeddings",
-                        self.config.bert_dir)
-    params = dict(params)
+                        self.config.source.bert)
     params[KNOWLEDGE_ENCODER] = mlm.init_params(
-        self.config.knowledge_encoder, knowledge_rng, pretrained.params if pretrained else None,
-        head)
+        self.knowledge_config, knowledge_rng, pretrained.params if pretrained else None, head)
     return params
 
-  def warm_start(self, params: dict[str, Any]) -> dict[str, Any]:
+  def warm_start(self, params: dict[str, Any], mesh) -> dict[str, Any]:
     """The retriever from the newest checkpoint of --retriever_workdir (REALM starts from ICT);
     the knowledge encoder as `init_params` made it."""
     if not self.config.retriever_workdir:
       return params
-    warm = embed.restore_latest_retriever(self.config.retriever_workdir, self.config.retriever,
-                                          parallel.make_mesh())
+    warm = runs.restore_latest_retriever(runs.open_retriever_run(self.config.retriever_workdir),
+                                         mesh)
     return dict(warm, **{KNOWLEDGE_ENCODER: params[KNOWLEDGE_ENCODER]})
 
   def candidates(self, queries: list[REALMQuery], query_embeddings: np.ndarray,
@@ -211,26 +193,21 @@ class REALMTask(Task):
                           for query, ranking in zip(queries, rankings)])
     return np.concatenate([np.full((len(queries), 1), -1), retrieved], axis=1).astype(np.int32)
 
-  def train_batch(self, step: int, params=None, mesh=None,
-                  index: LoadedIndex | None = None) -> REALMBatch:
-    if params is None or index is None:
-      raise ValueError("REALM retrieves with the current params from the refreshed index: "
-                       "pass both")
-    mesh = mesh if mesh is not None else parallel.make_mesh()
-    config = self.config
-    queries = self.examples.batch(step, config.batch_size)
+  def train_batch(self, step: int, context: StepContext) -> REALMBatch:
+    config = self.config.retriever
+    queries = self.examples.batch(step, self.context.batch_size)
     query_tokens = self.store.pack([query.masked.token_ids for query in queries],
                                    max_length=config.query_length)
-    query_embeddings = embed.embed_query_tokens(
-        retriever_params(params), query_tokens, config.retriever, dtype=config.dtype,
-        mesh=mesh)  # [batch, dim]
-    candidates = self.candidates(queries, query_embeddings, index)  # [batch, k]
+    query_embeddings = embedding.embed_query_tokens(
+        retriever_params(context.params), query_tokens, config,
+        dtype=jnp.dtype(self.context.dtype), mesh=context.mesh)  # [batch, dim]
+    candidates = self.candidates(queries, query_embeddings, context.index)  # [batch, k]
     retrieved = self.store.encode(candidates[:, 1:].ravel(), max_length=config.block_length,
-                                  block_format=config.retriever.block_format)
+                                  block_format=config.block_format)
     knowledge = knowledge_inputs(self.store, queries, candidates,
                                  max_query_length=config.query_length,
-                                 max_document_length=config.document_length,
-                                 max_masks=config.max_masks)
+                                 max_document_length=self.config.document_length,
+                                 max_masks=self.config.max_masks)
     per_query = lambda array: array.reshape(len(queries), -1, *array.shape[1:])
     return REALMBatch(query_tokens, TokenBatch(*(per_query(array) for array in retrieved)),
                       knowledge.tokens, knowledge.mask_positions, knowledge.targets,
@@ -255,7 +232,7 @@ class REALMTask(Task):
     candidate_embeddings = jnp.concatenate(
         [jnp.broadcast_to(null_embedding[None], (batch_size, 1, null_embedding.shape[-1])),
          block_embeddings], axis=1)  # [batch, k, dim]
-    retrieval_logits = self.config.score_scale * jnp.einsum(
+    retrieval_logits = self.config.retriever.score_scale * jnp.einsum(
         "bd,bkd->bk", query_embeddings, candidate_embeddings,
         preferred_element_type=jnp.float32)  # [batch, k]
 

@@ -1,45 +1,49 @@
 """Evaluation of a retriever in training: every block of the store embedded by the current
-model, the held-out questions searched exactly (ICT, DPR)."""
+model, the held-out questions searched exactly (ICT, DPR, ANCE)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
 
-from orqa_realm import embed
+import jax
+import jax.numpy as jnp
+
+from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.qa import QAExample
 from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.encode import embedding
 from orqa_realm.index.exact import ExactSearcher
-from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 
 def answer_recall_over_store(params: Any, config: RetrieverConfig, store: BlockStore,
                              tokenizer: Tokenizer, examples: Sequence[QAExample],
-                             ks: Sequence[int], *, query_length: int, block_length: int, dtype,
-                             mesh) -> dict[str, float]:
+                             ks: Sequence[int], *, dtype, mesh: jax.sharding.Mesh
+                             ) -> dict[str, float]:
   """{"answer_recall@k": fraction of `examples` with an answer in their top k blocks}."""
-  blocks = embed.embed_blocks(store, params, config, block_length=block_length, dtype=dtype,
-                              mesh=mesh)
-  queries = embed.embed_queries([example.question for example in examples], params, config,
-                                tokenizer, query_length=query_length, dtype=dtype, mesh=mesh)
+  blocks = embedding.embed_blocks(store, params, config, dtype=dtype, mesh=mesh)
+  queries = embedding.embed_queries([example.question for example in examples], params, config,
+                                    tokenizer, dtype=dtype, mesh=mesh)
   depth = min(max(ks), len(store))
   ids = ExactSearcher(blocks, mesh=mesh).search(queries, depth).ids  # [questions, depth]
   recalls = recall_at_k(answer_hits(ids, store, examples), [k for k in ks if k <= depth])
   return {f"answer_recall@{k}": recall for k, recall in recalls.items()}
 
 
-class StoreRecallEvaluation:
-  """`Task.evaluate` for dual-encoder tasks (ICT, DPR): answer recall@k of `eval_examples` over
-  the whole store. Uses the task's `store`, `tokenizer`, `eval_examples` and a `config` with
-  `retriever`, `eval_recall_ks`, `query_length`, `block_length` and `dtype`."""
+class StoreRecallEvaluator:
+  """`Task.evaluate` of a dual-encoder task: answer recall@k of held-out questions over the
+  whole store, embedded with the parameters being evaluated."""
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
-    if not self.eval_examples:
+  def __init__(self, store: BlockStore, tokenizer: Tokenizer, examples: Sequence[QAExample],
+               ks: Sequence[int], config: RetrieverConfig, dtype: str):
+    self.store, self.tokenizer = store, tokenizer
+    self.examples, self.ks = list(examples), tuple(sorted(ks))
+    self.config, self.dtype = config, jnp.dtype(dtype)
+
+  def __call__(self, params: Any, mesh: jax.sharding.Mesh) -> dict[str, float]:
+    if not self.examples:
       return {}
-    config = self.config
-    return answer_recall_over_store(
-        params, config.retriever, self.store, self.tokenizer, self.eval_examples,
-        config.eval_recall_ks, query_length=config.query_length, block_length=config.block_length,
-        dtype=config.dtype, mesh=mesh)
+    return answer_recall_over_store(params, self.config, self.store, self.tokenizer,
+                                    self.examples, self.ks, dtype=self.dtype, mesh=mesh)

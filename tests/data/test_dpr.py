@@ -22,7 +22,7 @@ def squad_questions():
 def test_squad_positives_are_gold_blocks_with_an_answer_and_negatives_never_answer(
     squad_block_store, squad_questions):
   store = squad_block_store
-  rankings = BM25Searcher.build(store).search_texts([q.question for q in squad_questions], 100)
+  rankings = BM25Searcher.build(store).search_texts([q.question for q in squad_questions], 100).ids
   built = qa_examples(squad_questions, store, rankings, num_hard_negatives=3, seed=0)
   assert built.num_dropped == 0 and len(built.examples) == len(squad_questions)
   blocks_of = document_blocks(store)
@@ -47,9 +47,9 @@ def test_without_a_gold_paragraph_the_positive_is_the_best_bm25_block_with_an_an
     squad_block_store, squad_questions):
   store = squad_block_store
   questions = [dataclasses.replace(q, gold_document_id=None) for q in squad_questions]
-  rankings = BM25Searcher.build(store).search_texts([q.question for q in questions], 20)
+  rankings = BM25Searcher.build(store).search_texts([q.question for q in questions], 20).ids
   built = qa_examples(questions, store, rankings, num_hard_negatives=2)
-  answerable = [(q, ranking) for q, ranking in zip(questions, rankings.ids)
+  answerable = [(q, ranking) for q, ranking in zip(questions, rankings)
                 if any(has_answer(store.text(b), q.answers) for b in ranking)]
   assert built.num_dropped == len(questions) - len(answerable) > 0
   for (question, ranking), example in zip(answerable, built.examples):

@@ -11,7 +11,8 @@ from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
 from orqa_realm.data.qa import read_squad
 from orqa_realm.core.errors import InputError
-from orqa_realm.index.bm25 import BM25Searcher, BM25Settings, block_text, open_or_build
+from orqa_realm.index.bm25 import (BM25Config, BM25Searcher, BM25Settings, block_text,
+                                   open_or_build)
 from tests.conftest import DEMO_SQUAD
 
 
@@ -70,8 +71,8 @@ def test_a_question_sharing_no_word_scores_zero(searcher):
 def test_saved_index_searches_the_same_and_refuses_another_store_or_settings(
     squad_block_store, searcher, tmp_path, tokenizer):
   directory = str(tmp_path / "bm25")
-  built = open_or_build(squad_block_store, BM25Settings(), directory)
-  loaded = open_or_build(squad_block_store, BM25Settings(), directory)
+  built = open_or_build(squad_block_store, BM25Config(BM25Settings(), directory))
+  loaded = open_or_build(squad_block_store, BM25Config(BM25Settings(), directory))
   questions = ["Which NFL team represented the AFC at Super Bowl 50?", "Where is Warsaw?"]
   for other in (built, loaded):
     result, expected = other.search_texts(questions, 10), searcher.search_texts(questions, 10)
@@ -79,9 +80,9 @@ def test_saved_index_searches_the_same_and_refuses_another_store_or_settings(
     np.testing.assert_allclose(result.scores, expected.scores)
 
   with pytest.raises(InputError, match="built with .*k1=0.9.*not the requested .*k1=1.2"):
-    open_or_build(squad_block_store, BM25Settings(k1=1.2), directory)
+    open_or_build(squad_block_store, BM25Config(BM25Settings(k1=1.2), directory))
 
   other_store = build_block_store([Document("d", "T", "Some other text.")], tokenizer,
                                   tmp_path / "other_store")
   with pytest.raises(InputError, match="built from a block store with"):
-    open_or_build(other_store, BM25Settings(), directory)
+    open_or_build(other_store, BM25Config(BM25Settings(), directory))

@@ -1,0 +1,31 @@
+"""What every command (`python -m orqa_realm.NAME`) does around its main function: bad input
+becomes a one-line error instead of a traceback, stray positional arguments are refused, and the
+log stays quiet unless --verbosity asks (orbax logs every checkpoint step at INFO)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from absl import app, flags, logging
+
+from orqa_realm.core.config import FlagBinder
+from orqa_realm.core.errors import InputError
+
+
+def run(main: Callable[[], None], settings: FlagBinder) -> None:
+  """Defines the flags of `settings`, then runs `main` (which reads them) as the command's
+  entry point."""
+  settings.define()
+
+  def entry(argv: list[str]) -> None:
+    if len(argv) > 1:
+      sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    try:
+      main()
+    except InputError as e:
+      sys.exit(f"error: {e}")
+
+  app.run(entry)

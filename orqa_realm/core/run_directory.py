@@ -1,0 +1,91 @@
+"""A run directory and the description every run saves of itself (`run.json`).
+
+    WORKDIR/
+      run.json        task, model (what the checkpoints need to be used), settings (all of them)
+      flags.txt       the flags given at the latest start, loadable with --flagfile
+      checkpoints/    orbax, one directory per step
+      metrics.jsonl, tensorboard/
+
+`model` is compared on every start: resuming a run with another model is refused (its
+checkpoints would not fit, or, worse, would silently mean another model). `settings` records
+the task's and the loop's settings of the latest start. Commands that use a run's checkpoints
+(embed, evaluate, refresh, warm starts) read `model` instead of asking for it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+from orqa_realm.core import config, paths
+from orqa_realm.core.errors import InputError
+
+RUN_FILE = "run.json"
+FLAGS_FILE = "flags.txt"
+CHECKPOINTS = "checkpoints"
+FORMAT = "orqa_realm.run"
+FORMAT_VERSION = 1
+# The file runs of earlier layouts wrote instead of run.json.
+_OLD_MODEL_CONFIG = "model_config.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDescription:
+  """What `run.json` says of a run."""
+  workdir: str
+  task: str
+  model: dict[str, Any]  # JSON data: what the checkpoints need to be used
+  settings: dict[str, Any]  # JSON data: the task's and the loop's settings
+
+
+def checkpoint_dir(workdir: paths.PathLike) -> str:
+  """The run's checkpoint directory, as orbax takes it (absolute, or the URI)."""
+  return str(paths.resolve(workdir) / CHECKPOINTS)
+
+
+def _json_round_trip(value: Any) -> Any:
+  """`value` as it will read back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
+
+
+def read_run(workdir: paths.PathLike) -> RunDescription:
+  """The run in `workdir`, or an error saying why it is not one (none, or an older layout)."""
+  directory = paths.resolve(workdir)
+  path = directory / RUN_FILE
+  if not path.exists():
+    if (directory / _OLD_MODEL_CONFIG).exists():
+      raise InputError(f"this run was written by an earlier orqa_realm ({_OLD_MODEL_CONFIG}, no "
+                       f"{RUN_FILE}): its checkpoints do not record the settings they need to be "
+                       "used; retrain it (or re-embed from a new run)", path=str(directory))
+    raise InputError(f"not a training run directory: no {RUN_FILE}", path=str(directory))
+  try:
+    saved = paths.read_json(path)
+  except ValueError as e:
+    raise InputError(f"malformed run description: {e}", path=str(path)) from e
+  if saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
+    raise InputError(f"expected format {FORMAT!r} version {FORMAT_VERSION}", path=str(path),
+                     field="format")
+  return RunDescription(str(directory), saved["task"], saved["model"], saved["settings"])
+
+
+def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
+              settings: dict[str, Any], flags_text: str = "") -> None:
+  """Saves the description of a new run, or of a resumed one after checking its model is the
+  saved one. `flags_text`: the flags given, kept as flags.txt."""
+  directory = paths.resolve(workdir)
+  model, settings = _json_round_trip(model), _json_round_trip(settings)
+  if (directory / RUN_FILE).exists() or (directory / _OLD_MODEL_CONFIG).exists():
+    saved = read_run(directory)
+    if saved.task != task:
+      raise InputError(f"this workdir holds a run of task {saved.task!r}, not {task!r}; use a new "
+                       "--workdir", path=str(directory / RUN_FILE), field="task")
+    changed = config.differences(saved.model, model)
+    if changed:
+      raise InputError(f"this workdir holds a run of another model ({'; '.join(changed)}); use a "
+                       "new --workdir or the original settings", path=str(directory / RUN_FILE))
+  directory.mkdir(parents=True, exist_ok=True)
+  paths.write_json_atomic(directory / RUN_FILE, dict(
+      format=FORMAT, format_version=FORMAT_VERSION, task=task, model=model, settings=settings))
+  if flags_text:
+    (directory / FLAGS_FILE).write_text(flags_text, encoding="utf-8")

@@ -1,0 +1,187 @@
+"""Opening a training run from its description (`run.json`): the retriever or ORQA model it
+trains, with the settings its checkpoints need, and their parameters.
+
+Every task that trains a retriever saves the same model description (`retriever_model`): the
+retriever's settings (architecture, pooling, lengths, block format, normalisation, score scale)
+and the tokenizer's fingerprint. REALM adds its knowledge-augmented encoder; ORQA its reader, how
+it reads, and the frozen index it was trained over.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+
+from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
+from orqa_realm.encode.predict import ReaderSettings
+from orqa_realm.index.storage import IndexVersion
+from orqa_realm.modeling import mlm, reader, retriever
+
+ORQA_TASK = "orqa"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunCheckpoint:
+  """A training run's checkpoint that a command uses (embeds, evaluates)."""
+  workdir: str = setting(
+      "", "A training run (local path or gs:// URI) whose checkpoint is used, with the settings "
+      "the run saved; empty: --bert's weights.")
+  checkpoint_step: int = setting(-1, "Checkpoint of --workdir; -1: the newest.")
+
+  @property
+  def step(self) -> int | None:
+    return None if self.checkpoint_step < 0 else self.checkpoint_step
+
+
+def retriever_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str
+                    ) -> dict[str, Any]:
+  """The model description of a run that trains `config` (its run.json `model`)."""
+  return dict(retriever=config.to_dict(), tokenizer_fingerprint=tokenizer_fingerprint)
+
+
+class RetrieverRun(NamedTuple):
+  """A run that trains (or holds) a retriever, as its description says."""
+  workdir: str
+  task: str
+  retriever: retriever.RetrieverConfig
+  tokenizer_fingerprint: str
+  model: dict[str, Any]  # the whole model description (REALM's knowledge encoder, ...)
+
+
+def retriever_run_of(workdir: str, task: str, model: dict[str, Any]) -> RetrieverRun:
+  """The run of `task` with the model description `model` (its run.json's) in `workdir`."""
+  if "retriever" not in model:
+    raise InputError(f"a run of task {task!r} holds no retriever", path=workdir)
+  return RetrieverRun(workdir, task, retriever.RetrieverConfig.from_dict(model["retriever"]),
+                      model["tokenizer_fingerprint"], model)
+
+
+def open_retriever_run(workdir: str) -> RetrieverRun:
+  """The retriever of the run in `workdir`."""
+  description = run_directory.read_run(workdir)
+  return retriever_run_of(description.workdir, description.task, description.model)
+
+
+def trained_block_store(description: run_directory.RunDescription) -> str:
+  """The block store a run trains on, as its saved settings name it."""
+  try:
+    return description.settings["task"]["source"]["block_store"]
+  except KeyError as e:
+    raise InputError("the run's settings name no block store: pass --block_store",
+                     path=description.workdir) from e
+
+
+def check_tokenizer(run: RetrieverRun, tokenizer_fingerprint: str, source: str) -> None:
+  """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
+  if run.tokenizer_fingerprint != tokenizer_fingerprint:
+    raise InputError(f"the run trained with tokenizer {run.tokenizer_fingerprint}, {source} was "
+                     f"tokenized with {tokenizer_fingerprint}", path=run.workdir)
+
+
+def checkpoint_step(checkpoint_reader: checkpoints.CheckpointReader, step: int | None) -> int:
+  """`step`, or the newest committed checkpoint when None; an error when the run has none."""
+  if step is not None:
+    if step not in checkpoint_reader.all_steps():
+      raise InputError(f"no checkpoint {step} (there are {checkpoint_reader.all_steps()})",
+                       path=checkpoint_reader.directory, field="checkpoint_step")
+    return step
+  latest = checkpoint_reader.latest_step()
+  if latest is None:
+    raise InputError("the run has no checkpoint yet", path=checkpoint_reader.directory)
+  return latest
+
+
+def restore_retriever(checkpoint_reader: checkpoints.CheckpointReader, step: int,
+                      config: retriever.RetrieverConfig, mesh, *,
+                      tower: retriever.Tower | None = None) -> dict[str, Any]:
+  """The retriever params (or one tower's) of checkpoint `step`, replicated over `mesh`; the
+  optimizer state is not read."""
+  shapes = jax.eval_shape(lambda: retriever.init_params(config, jax.random.key(0)))
+  if tower is not None:
+    shapes = retriever.tower_params(shapes, config, tower)
+  return checkpoint_reader.restore_params(
+      step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
+
+
+def restore_latest_retriever(run: RetrieverRun, mesh) -> dict[str, Any]:
+  """The retriever params of the newest checkpoint of `run` (a warm start), replicated over
+  `mesh`."""
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(run.workdir)) as checkpoint_reader:
+    return restore_retriever(checkpoint_reader, checkpoint_step(checkpoint_reader, None),
+                             run.retriever, mesh)
+
+
+def restore_knowledge_encoder_bert(run: RetrieverRun, step: int, mesh) -> Any:
+  """The BERT of a REALM run's knowledge-augmented encoder at checkpoint `step` (REALM's
+  fine-tuning starts the reader from it), or None for a run without one."""
+  if mlm.KNOWLEDGE_ENCODER not in run.model:
+    return None
+  knowledge_config = mlm.KnowledgeEncoderConfig.from_dict(run.model[mlm.KNOWLEDGE_ENCODER])
+  shapes = jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0)))
+  target = {mlm.KNOWLEDGE_ENCODER: {"bert": checkpoints.abstract_with_sharding(
+      shapes["bert"], parallel.replicated(mesh))}}
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(run.workdir)) as checkpoint_reader:
+    restored = checkpoint_reader.restore_params(step, target)
+  return restored[mlm.KNOWLEDGE_ENCODER]["bert"]
+
+
+def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
+               reader_config: reader.ReaderConfig, settings: ReaderSettings,
+               version: IndexVersion) -> dict[str, Any]:
+  """The model description of an ORQA run: its question encoder, its reader and how it reads,
+  and the frozen index it is trained over."""
+  return dict(retriever_model(config, tokenizer_fingerprint), reader=reader_config.to_dict(),
+              reader_settings=dataclasses.asdict(settings),
+              index=dict(store_fingerprint=version.store_fingerprint, num_rows=version.num_rows,
+                         checkpoint_step=version.checkpoint_step))
+
+
+def orqa_params_shapes(config: retriever.RetrieverConfig, reader_config: reader.ReaderConfig
+                       ) -> dict[str, Any]:
+  """The shapes of ORQA's params: {"retriever": the query tower's, "reader": the reader's}."""
+  return jax.eval_shape(lambda: dict(
+      retriever=retriever.tower_params(retriever.init_params(config, jax.random.key(0)), config,
+                                       "query"),
+      reader=reader.init_params(reader_config, jax.random.key(0))))
+
+
+class ORQARun(NamedTuple):
+  """A trained ORQA model, read back from its run directory."""
+  retriever_config: retriever.RetrieverConfig
+  tokenizer_fingerprint: str
+  reader_config: reader.ReaderConfig
+  settings: ReaderSettings
+  params: dict[str, Any]  # {"retriever": query tower params, "reader": reader params}
+  step: int
+  index: dict[str, Any]  # the frozen index it was trained over (store fingerprint, step, rows)
+
+
+def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
+  """The ORQA model of `workdir` at checkpoint `step` (None: the latest), replicated over
+  `mesh`; the optimizer state is not read."""
+  description = run_directory.read_run(workdir)
+  if description.task != ORQA_TASK:
+    raise InputError(f"not an ORQA run (task {description.task!r})", path=workdir)
+  model = description.model
+  retriever_config = retriever.RetrieverConfig.from_dict(model["retriever"])
+  reader_config = reader.ReaderConfig.from_dict(model["reader"])
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, checkpoints.abstract_with_sharding(
+        orqa_params_shapes(retriever_config, reader_config), parallel.replicated(mesh)))
+  return ORQARun(retriever_config, model["tokenizer_fingerprint"], reader_config,
+                 ReaderSettings(**model["reader_settings"]), params, step, model["index"])
+
+
+def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
+  """Refuses an index other than the frozen one the run was trained over: the question encoder
+  learned to search those very embeddings."""
+  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"])
+  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step)
+  if expected != found:
+    raise InputError(f"the run was trained over an index of (store, rows, checkpoint) {expected}, "
+                     f"this one is {found}", path=version.directory, field="index_dir")

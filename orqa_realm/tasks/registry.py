@@ -1,0 +1,13 @@
+"""The tasks `python -m orqa_realm.train --task=NAME` can train, by name."""
+
+from __future__ import annotations
+
+from orqa_realm.tasks.ance import ANCETask
+from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.dpr import DPRTask
+from orqa_realm.tasks.ict import ICTTask
+from orqa_realm.tasks.orqa import ORQATask
+from orqa_realm.tasks.realm import REALMTask
+
+TASKS: dict[str, type[Task]] = {
+    task.name: task for task in (ANCETask, DPRTask, ICTTask, ORQATask, REALMTask)}

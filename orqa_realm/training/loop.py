@@ -1,0 +1,302 @@
+"""The training loop every objective plugs into.
+
+A task (`orqa_realm.tasks`) provides parameters, the global batch of each step and a loss; the
+loop owns the rest: the mesh over all devices, the jitted step (batch sharded, params
+replicated, state donated), AdamW with linear warmup and decay and gradient clipping, orbax
+checkpoints (async, keep-N, automatic resume from the workdir, save on SIGTERM), evaluation every
+N steps, metrics to stdout, `workdir/metrics.jsonl` and TensorBoard (`workdir/tensorboard`), and
+the run's description (`run.json`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+import tqdm
+
+from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core.config import nested, setting
+from orqa_realm.core.errors import InputError
+from orqa_realm.encode.refresher import RefresherConfig
+from orqa_realm.index.handle import IndexHandle, LoadedIndex
+from orqa_realm.tasks.base import Need, StepContext, Task, TaskContext
+from orqa_realm.training.metrics_log import MetricsLog
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Everything about a run that is not the task."""
+  workdir: str = setting(
+      "", "Run directory: run.json, checkpoints, flags, metrics (a local path or a gs:// URI). "
+      "Training resumes from it; embedding, refreshing and evaluation read its checkpoints.")
+  num_train_steps: int = setting(1000, "Optimizer steps.")
+  batch_size: int = setting(
+      32, "Global batch size (over all devices and hosts); ICT and DPR negatives come from the "
+      "whole global batch.")
+  learning_rate: float = setting(1e-4, "Peak learning rate.")
+  warmup_steps: int = setting(
+      -1, "Linear warmup steps; -1: ORQA's min(10000, max(100, steps / 10)).")
+  weight_decay: float = setting(
+      0.01, "AdamW decoupled weight decay (not on LayerNorm parameters or biases).")
+  max_grad_norm: float = setting(1.0, "Clip gradients to this global norm.")
+  seed: int = setting(0, "Seeds initialisation, dropout and the data order.")
+  dtype: Literal["float32", "bfloat16"] = setting(
+      "float32", "Matmul compute dtype; bfloat16 accumulates in float32. Parameters stay "
+      "float32.")
+  remat: bool = setting(False, "Recompute each BERT layer in the backward pass.")
+  checkpoint_every_steps: int = setting(500, "Save interval.")
+  keep_checkpoints: int = setting(3, "Checkpoints kept on disk.")
+  log_every_steps: int = setting(10, "Metrics logging interval.")
+  eval_every_steps: int = setting(
+      0, "Evaluation interval on the task's held-out data; 0: at the end only.")
+  multihost: bool = setting(
+      False, "Call jax.distributed.initialize() (TPU pods, multi-node GPU clusters).")
+  async_checkpoints: bool = True
+
+  def task_context(self) -> TaskContext:
+    return TaskContext(self.batch_size, self.seed, self.dtype, self.remat)
+
+
+@dataclasses.dataclass(frozen=True)
+class RefreshConfig:
+  """The index refresher beside training (the tasks that mine the refreshed index need one)."""
+  refresh_index: bool = setting(
+      False, "Run the index refresher as a thread of the trainer: each committed checkpoint is "
+      "embedded and published under --index_dir; the index version in use and its staleness "
+      "are logged. (Or run `python -m orqa_realm.refresh` beside it.)")
+  refresh_every_steps: int = setting(
+      0, "Also checkpoint every N steps so that the refresher has a new checkpoint to index "
+      "that often; 0: checkpoints only every --checkpoint_every_steps.")
+  index_wait_seconds: float = setting(
+      3600.0, "How long a task that mines batches from the refreshed index waits at start-up "
+      "for its first version before giving up.")
+  refresher: RefresherConfig = nested(RefresherConfig())
+
+
+class TrainState(NamedTuple):
+  step: jax.Array  # [] int32, optimizer steps completed
+  params: Any
+  opt_state: Any
+
+
+def default_warmup_steps(num_train_steps: int) -> int:
+  """ORQA's warmup: min(10000, max(100, num_train_steps / 10))."""
+  return min(10000, max(100, num_train_steps // 10))
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+  """Linear warmup to the peak, then linear decay to zero at the last step."""
+  warmup = (default_warmup_steps(config.num_train_steps) if config.warmup_steps < 0
+            else config.warmup_steps)
+  warmup = min(warmup, config.num_train_steps)
+  return optax.join_schedules(
+      [optax.linear_schedule(0.0, config.learning_rate, max(warmup, 1)),
+       optax.linear_schedule(config.learning_rate, 0.0,
+                             max(config.num_train_steps - warmup, 1))],
+      boundaries=[warmup])
+
+
+def weight_decay_mask(params: Any) -> Any:
+  """Decay matrices (kernels, embeddings), as BERT does; not LayerNorm scales or biases."""
+  return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  return optax.chain(
+      optax.clip_by_global_norm(config.max_grad_norm),
+      optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-6,
+                  weight_decay=config.weight_decay, mask=weight_decay_mask))
+
+
+class StopOnSigterm:
+  """Records a SIGTERM (preemption) so that the loop can checkpoint and exit cleanly."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.requested = True
+
+  def __exit__(self, *exc_info):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+def _format(metrics: dict[str, float]) -> str:
+  return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
+
+
+def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
+                    dropout_key: jax.Array) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+  """One optimizer step on a global batch: (state, batch) -> (new state, metrics)."""
+
+  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+    rng = jax.random.fold_in(dropout_key, state.step)
+    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
+    (_, metrics), grads = jax.value_and_grad(
+        lambda params: loss_fn(params, batch), has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+  return train_step
+
+
+def _index_metrics(index: LoadedIndex | None, step: int) -> dict[str, float]:
+  """Which index version training sees, and how many steps older its checkpoint is."""
+  if index is None:
+    return {}
+  metrics = {"index_version": float(index.version.version)}
+  if index.version.checkpoint_step is not None:
+    metrics["index_staleness_steps"] = float(step - index.version.checkpoint_step)
+  return metrics
+
+
+def wait_for_first_index(task: Task, index_handle: IndexHandle | None,
+                         checkpointer: checkpoints.Checkpointer, state: TrainState,
+                         latest_checkpoint: int | None, timeout: float) -> None:
+  """Blocks until `index_handle` has a version for a task that mines batches from it. A fresh
+  run first saves checkpoint 0, so that the refresher indexes the initial model."""
+  if index_handle is None:
+    raise InputError(f"--task={task.name} mines its batches from the refreshed index of the "
+                     "model being trained: pass --refresh_index and --index_dir (or run "
+                     "python -m orqa_realm.refresh beside it)")
+  if latest_checkpoint is None:
+    checkpointer.save(0, state, force=True)
+  index_handle.wait_for_version(timeout)
+
+
+def step_context(task: Task, mesh, params, index: LoadedIndex | None) -> StepContext:
+  """What step's batch may depend on: what `task` declared it needs."""
+  return StepContext(mesh, params=params if Need.PARAMS in task.needs else None,
+                     index=index if Need.INDEX in task.needs else None)
+
+
+def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshConfig(),
+          mesh=None, settings: dict[str, Any] | None = None, flags_text: str = "",
+          on_checkpoint_commit: Callable[[], None] | None = None,
+          index_handle: IndexHandle | None = None) -> TrainState:
+  """Trains `task` until config.num_train_steps, resuming from the workdir's last checkpoint.
+
+  `settings` (JSON data: the task's and the loop's settings) and `flags_text` (the flags given)
+  are recorded in the run directory. `on_checkpoint_commit` is called whenever a checkpoint is
+  complete on disk (the in-process refresher's wake-up); `index_handle`'s newest loaded version
+  is taken between steps and its version and staleness logged.
+  """
+  if not config.workdir:
+    raise InputError("a run needs its directory", field="workdir")
+  mesh = mesh if mesh is not None else parallel.make_mesh()
+  parallel.check_batch_size(config.batch_size, mesh)
+  run_directory.start_run(
+      config.workdir, task=task.name, model=task.run_model(),
+      settings=settings if settings is not None else dict(train=dataclasses.asdict(config)),
+      flags_text=flags_text)
+  replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
+  optimizer = make_optimizer(config)
+  schedule = learning_rate_schedule(config)
+
+  init_rng = jax.random.key(config.seed)
+
+  def state_from(params) -> TrainState:
+    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+
+  checkpointer = checkpoints.Checkpointer(
+      run_directory.checkpoint_dir(config.workdir), save_every_steps=config.checkpoint_every_steps,
+      keep=config.keep_checkpoints, async_save=config.async_checkpoints,
+      on_commit=on_checkpoint_commit)
+  latest = checkpointer.latest_step()
+  if latest is None:
+    params = jax.device_put(task.warm_start(task.init_params(init_rng), mesh), replicated)
+    state = jax.jit(state_from, out_shardings=replicated)(params)
+  else:
+    # A restore needs only shapes and shardings: nothing is initialised on the devices.
+    shapes = jax.eval_shape(lambda: state_from(task.init_params(init_rng)))
+    state = checkpointer.restore(latest, checkpoints.abstract_with_sharding(shapes, replicated))
+    if jax.process_index() == 0:
+      print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
+  start_step = int(state.step)
+  if Need.INDEX in task.needs:
+    wait_for_first_index(task, index_handle, checkpointer, state, latest,
+                         refresh.index_wait_seconds)
+
+  dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key),
+                       in_shardings=(replicated, batch_sharding),
+                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+  eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],
+                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+
+  def evaluate(params) -> dict[str, float]:
+    totals, count = {}, 0
+    for batch in task.eval_batches():
+      for name, value in jax.device_get(eval_step(params, parallel.to_global(batch, mesh))).items():
+        totals[name] = totals.get(name, 0.0) + float(value)
+      count += 1
+    metrics = {name: total / count for name, total in totals.items()}
+    metrics.update(task.evaluate(params, mesh))
+    return {f"eval_{name}": value for name, value in metrics.items()}
+
+  log = MetricsLog(config.workdir, start_step)
+  progress = tqdm.tqdm(initial=start_step, total=config.num_train_steps, unit="step",
+                       disable=not sys.stderr.isatty() or jax.process_index() != 0)
+
+  def evaluate_and_log(params, step: int) -> None:
+    evaluation = evaluate(params)
+    if evaluation:
+      log.write(step, evaluation)
+      progress.write(f"step {step}: {_format(evaluation)}")
+
+  if start_step == 0 and config.eval_every_steps:
+    # The initial model's metrics: the baseline that training should improve on.
+    evaluate_and_log(state.params, 0)
+  # Throughput counts training only: time spent evaluating and saving is taken out of the window.
+  window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+  with StopOnSigterm() as stop:
+    for step in range(start_step, config.num_train_steps):
+      index = index_handle.current() if index_handle is not None else None
+      batch = parallel.to_global(
+          task.train_batch(step, step_context(task, mesh, state.params, index)), mesh)
+      state, metrics = train_step(state, batch)
+      completed = step + 1
+      window_steps += 1
+      progress.update(1)
+      final = completed == config.num_train_steps
+      if completed % config.log_every_steps == 0 or final:
+        values = {name: float(value) for name, value in jax.device_get(metrics).items()}
+        elapsed = time.perf_counter() - window_start - window_pauses
+        values["examples_per_second"] = window_steps * config.batch_size / elapsed
+        values.update(_index_metrics(index, completed))
+        log.write(completed, values)
+        progress.write(f"step {completed}/{config.num_train_steps}: {_format(values)}")
+        window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+      paused = time.perf_counter()
+      if (config.eval_every_steps and completed % config.eval_every_steps == 0) or final:
+        evaluate_and_log(state.params, completed)
+      refresh_due = (bool(refresh.refresh_every_steps)
+                     and completed % refresh.refresh_every_steps == 0)
+      checkpointer.save(completed, state, force=final or stop.requested or refresh_due)
+      window_pauses += time.perf_counter() - paused
+      if stop.requested:
+        progress.write(f"SIGTERM: saved checkpoint {completed}, stopping")
+        break
+  checkpointer.wait()
+  checkpointer.close()
+  progress.close()
+  log.close()
+  return state
+
+
