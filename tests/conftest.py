@@ -94,15 +94,16 @@ def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
   import jax
 
   from orqa_realm.data.qa import read_squad
-  from orqa_realm.embed import embed_blocks
+  from orqa_realm.encode.embedding import embed_blocks
   from orqa_realm.modeling import retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
 
   hf = load_hf_bert(minilm_dir)
   config = retriever.RetrieverConfig(hf.config, projection_size=0, pooling="mean",
-                                     share_encoders=True, block_format="joined")
+                                     share_encoders=True, block_format="joined",
+                                     block_length=64)
   params = retriever.init_params(config, jax.random.key(0), hf.params)
-  blocks = embed_blocks(squad_block_store, params, config, block_length=64, batch_size=64,
+  blocks = embed_blocks(squad_block_store, params, config, batch_size=64,
                         dtype=jax.numpy.float32)
   questions = read_squad(DEMO_SQUAD)[::27][:300]
   queries = tokenizer.encode_queries([q.question for q in questions], max_length=32)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm import embed
+from orqa_realm.encode import embedding
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from orqa_realm.modeling import retriever
 from tests.conftest import REPO_ROOT, subprocess_env
@@ -17,7 +17,7 @@ from tests.tasks.tiny_ict import TINY_BERT
 
 def test_length_batches_cover_every_block_once_and_pad_little():
   lengths = np.array([5, 300, 40, 33, 64, 1, 288, 70])
-  batches = embed.length_batches(lengths, batch_size=3, max_length=288)
+  batches = embedding.length_batches(lengths, batch_size=3, max_length=288)
   blocks = np.concatenate([batch.blocks for batch in batches])
   assert sorted(blocks) == list(range(len(lengths)))
   for batch in batches:
@@ -29,10 +29,11 @@ def test_length_batches_cover_every_block_once_and_pad_little():
 
 @pytest.mark.parametrize("block_format", ["pair", "joined"])
 def test_bucketed_embeddings_equal_full_length_ones(squad_block_store, block_format):
-  config = retriever.RetrieverConfig(TINY_BERT, projection_size=16, block_format=block_format)
+  config = retriever.RetrieverConfig(TINY_BERT, projection_size=16, block_format=block_format,
+                                     block_length=96)
   params = retriever.init_params(config, jax.random.key(0))
-  ours = embed.embed_blocks(squad_block_store, params, config, block_length=96, batch_size=64,
-                            dtype=jnp.float32)
+  ours = embedding.embed_blocks(squad_block_store, params, config, batch_size=64,
+                                dtype=jnp.float32)
   blocks = range(len(squad_block_store))
   reference = retriever.DualEncoder(config).apply(
       {"params": params}, squad_block_store.encode(blocks, 96, block_format),
@@ -47,8 +48,8 @@ def run_embed(*args):
 
 def test_cli_publishes_a_version_of_the_store(squad_block_store, tiny_bert_dir, tmp_path):
   result = run_embed(f"--block_store={squad_block_store.directory}", f"--bert={tiny_bert_dir}",
-                     "--from_scratch", "--projection_size=0", "--block_length=32",
-                     "--embed_dtype=float32", f"--index_dir={tmp_path}")
+                     "--projection_size=0", "--block_length=32", "--embed_dtype=float32",
+                     f"--index_dir={tmp_path}")
   assert result.returncode == 0, result.stderr[-3000:]
   assert "published" in result.stdout
   version = IndexRoot(str(tmp_path)).latest()
@@ -56,10 +57,14 @@ def test_cli_publishes_a_version_of_the_store(squad_block_store, tiny_bert_dir, 
   assert version.store_fingerprint == squad_block_store.fingerprint
   assert version.checkpoint_step is None
   assert load_embeddings(version).shape == (len(squad_block_store), TINY_BERT.hidden_size)
+  # The version records the retriever it was embedded with, and the tokenizer.
+  recorded = embedding.indexed_retriever(version)
+  assert (recorded.bert, recorded.projection_size, recorded.block_length) == (TINY_BERT, 0, 32)
+  assert version.metadata["tokenizer_fingerprint"] == squad_block_store.tokenizer_fingerprint
 
 
 def test_cli_refuses_a_random_projection(squad_block_store, tiny_bert_dir, tmp_path):
   result = run_embed(f"--block_store={squad_block_store.directory}", f"--bert={tiny_bert_dir}",
-                     "--from_scratch", f"--index_dir={tmp_path}")
+                     f"--index_dir={tmp_path}")
   assert result.returncode != 0
   assert "--projection_size=0" in result.stderr

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm import evaluate
+from orqa_realm.encode import evaluation
 from orqa_realm.data import answers
 from orqa_realm.data import beir
 from orqa_realm.data.qa import QAExample, load_qa_dataset
@@ -21,7 +21,7 @@ from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 def test_ndcg_and_recall_equal_a_hand_computation():
   qrels = {"q1": {"d1": 1, "d2": 1}, "q2": {"d4": 2}}
   run = {"q1": {"d3": 3.0, "d1": 2.0, "d2": 1.0}, "q2": {"d5": 1.0}}
-  metrics = evaluate.beir_metrics(run, qrels)
+  metrics = evaluation.beir_metrics(run, qrels)
   ndcg_q1 = (1 / math.log2(3) + 1 / math.log2(4)) / (1 + 1 / math.log2(3))
   assert metrics["ndcg_cut_10"] == pytest.approx((ndcg_q1 + 0.0) / 2)
   assert metrics["recall_100"] == pytest.approx((1.0 + 0.0) / 2)
@@ -34,7 +34,7 @@ def test_a_document_scores_its_best_block(squad_block_store):
   # Two blocks of one document and one block of another.
   pair = [b for b in range(len(store) - 1) if documents[b] == documents[b + 1]][0]
   other = next(b for b in range(len(store)) if documents[b] != documents[pair])
-  run = evaluate.document_run(["q"], np.array([[pair, other, pair + 1]]),
+  run = evaluation.document_run(["q"], np.array([[pair, other, pair + 1]]),
                               np.array([[1.0, 0.5, 3.0]]), store)
   assert run == {"q": {store.document_id(pair): 3.0, store.document_id(other): 0.5}}
 
@@ -48,7 +48,7 @@ def test_answer_and_gold_hits(squad_block_store):
   assert answers.answer_hits(np.array([[far, 0]]), store, [example]).tolist() == [
       [False, True]]
   assert answers.gold_hits(np.array([[0, far]]), store, [example]).tolist() == [[True, False]]
-  ks, recalls = evaluate.recall_curve(np.array([[False, True], [False, False]]))
+  ks, recalls = evaluation.recall_curve(np.array([[False, True], [False, False]]))
   assert ks.tolist() == [1, 2] and recalls.tolist() == [0.0, 0.5]
 
 
@@ -74,8 +74,8 @@ def test_beir_readers_locate_bad_lines(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_index(squad_block_store, tiny_bert_dir, tmp_path_factory):
   """(index root, model flags): the SQuAD store embedded by `embed` with a random tiny BERT."""
-  model = [f"--bert={tiny_bert_dir}", "--from_scratch", "--projection_size=0",
-           "--block_length=32", "--embed_dtype=float32"]
+  model = [f"--bert={tiny_bert_dir}", "--projection_size=0", "--block_length=32",
+           "--query_length=16", "--embed_dtype=float32"]
   index_dir = tmp_path_factory.mktemp("evaluate") / "index"
   published = subprocess.run(
       [sys.executable, "-m", "orqa_realm.embed", f"--block_store={squad_block_store.directory}",
@@ -89,8 +89,8 @@ def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_index, tmp_path):
   index_dir, model = tiny_index
   result = subprocess.run(
       [sys.executable, "-m", "orqa_realm.evaluate", f"--block_store={squad_block_store.directory}",
-       f"--index_dir={index_dir}", f"--qa_dataset=squad:{DEMO_SQUAD}",
-       "--recall_ks=1,5", f"--output_dir={tmp_path / 'eval'}", "--query_length=16", *model],
+       f"--index_dir={index_dir}", f"--eval_qa_dataset=squad:{DEMO_SQUAD}",
+       "--eval_recall_ks=1,5", f"--output_dir={tmp_path / 'eval'}", *model],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "eval" / "metrics.json") as f:
@@ -102,12 +102,39 @@ def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_index, tmp_path):
   assert (tmp_path / "eval" / "recall_at_k.png").stat().st_size > 1000
 
 
+def test_cli_takes_the_query_encoder_from_the_index_and_refuses_a_contradiction(
+    squad_block_store, tiny_bert_dir, tiny_index, tmp_path):
+  """The index records its retriever: no setting needs repeating, a contradicting one is
+  refused with both values, and a flag of another retrieval is refused as unread."""
+  index_dir, _ = tiny_index
+  common = [sys.executable, "-m", "orqa_realm.evaluate",
+            f"--block_store={squad_block_store.directory}", f"--bert={tiny_bert_dir}",
+            f"--index_dir={index_dir}", f"--eval_qa_dataset=squad:{DEMO_SQUAD}",
+            "--eval_questions=20", "--embed_dtype=float32"]
+  run = lambda *extra: subprocess.run(
+      [*common, *extra], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+      timeout=600)
+  taken = run(f"--output_dir={tmp_path / 'eval'}")
+  assert taken.returncode == 0, taken.stderr[-3000:]
+  assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["num_queries"] == 20
+  contradicted = run(f"--output_dir={tmp_path / 'eval2'}", "--pooling=mean")
+  assert contradicted.returncode != 0
+  assert "--pooling='mean' contradicts the index" in contradicted.stderr
+  assert "whose pooling is 'pooled'" in contradicted.stderr
+  longer = run(f"--output_dir={tmp_path / 'eval3'}", "--query_length=64")
+  assert "--query_length=64 contradicts the index" in longer.stderr
+  assert "whose query_length is 16" in longer.stderr
+  unread = run(f"--output_dir={tmp_path / 'eval4'}", "--hybrid_alpha=0.5")
+  assert unread.returncode != 0
+  assert "--hybrid_alpha is not read by `evaluate --retrieval=dense`" in unread.stderr
+
+
 @pytest.mark.slow
 def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_index,
                                        tmp_path):
   store = squad_block_store
-  common = [f"--block_store={store.directory}", f"--qa_dataset=squad:{DEMO_SQUAD}",
-            "--recall_ks=1,5", f"--bm25_dir={tmp_path / 'bm25'}", f"--bert={tiny_bert_dir}"]
+  common = [f"--block_store={store.directory}", f"--eval_qa_dataset=squad:{DEMO_SQUAD}",
+            "--eval_recall_ks=1,5", f"--bm25_dir={tmp_path / 'bm25'}", f"--bert={tiny_bert_dir}"]
   bm25_run = subprocess.run(
       [sys.executable, "-m", "orqa_realm.evaluate", "--retrieval=bm25", *common,
        f"--output_dir={tmp_path / 'bm25_eval'}"],
@@ -128,7 +155,7 @@ def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_in
   index_dir, model = tiny_index
   hybrid_run = subprocess.run(
       [sys.executable, "-m", "orqa_realm.evaluate", "--retrieval=hybrid", "--hybrid_alpha=0.5",
-       "--hybrid_depth=50", f"--index_dir={index_dir}", "--query_length=16", *common,
+       "--hybrid_depth=50", f"--index_dir={index_dir}", *common,
        *model, f"--output_dir={tmp_path / 'hybrid_eval'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert hybrid_run.returncode == 0, hybrid_run.stderr[-3000:]

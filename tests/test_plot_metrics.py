@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from orqa_realm.core.errors import InputError
-from orqa_realm.plot_metrics import read_metric, trailing_mean
+from orqa_realm.training.metrics_log import read_metric, trailing_mean
 from tests.conftest import REPO_ROOT, subprocess_env
 
 RECORDS = [{"step": 10, "loss": 9.0, "retrieval_utility": 0.5},

@@ -11,10 +11,9 @@ from orqa_realm.data.qa import QAExample
 from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.index.searcher import SearchResult
-from orqa_realm.modeling.reader import ReaderConfig, SpanReader
+from orqa_realm.modeling.reader import ReaderConfig, SpanReader, init_params as init_reader_params
 from orqa_realm.encode.predict import (BlockReader, Prediction, ReaderSettings, qa_metrics,
                                 write_predictions)
-from orqa_realm.tasks.orqa import init_reader_params
 from tests.tasks.tiny_ict import TINY_BERT
 
 
@@ -22,11 +21,10 @@ def test_the_answer_is_the_argmax_of_reader_plus_scaled_retrieval_scores(squad_b
                                                                         tokenizer):
   store = squad_block_store
   reader_config = ReaderConfig(TINY_BERT, span_hidden_size=8, max_span_width=4)
-  settings = ReaderSettings(reader_length=96, reader_question_length=12, reader_beam_size=3,
-                            retrieval_score_scale=5.0)
+  settings = ReaderSettings(reader_length=96, reader_question_length=12, reader_beam_size=3)
   continuation = continuation_mask(tokenizer)
   reader = BlockReader(store, tokenizer, reader_config, settings, continuation=continuation,
-                       batch_size=2)
+                       score_scale=5.0, batch_size=2)
   params = dict(reader=init_reader_params(reader_config, jax.random.key(0)))
   questions = ["Who won Super Bowl 50?", "Where is Warsaw?", "What is a teacher?"]
   rng = np.random.default_rng(0)

@@ -6,16 +6,16 @@ import shutil
 import threading
 import time
 
-import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from orqa_realm.core import checkpoints
-from orqa_realm import train as train_lib
-from orqa_realm.index.handle import IndexHandle
+from orqa_realm.core import run_directory
+from orqa_realm.encode.embedding import EmbedSettings, IndexConfig
 from orqa_realm.encode.refresher import Refresher, RefresherThread
+from orqa_realm.index.handle import IndexHandle
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from orqa_realm.modeling import retriever
+from orqa_realm.training import loop
 from tests.index.hold_batch import HoldBatchUntilVersion
 from tests.tasks.tiny_ict import tiny_ict_task
 
@@ -26,15 +26,19 @@ def options(workdir, **overrides):
   values = dict(workdir=str(workdir), num_train_steps=6, batch_size=8, learning_rate=1e-3,
                 warmup_steps=1, checkpoint_every_steps=2, log_every_steps=1)
   values.update(overrides)
-  return train_lib.TrainOptions(**values)
+  return loop.TrainConfig(**values)
+
+
+def refresher_settings(task, workdir, index_dir) -> dict:
+  return dict(checkpoint_dir=run_directory.checkpoint_dir(str(workdir)), store=task.store,
+              config=task.config.retriever,
+              index=IndexConfig(index_dir=str(index_dir),
+                                embedding=EmbedSettings(embed_batch_size=32,
+                                                        embed_dtype="float32")))
 
 
 def make_refresher(task, workdir, index_dir, **overrides):
-  values = dict(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
-                config=task.config.retriever, index_root=IndexRoot(str(index_dir)),
-                block_length=BLOCK_LENGTH, batch_size=32, dtype=jnp.float32)
-  values.update(overrides)
-  return Refresher(**values)
+  return Refresher(**refresher_settings(task, workdir, index_dir), **overrides)
 
 
 class GatedRefresher(Refresher):
@@ -54,7 +58,7 @@ def embeddings_of_checkpoint(task, workdir, step):
   """Independently of the refresher: a plain orbax restore of the whole checkpoint, and the
   block tower applied to every block padded to the full length in one batch."""
   restored = ocp.StandardCheckpointer().restore(
-      os.path.join(checkpoints.checkpoint_dir(str(workdir)), str(step), "default"))
+      os.path.join(run_directory.checkpoint_dir(str(workdir)), str(step), "default"))
   model = retriever.DualEncoder(task.config.retriever)
   inputs = task.store.encode(range(len(task.store)), BLOCK_LENGTH)
   return np.asarray(model.apply({"params": restored["params"]}, inputs,
@@ -64,15 +68,12 @@ def embeddings_of_checkpoint(task, workdir, step):
 def test_training_never_waits_and_the_index_is_its_checkpoints_embeddings(
     squad_block_store, tiny_bert_dir, tmp_path):
   task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
-  refresher = GatedRefresher(**dict(
-      checkpoint_dir=checkpoints.checkpoint_dir(str(tmp_path / "run")), store=task.store,
-      config=task.config.retriever, index_root=IndexRoot(str(tmp_path / "index")),
-      block_length=BLOCK_LENGTH, batch_size=32, dtype=jnp.float32))
+  refresher = GatedRefresher(**refresher_settings(task, tmp_path / "run", tmp_path / "index"))
   thread = RefresherThread(refresher, poll_seconds=60).start()
   # Woken by checkpoint commits alone: the 60 s poll would outlast the whole run.
   # Keeps every checkpoint: the held refresh must still find its own after training.
-  train_lib.train(task, options(tmp_path / "run", keep_checkpoints=10),
-                  on_checkpoint_commit=thread.notify)
+  loop.train(task, options(tmp_path / "run", keep_checkpoints=10),
+             on_checkpoint_commit=thread.notify)
   # Training finished all its steps while a refresh was held: it never waited for one.
   assert refresher.waiting.is_set() and not refresher.gate.is_set()
   refresher.gate.set()
@@ -91,8 +92,8 @@ def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(
   refresher = make_refresher(task, tmp_path / "run", tmp_path / "index",
                              on_publish=lambda version: handle.notify())
   thread = RefresherThread(refresher, poll_seconds=60).start()
-  train_lib.train(HoldBatchUntilVersion(task, handle, step=3), options(tmp_path / "run"),
-                  on_checkpoint_commit=thread.notify, index_handle=handle)
+  loop.train(HoldBatchUntilVersion(task, handle, step=3), options(tmp_path / "run"),
+             on_checkpoint_commit=thread.notify, index_handle=handle)
   thread.close()
   handle.close()
   with open(tmp_path / "run" / "metrics.jsonl") as f:
@@ -110,14 +111,14 @@ def test_the_trainer_switches_to_a_new_version_and_logs_its_staleness(
 
 def test_a_failed_refresh_keeps_the_previous_version(squad_block_store, tiny_bert_dir, tmp_path):
   task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
-  train_lib.train(task, options(tmp_path / "run", num_train_steps=4, async_checkpoints=False))
+  loop.train(task, options(tmp_path / "run", num_train_steps=4, async_checkpoints=False))
   index_root = IndexRoot(str(tmp_path / "index"))
   refresher = make_refresher(task, tmp_path / "run", tmp_path / "index")
   refresher.refresh(2)
   handle = IndexHandle(index_root, task.store, poll_seconds=60)
   assert handle.wait_for_version(timeout=60).version.version == 1
   # Checkpoint 4 loses its arrays: its refresh must fail without touching the published index.
-  shutil.rmtree(os.path.join(checkpoints.checkpoint_dir(str(tmp_path / "run")), "4", "default"))
+  shutil.rmtree(os.path.join(run_directory.checkpoint_dir(str(tmp_path / "run")), "4", "default"))
   stop, wake = threading.Event(), threading.Event()
   runner = threading.Thread(target=refresher.run, args=(stop, wake, 0.05))
   runner.start()

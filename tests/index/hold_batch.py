@@ -5,13 +5,12 @@ short training run through it for the tasks that mine the refreshed index (ANCE,
 import json
 import time
 
-import jax.numpy as jnp
-
-from orqa_realm.core import checkpoints
-from orqa_realm import train as train_lib
-from orqa_realm.index.handle import IndexHandle
+from orqa_realm.core import run_directory
+from orqa_realm.encode.embedding import EmbedSettings, IndexConfig
 from orqa_realm.encode.refresher import Refresher, RefresherThread
+from orqa_realm.index.handle import IndexHandle
 from orqa_realm.index.storage import IndexRoot
+from orqa_realm.training import loop
 
 
 class HoldBatchUntilVersion:
@@ -25,33 +24,35 @@ class HoldBatchUntilVersion:
   def __getattr__(self, name):
     return getattr(self._task, name)
 
-  def train_batch(self, step, params=None, mesh=None, index=None):
+  def train_batch(self, step, context):
     if step == self._step:
       deadline = time.monotonic() + 300
       self._handle.wait_for_version(timeout=300)
       while self._handle.current().version.version < self._version:
         assert time.monotonic() < deadline, f"no index version {self._version} in 300 s"
         time.sleep(0.1)
-    return self._task.train_batch(step, params, mesh, index)
+    return self._task.train_batch(step, context)
 
 
-def train_through_a_refresh(task, directory, *, block_length: int) -> tuple[IndexRoot, list[dict]]:
-  """Trains `task` (one that `needs_index`) 6 steps of 8 with the refresher as a thread, the
+def train_through_a_refresh(task, directory) -> tuple[IndexRoot, list[dict]]:
+  """Trains `task` (one that needs the index) 6 steps of 8 with the refresher as a thread, the
   batch of step 5 (index 4) held until index version 2 exists; returns the index root (every
   version kept) and the logged metrics of the steps that saw an index."""
-  workdir, root = directory / "run", IndexRoot(str(directory / "index"), keep=100)
+  workdir = directory / "run"
+  index = IndexConfig(index_dir=str(directory / "index"), keep_versions=100,
+                      embedding=EmbedSettings(embed_batch_size=64, embed_dtype="float32"))
+  root = index.root()
   handle = IndexHandle(root, task.store, poll_seconds=60)
-  refresher = Refresher(checkpoint_dir=checkpoints.checkpoint_dir(str(workdir)), store=task.store,
-                        config=task.config.retriever, index_root=root, block_length=block_length,
-                        batch_size=64, dtype=jnp.float32,
+  refresher = Refresher(checkpoint_dir=run_directory.checkpoint_dir(str(workdir)),
+                        store=task.store, config=task.config.retriever, index=index,
                         on_publish=lambda version: handle.notify())
   thread = RefresherThread(refresher, poll_seconds=60).start()
-  options = train_lib.TrainOptions(workdir=str(workdir), num_train_steps=6, batch_size=8,
-                                   learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
-                                   log_every_steps=1)
+  config = loop.TrainConfig(workdir=str(workdir), num_train_steps=6, batch_size=8,
+                            learning_rate=1e-3, warmup_steps=1, checkpoint_every_steps=2,
+                            log_every_steps=1)
   try:
-    train_lib.train(HoldBatchUntilVersion(task, handle, step=4, version=2), options,
-                    on_checkpoint_commit=thread.notify, index_handle=handle)
+    loop.train(HoldBatchUntilVersion(task, handle, step=4, version=2), config,
+               on_checkpoint_commit=thread.notify, index_handle=handle)
   finally:
     thread.close()
     handle.close()

@@ -9,6 +9,8 @@ import sys
 
 import jax
 
+from orqa_realm.core import parallel
+from orqa_realm.tasks.base import StepContext
 from tests.tasks.sharding import one_device_against_all
 from tests.tasks.tiny_dpr import tiny_dpr_task
 
@@ -16,7 +18,7 @@ from tests.tasks.tiny_dpr import tiny_dpr_task
 def main(block_store, bert_dir):
   assert jax.device_count() == 4, jax.devices()
   task = tiny_dpr_task(block_store, bert_dir, batch_size=8)
-  found = one_device_against_all(task, task.init_params(jax.random.key(0)), task.train_batch(0))
+  found = one_device_against_all(task, task.init_params(jax.random.key(0)), task.train_batch(0, StepContext(parallel.make_mesh())))
   print(json.dumps(dict(loss_one=found["loss_one"], loss_four=found["loss_four"],
                         grad_scale=found["grad_scale"], grad_difference=found["grad_difference"],
                         accuracy_one=float(found["metrics_one"]["accuracy"]),

@@ -10,7 +10,8 @@ import jax
 import numpy as np
 
 from orqa_realm.core import parallel
-from orqa_realm.train import TrainOptions, train
+from orqa_realm.tasks.base import StepContext
+from orqa_realm.training.loop import TrainConfig, train
 from tests.tasks.sharding import one_device_against_all
 from tests.tasks.tiny_ict import tiny_ict_task
 
@@ -20,16 +21,16 @@ def main(block_store, bert_dir, workdir):
   one, four = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh()
   task = tiny_ict_task(block_store, bert_dir, batch_size=8)
   params = task.init_params(jax.random.key(0))
-  batch = task.train_batch(0)
+  batch = task.train_batch(0, StepContext(four))
   found = one_device_against_all(task, params, batch)
 
   # Three whole optimizer steps through the training loop on each mesh.
   states = []
   for name, mesh in (("one", one), ("four", four)):
-    options = TrainOptions(workdir=f"{workdir}/{name}", num_train_steps=3, batch_size=8,
-                           learning_rate=1e-3, warmup_steps=1, log_every_steps=1,
-                           checkpoint_every_steps=100, async_checkpoints=False)
-    states.append(jax.device_get(train(task, options, mesh=mesh).params))
+    config = TrainConfig(workdir=f"{workdir}/{name}", num_train_steps=3, batch_size=8,
+                         learning_rate=1e-3, warmup_steps=1, log_every_steps=1,
+                         checkpoint_every_steps=100, async_checkpoints=False)
+    states.append(jax.device_get(train(task, config, mesh=mesh).params))
   param_difference = max(float(np.abs(a - b).max())
                          for a, b in zip(jax.tree.leaves(states[0]), jax.tree.leaves(states[1])))
   print(json.dumps(dict(loss_one=found["loss_one"], loss_four=found["loss_four"],

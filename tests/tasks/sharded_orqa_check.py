@@ -12,6 +12,7 @@ import numpy as np
 
 from orqa_realm.core import parallel
 from orqa_realm.data.reader_inputs import enumerate_spans
+from orqa_realm.tasks.base import StepContext
 from tests.tasks.sharding import loss_and_grads
 from tests.tasks.tiny_orqa import tiny_index_dir, tiny_orqa_task
 
@@ -22,8 +23,10 @@ def main(block_store, bert_dir, workdir):
   task = tiny_orqa_task(block_store, bert_dir, tiny_index_dir(workdir))
   params = task.init_params(jax.random.key(0))
   # The batch retrieved on each mesh must be the same, and so must its loss and gradients.
-  batch_one = task.train_batch(0, jax.device_put(params, parallel.replicated(one)), one)
-  batch_four = task.train_batch(0, jax.device_put(params, parallel.replicated(four)), four)
+  batch_one = task.train_batch(
+      0, StepContext(one, params=jax.device_put(params, parallel.replicated(one))))
+  batch_four = task.train_batch(
+      0, StepContext(four, params=jax.device_put(params, parallel.replicated(four))))
   # The blocks read and every label must agree; the order of near-tied blocks further down the
   # top c may not (the query embeddings differ in rounding between meshes).
   k = batch_one.block_mask.shape[1]

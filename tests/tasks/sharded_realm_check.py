@@ -11,8 +11,10 @@ import tempfile
 import jax
 import numpy as np
 
+from orqa_realm.core import parallel
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
+from orqa_realm.tasks.base import StepContext
 from tests.tasks.sharding import one_device_against_all
 from tests.tasks.tiny_realm import tiny_realm_task
 
@@ -25,7 +27,8 @@ def main(block_store, bert_dir):
     root = IndexRoot(directory)
     embeddings = np.random.default_rng(0).normal(size=(len(task.store), 16)).astype(np.float32)
     root.publish(embeddings, store_fingerprint=task.store.fingerprint, checkpoint_step=0)
-    batch = task.train_batch(0, params, index=open_index(root.latest(), task.store))
+    batch = task.train_batch(0, StepContext(parallel.make_mesh(), params=params,
+                                            index=open_index(root.latest(), task.store)))
   found = one_device_against_all(task, params, batch)
   print(json.dumps(dict(
       loss_one=found["loss_one"], loss_four=found["loss_four"], grad_scale=found["grad_scale"],

@@ -6,13 +6,18 @@ import jax
 import numpy as np
 import pytest
 
-from orqa_realm import train as train_lib
+from orqa_realm.core import parallel
+from orqa_realm.core.errors import InputError
+from orqa_realm.data.answers import has_answer
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.storage import IndexRoot
-from orqa_realm.data.answers import has_answer
 from orqa_realm.modeling import retriever
+from orqa_realm.tasks.base import StepContext
+from orqa_realm.training import loop
 from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
 from tests.tasks.tiny_dpr import tiny_ance_task
+
+MESH = parallel.make_mesh()
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +36,7 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
   root = IndexRoot(str(tmp_path / "index"))
   older, newer = publish_random_version(root, store, 1), publish_random_version(root, store, 2)
   params = task.init_params(jax.random.key(0))
-  batch = task.train_batch(5, params, index=newer)
+  batch = task.train_batch(5, StepContext(MESH, params=params, index=newer))
   queries = np.asarray(retriever.DualEncoder(task.config.retriever).apply(
       {"params": params}, batch.queries, method=retriever.DualEncoder.embed_queries))
   negatives = batch.block_ids[8:].reshape(8, 2)
@@ -44,20 +49,19 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
       assert not has_answer(store.text(int(negative)), example.answers)
       assert int(store.document_index(int(negative))) not in example.excluded_documents
   # Another version gives other negatives for the same questions and positives.
-  other = task.train_batch(5, params, index=older)
+  other = task.train_batch(5, StepContext(MESH, params=params, index=older))
   np.testing.assert_array_equal(other.block_ids[:8], batch.block_ids[:8])
   assert not np.array_equal(other.block_ids[8:], batch.block_ids[8:])
-  with pytest.raises(ValueError, match="refreshed index"):
-    task.train_batch(5, params)
+  with pytest.raises(RuntimeError, match="did not declare Need.INDEX"):
+    task.train_batch(5, StepContext(MESH, params=params))
 
 
 @pytest.mark.slow
 def test_the_initial_model_is_indexed_first_and_a_refresh_is_switched_to(tiny_task, tmp_path):
-  assert_switched_with_staleness(*train_through_a_refresh(tiny_task, tmp_path, block_length=48))
+  assert_switched_with_staleness(*train_through_a_refresh(tiny_task, tmp_path))
 
 
 def test_without_an_index_the_loop_says_what_to_pass(tiny_task, tmp_path):
-  options = train_lib.TrainOptions(workdir=str(tmp_path / "run"), num_train_steps=1,
-                                   batch_size=8)
-  with pytest.raises(train_lib.InputError, match="--refresh_index and --index_dir"):
-    train_lib.train(tiny_task, options)
+  config = loop.TrainConfig(workdir=str(tmp_path / "run"), num_train_steps=1, batch_size=8)
+  with pytest.raises(InputError, match="--refresh_index and --index_dir"):
+    loop.train(tiny_task, config)

@@ -9,13 +9,14 @@ import jax
 import numpy as np
 import pytest
 
-from orqa_realm.core import checkpoints, parallel
-from orqa_realm import embed
-from orqa_realm import train as train_lib
+from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import Document
-from orqa_realm.core.errors import InputError
+from orqa_realm.encode import runs
 from orqa_realm.modeling import retriever
+from orqa_realm.tasks.base import StepContext
+from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task
@@ -28,7 +29,7 @@ def tiny_task(squad_block_store, tiny_bert_dir):
 
 
 def test_batch_holds_positives_then_hard_negatives(tiny_task):
-  batch = tiny_task.train_batch(3)
+  batch = tiny_task.train_batch(3, StepContext(parallel.make_mesh()))
   store, config = tiny_task.store, tiny_task.config
   assert batch.queries.token_ids.shape == (8, 16)
   assert batch.blocks.token_ids.shape == (8 * 3, 48) and batch.block_ids.shape == (24,)
@@ -45,12 +46,12 @@ def test_batch_holds_positives_then_hard_negatives(tiny_task):
     assert any(np.array_equal(batch.queries.token_ids[row], tiny_task.tokenizer.encode_queries(
         [example.question], 16).token_ids[0]) for example in matching)
   # The same step gives the same batch (a resumed run reads the same data).
-  np.testing.assert_array_equal(tiny_task.train_batch(3).block_ids, batch.block_ids)
+  np.testing.assert_array_equal(tiny_task.train_batch(3, StepContext(parallel.make_mesh())).block_ids, batch.block_ids)
 
 
 def test_loss_equals_numpy_on_a_real_batch(tiny_task):
   params = tiny_task.init_params(jax.random.key(0))
-  batch = tiny_task.train_batch(0)
+  batch = tiny_task.train_batch(0, StepContext(parallel.make_mesh()))
   loss, metrics = tiny_task.loss(params, batch, jax.random.key(1), deterministic=True)
   queries, blocks = retriever.DualEncoder(tiny_task.config.retriever).apply(
       {"params": params}, batch.queries, batch.blocks, True)
@@ -87,7 +88,7 @@ def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path
   assert sorted((e.question[:8], e.positive) for e in task.examples) == [
       ("Does asp", 0), ("Does asp", 2), ("Does vit", 3)]
   for step in range(3):
-    batch = task.train_batch(step)
+    batch = task.train_batch(step, StepContext(parallel.make_mesh()))
     for positive, negative in zip(batch.block_ids[:2], batch.block_ids[2:]):
       judged = {0, 2} if positive in (0, 2) else {3, 4}
       assert negative not in judged
@@ -120,30 +121,30 @@ def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_ber
   steps, checkpoints 2 and 3), not from a fresh init; a run without checkpoints is refused; a
   warm-started run resumes from its own checkpoint."""
   ict = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
-  train_lib.train(ict, train_lib.TrainOptions(
+  loop.train(ict, loop.TrainConfig(
       workdir=str(tmp_path / "ict"), num_train_steps=3, batch_size=8, learning_rate=1e-3,
       warmup_steps=1, checkpoint_every_steps=2, async_checkpoints=False))
-  reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(str(tmp_path / "ict")))
+  reader = checkpoints.CheckpointReader(run_directory.checkpoint_dir(str(tmp_path / "ict")))
   assert reader.all_steps()[-1] == 3
-  latest = embed.restore_retriever(reader, 3, ict.config.retriever, parallel.make_mesh())
-  earlier = embed.restore_retriever(reader, 2, ict.config.retriever, parallel.make_mesh())
+  latest = runs.restore_retriever(reader, 3, ict.config.retriever, parallel.make_mesh())
+  earlier = runs.restore_retriever(reader, 2, ict.config.retriever, parallel.make_mesh())
   reader.close()
   task = tiny_dpr_task(squad_block_store.directory, tiny_bert_dir,
                        retriever_workdir=str(tmp_path / "ict"))
-  params = task.warm_start(task.init_params(jax.random.key(1)))
+  params = task.warm_start(task.init_params(jax.random.key(1)), parallel.make_mesh())
   assert _same(params, latest) and not _same(params, earlier)
-  with pytest.raises(InputError, match="no checkpoint to start from"):
-    embed.restore_latest_retriever(str(tmp_path / "none"), ict.config.retriever,
-                                   parallel.make_mesh())
+  empty = runs.RetrieverRun(str(tmp_path / "none"), "ict", ict.config.retriever, "", {})
+  with pytest.raises(InputError, match="no checkpoint yet"):
+    runs.restore_latest_retriever(empty, parallel.make_mesh())
 
   # A warm-started run stopped at checkpoint 2 resumes from it (the warm start's checkpoint is
   # not read again) and ends where an uninterrupted run ends.
-  options = lambda workdir, steps: train_lib.TrainOptions(
+  config = lambda workdir, steps: loop.TrainConfig(
       workdir=str(tmp_path / workdir), num_train_steps=steps, batch_size=8, learning_rate=1e-3,
       warmup_steps=1, checkpoint_every_steps=2, async_checkpoints=False)
-  train_lib.train(task, options("dpr", 2))
-  resumed = train_lib.train(task, options("dpr", 3))
-  uninterrupted = train_lib.train(task, options("dpr_uninterrupted", 3))
+  loop.train(task, config("dpr", 2))
+  resumed = loop.train(task, config("dpr", 3))
+  uninterrupted = loop.train(task, config("dpr_uninterrupted", 3))
   assert int(resumed.step) == 3
   assert _same(resumed.params, uninterrupted.params, atol=1e-6)
 

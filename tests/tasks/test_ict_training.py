@@ -1,5 +1,6 @@
 """The training loop on ICT: multi-device equality, resume after a kill, SIGTERM, config guard."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -10,8 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from orqa_realm import train as train_lib
+from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
+from orqa_realm.data.qa import QAEvaluation
+from orqa_realm.tasks.base import StepContext
+from orqa_realm.training import loop
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_ict import tiny_ict_task
@@ -92,28 +96,34 @@ def test_sigterm_saves_a_checkpoint_and_stops(squad_block_store, tiny_bert_dir, 
 
 def test_workdir_of_another_model_config_is_refused(squad_block_store, tiny_bert_dir, tmp_path):
   task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
-  options = train_lib.TrainOptions(workdir=str(tmp_path), num_train_steps=1, batch_size=8,
-                                   async_checkpoints=False)
-  train_lib.train(task, options)
-  with pytest.raises(InputError, match=r"model_config\.json: this workdir holds a run of another "
-                                       r"model configuration \(projection_size: saved 16, now 8\)"):
-    from orqa_realm.modeling.retriever import RetrieverConfig
-    other = tiny_ict_task(squad_block_store.directory, tiny_bert_dir,
-                          retriever=RetrieverConfig(task.config.retriever.bert, projection_size=8))
-    train_lib.train(other, options)
+  config = loop.TrainConfig(workdir=str(tmp_path), num_train_steps=1, batch_size=8,
+                            async_checkpoints=False)
+  loop.train(task, config)
+  other = tiny_ict_task(squad_block_store.directory, tiny_bert_dir,
+                        retriever=dataclasses.replace(task.config.retriever, projection_size=8))
+  with pytest.raises(InputError, match=r"run\.json: this workdir holds a run of another model "
+                                       r"\(retriever\.projection_size: saved 16, now 8\)"):
+    loop.train(other, config)
+
+
+def test_a_run_of_an_earlier_layout_is_refused(squad_block_store, tiny_bert_dir, tmp_path):
+  (tmp_path / "model_config.json").write_text("{}")
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  with pytest.raises(InputError, match="written by an earlier orqa_realm.*retrain"):
+    loop.train(task, loop.TrainConfig(workdir=str(tmp_path), num_train_steps=1, batch_size=8))
 
 
 def test_learning_rate_schedule_and_weight_decay_mask():
-  options = train_lib.TrainOptions(workdir="", num_train_steps=100, batch_size=1,
-                                   learning_rate=1e-4, warmup_steps=10)
-  schedule = train_lib.learning_rate_schedule(options)
+  config = loop.TrainConfig(workdir="", num_train_steps=100, batch_size=1,
+                            learning_rate=1e-4, warmup_steps=10)
+  schedule = loop.learning_rate_schedule(config)
   np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(55), schedule(100)],
                              [0.0, 5e-5, 1e-4, 5e-5, 0.0], atol=1e-10)
-  assert train_lib.default_warmup_steps(100_000) == 10_000
-  assert train_lib.default_warmup_steps(500) == 100
-  assert train_lib.default_warmup_steps(30_000) == 3_000
+  assert loop.default_warmup_steps(100_000) == 10_000
+  assert loop.default_warmup_steps(500) == 100
+  assert loop.default_warmup_steps(30_000) == 3_000
   params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)}}
-  assert train_lib.weight_decay_mask(params) == {
+  assert loop.weight_decay_mask(params) == {
       "dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
 
 
@@ -126,10 +136,9 @@ def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store,
   from orqa_realm.modeling import retriever
   from tests.conftest import DEMO_SQUAD
 
-  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir,
-                       eval_qa_dataset=f"squad:{DEMO_SQUAD}", eval_qa_questions=40,
-                       eval_recall_ks=(1, 5, 20))
-  assert len(task.eval_examples) == 40
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir, evaluation=QAEvaluation(
+      qa_dataset=f"squad:{DEMO_SQUAD}", questions=40, recall_ks=(1, 5, 20)))
+  assert len(task.recall.examples) == 40
   params = task.init_params(jax.random.key(3))
   found = task.evaluate(params, parallel.make_mesh())
 
@@ -137,25 +146,25 @@ def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store,
   store, config = task.store, task.config
   model = retriever.DualEncoder(config.retriever)
   blocks = np.asarray(model.apply(
-      {"params": params}, store.encode(range(len(store)), config.block_length,
+      {"params": params}, store.encode(range(len(store)), config.retriever.block_length,
                                        config.retriever.block_format),
       method=retriever.DualEncoder.embed_blocks))
   queries = np.asarray(model.apply(
       {"params": params}, task.tokenizer.encode_queries(
-          [example.question for example in task.eval_examples], config.query_length),
+          [example.question for example in task.recall.examples], config.retriever.query_length),
       method=retriever.DualEncoder.embed_queries))
   ranking = np.argsort(-(queries @ blocks.T), axis=1, kind="stable")[:, :20]
   hits = np.array([[has_answer(store.text(block), example.answers) for block in row]
-                   for row, example in zip(ranking, task.eval_examples)])
+                   for row, example in zip(ranking, task.recall.examples)])
   expected = {f"answer_recall@{k}": hits[:, :k].any(axis=1).mean() for k in (1, 5, 20)}
   assert found.keys() == expected.keys()
   for name, value in expected.items():
     assert found[name] == pytest.approx(value), name
   assert found["answer_recall@20"] > 0  # a random tiny model still finds some answers in 20
 
-  options = train_lib.TrainOptions(workdir=str(tmp_path), num_train_steps=2, batch_size=8,
-                                   eval_every_steps=2, async_checkpoints=False)
-  train_lib.train(task, options)
+  config = loop.TrainConfig(workdir=str(tmp_path), num_train_steps=2, batch_size=8,
+                            eval_every_steps=2, async_checkpoints=False)
+  loop.train(task, config)
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     evaluations = [record for record in map(json.loads, f) if "eval_answer_recall@5" in record]
   assert [record["step"] for record in evaluations] == [0, 2]  # the initial model, then step 2

@@ -1,5 +1,6 @@
 """The ORQA task: retrieval and labels of a batch, 4 devices against 1, and learning on SQuAD."""
 
+import dataclasses
 import gzip
 import json
 import subprocess
@@ -9,8 +10,8 @@ import jax
 import numpy as np
 import pytest
 
-from orqa_realm import train as train_lib
-from orqa_realm.data.qa import question_indices, read_squad
+from orqa_realm.core import parallel
+from orqa_realm.data.qa import QAEvaluation, question_indices, read_squad
 from orqa_realm.data.reader_inputs import enumerate_spans, span_text
 from orqa_realm.core.errors import InputError
 from orqa_realm.index.bm25 import BM25Searcher
@@ -20,10 +21,14 @@ from orqa_realm.modeling import retriever
 from orqa_realm.modeling.hf_import import load_hf_bert
 from orqa_realm.modeling.reader import ReaderConfig
 from orqa_realm.encode.predict import ReaderSettings
+from orqa_realm.tasks.base import StepContext, TaskContext
+from orqa_realm.tasks.common import StoreAndBert
 from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
+from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
-from tests.tasks.tiny_orqa import TINY_RETRIEVER, tiny_index_dir, tiny_orqa_task
+from tests.tasks.tiny_ict import TINY_RETRIEVER
+from tests.tasks.tiny_orqa import tiny_index_dir, tiny_orqa_task
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +40,7 @@ def tiny_task(squad_block_store, tiny_bert_dir, tmp_path_factory):
 def test_batch_retrieves_the_exact_top_c_and_labels_blocks_and_spans(tiny_task):
   task = tiny_task
   params = task.init_params(jax.random.key(0))
-  batch = jax.device_get(task.train_batch(0, params))
+  batch = jax.device_get(task.train_batch(0, StepContext(parallel.make_mesh(), params=params)))
   examples = [task.train_examples[q] for q in question_indices(
       len(task.train_examples), 8, seed=0, step=0)]
 
@@ -86,7 +91,8 @@ def test_an_index_from_a_checkpoint_needs_its_run(squad_block_store, tiny_bert_d
   IndexRoot(index_dir).publish(
       np.zeros((len(squad_block_store), 16), np.float32),
       store_fingerprint=squad_block_store.fingerprint, checkpoint_step=7,
-      metadata=dict(retriever=TINY_RETRIEVER.to_dict()))
+      metadata=dict(retriever=TINY_RETRIEVER.to_dict(),
+                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint))
   with pytest.raises(InputError, match="checkpoint 7 of a training run"):
     tiny_orqa_task(squad_block_store.directory, tiny_bert_dir, index_dir)
 
@@ -116,25 +122,29 @@ def test_orqa_learns_on_squad(squad_block_store, squad_minilm_embeddings, minilm
   hf = load_hf_bert(minilm_dir)
   # The conftest embeddings: MiniLM as trained (mean pooling), over blocks cut to 64 wordpieces.
   config = retriever.RetrieverConfig(hf.config, projection_size=0, pooling="mean",
-                                     share_encoders=True, block_format="joined")
+                                     share_encoders=True, block_format="joined",
+                                     query_length=64, block_length=64)
   IndexRoot(str(tmp_path / "index")).publish(
       block_embeddings, store_fingerprint=squad_block_store.fingerprint, checkpoint_step=None,
-      metadata=dict(retriever=config.to_dict()))
+      metadata=dict(retriever=config.to_dict(),
+                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint))
   questions = first_short_paragraph_questions(tmp_path / "train.json", paragraphs=8,
                                               per_paragraph=2)
   assert len(read_squad(questions.partition(":")[2])) == 16
   task = ORQATask(ORQAConfig(
-      block_store=squad_block_store.directory, index_dir=str(tmp_path / "index"),
-      train_qa_dataset=questions, bert_dir=minilm_dir,
-      reader=ReaderConfig(hf.config, span_hidden_size=64), batch_size=4,
-      settings=ReaderSettings(query_length=32, reader_length=128, reader_question_length=24,
-                              reader_beam_size=2),
-      eval_qa_dataset=questions), bert_params=hf.params)
-  options = train_lib.TrainOptions(
+      source=StoreAndBert(block_store=squad_block_store.directory, bert=minilm_dir),
+      index_dir=str(tmp_path / "index"), train_qa_dataset=questions,
+      retriever=dataclasses.replace(config, query_length=32),
+      reader=ReaderConfig(span_hidden_size=64),
+      reader_settings=ReaderSettings(reader_length=128, reader_question_length=24,
+                                     reader_beam_size=2),
+      evaluation=QAEvaluation(qa_dataset=questions)),
+      TaskContext(batch_size=4, seed=0, dtype="float32", remat=False))
+  config = loop.TrainConfig(
       workdir=str(tmp_path / "run"), num_train_steps=24, batch_size=4, learning_rate=1e-4,
       warmup_steps=2, log_every_steps=1, eval_every_steps=24, checkpoint_every_steps=1000,
       async_checkpoints=False)
-  train_lib.train(task, options)
+  loop.train(task, config)
   with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
     records = [json.loads(line) for line in f]
   losses = [r["loss"] for r in records if "loss" in r]
@@ -145,18 +155,19 @@ def test_orqa_learns_on_squad(squad_block_store, squad_minilm_embeddings, minilm
 
 
 def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_path):
-  options = train_lib.TrainOptions(workdir=str(tmp_path / "run"), num_train_steps=2,
-                                   batch_size=8, checkpoint_every_steps=1000,
-                                   async_checkpoints=False)
-  train_lib.train(tiny_task, options)
+  config = loop.TrainConfig(workdir=str(tmp_path / "run"), num_train_steps=2, batch_size=8,
+                            checkpoint_every_steps=1000, async_checkpoints=False)
+  loop.train(tiny_task, config)
   questions = first_short_paragraph_questions(tmp_path / "questions.json", paragraphs=5,
                                               per_paragraph=2)
   command = [sys.executable, "-m", "orqa_realm.evaluate",
              f"--block_store={tiny_task.store.directory}", f"--bert={tiny_bert_dir}",
-             f"--workdir={tmp_path / 'run'}", f"--reader_workdir={tmp_path / 'run'}",
-             f"--qa_dataset={questions}", "--recall_ks=1,5", "--embed_dtype=float32"]
+             f"--reader_workdir={tmp_path / 'run'}", f"--eval_qa_dataset={questions}",
+             "--eval_recall_ks=1,5"]
+  dense = [f"--workdir={tmp_path / 'run'}", "--embed_dtype=float32"]
   result = subprocess.run(
-      [*command, f"--index_dir={tiny_task.config.index_dir}", f"--output_dir={tmp_path / 'eval'}"],
+      [*command, *dense, f"--index_dir={tiny_task.config.index_dir}",
+       f"--output_dir={tmp_path / 'eval'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "eval" / "metrics.json") as f:
@@ -187,8 +198,9 @@ def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_p
   other_index = tmp_path / "other_index"
   IndexRoot(str(other_index)).publish(
       tiny_task.index.embeddings, store_fingerprint=tiny_task.store.fingerprint,
-      checkpoint_step=3, metadata=dict(retriever=TINY_RETRIEVER.to_dict()))
+      checkpoint_step=3, metadata=dict(retriever=TINY_RETRIEVER.to_dict(),
+                                       tokenizer_fingerprint=tiny_task.tokenizer.fingerprint))
   refused = subprocess.run(
-      [*command, f"--index_dir={other_index}", f"--output_dir={tmp_path / 'eval2'}"],
+      [*command, *dense, f"--index_dir={other_index}", f"--output_dir={tmp_path / 'eval2'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert refused.returncode != 0 and "the run was trained over an index" in refused.stderr

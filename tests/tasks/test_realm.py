@@ -12,19 +12,22 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm.core import checkpoints
-from orqa_realm import train as train_lib
-from orqa_realm.embed import embed_and_publish
+from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.encode.embedding import EmbedSettings, IndexConfig, embed_and_publish
 from orqa_realm.index.handle import IndexHandle, open_index
 from orqa_realm.index.storage import IndexRoot
+from orqa_realm.modeling import reader as reader_lib
 from orqa_realm.modeling import retriever
-from orqa_realm.tasks.orqa import init_reader_params
-from orqa_realm.tasks.realm import KNOWLEDGE_ENCODER
+from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
+from orqa_realm.tasks.base import StepContext
+from orqa_realm.training import loop
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_orqa import tiny_orqa_task
 from tests.tasks.tiny_realm import tiny_realm_task
+
+MESH = parallel.make_mesh()
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +52,15 @@ def test_null_document_first_and_the_source_document_never_retrieved(tiny_task, 
   queries = task.examples.batch(4, 8)
   # An index in which each query's own document is what it matches best: a retriever that
   # kept it would return it first.
-  probe = task.train_batch(4, tiny_params, index=random_index(task, tmp_path / "probe"))
+  probe = task.train_batch(4, StepContext(
+      MESH, params=tiny_params, index=random_index(task, tmp_path / "probe")))
   embeddings = np.random.default_rng(0).normal(size=(len(store), 16)).astype(np.float32)
   for query, embedding in zip(queries, query_embeddings(task, tiny_params, probe)):
     embeddings[documents == query.document] += 10 * embedding
   root = IndexRoot(str(tmp_path / "index"))
   root.publish(embeddings, store_fingerprint=store.fingerprint, checkpoint_step=0)
-  batch = task.train_batch(4, tiny_params, index=open_index(root.latest(), store))
+  batch = task.train_batch(4, StepContext(MESH, params=tiny_params,
+                                          index=open_index(root.latest(), store)))
 
   assert (batch.candidates[:, 0] == -1).all()
   for query, candidates, embedding in zip(queries, batch.candidates,
@@ -80,7 +85,8 @@ def random_index(task, directory):
 
 
 def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_params, tmp_path):
-  batch = tiny_task.train_batch(0, tiny_params, index=random_index(tiny_task, tmp_path))
+  batch = tiny_task.train_batch(0, StepContext(MESH, params=tiny_params,
+                                               index=random_index(tiny_task, tmp_path)))
   loss_and_grads = jax.jit(lambda params, batch: jax.value_and_grad(tiny_task.loss, has_aux=True)(
       params, batch, jax.random.key(0), False))
   (loss, metrics), grads = loss_and_grads(tiny_params, batch)
@@ -101,7 +107,7 @@ def test_four_devices_equal_one(salient_squad_store, tiny_bert_dir):
 
 @pytest.mark.slow
 def test_a_refresh_mid_training_is_switched_to_with_its_staleness_logged(tiny_task, tmp_path):
-  root, logged = train_through_a_refresh(tiny_task, tmp_path, block_length=48)
+  root, logged = train_through_a_refresh(tiny_task, tmp_path)
   assert_switched_with_staleness(root, logged)
   for entry in logged:
     assert np.isfinite(entry["retrieval_utility"]) and np.isfinite(entry["loss"])
@@ -114,21 +120,21 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
   task, workdir = tiny_task, str(tmp_path / "realm")
   random_index(task, tmp_path / "realm_index")
   handle = IndexHandle(IndexRoot(str(tmp_path / "realm_index")), task.store, poll_seconds=60)
-  train_lib.train(task, train_lib.TrainOptions(workdir=workdir, num_train_steps=1, batch_size=8,
-                                               learning_rate=1e-3, warmup_steps=1),
-                  index_handle=handle)
+  loop.train(task, loop.TrainConfig(workdir=workdir, num_train_steps=1, batch_size=8,
+                                    learning_rate=1e-3, warmup_steps=1), index_handle=handle)
   handle.close()
-  reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
+  reader = checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir))
   shapes = jax.eval_shape(lambda: task.init_params(jax.random.key(0)))
   realm_params = reader.restore_params(1, checkpoints.abstract_with_sharding(
       shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
   reader.close()
   index_dir = str(tmp_path / "orqa_index")
-  embed_and_publish(task.store, realm_params, task.config.retriever, IndexRoot(index_dir),
-                    checkpoint_step=1, block_length=48, batch_size=64, dtype=jnp.float32)
+  embed_and_publish(task.store, realm_params, task.config.retriever,
+                    IndexConfig(index_dir=index_dir, embedding=EmbedSettings(64, "float32")),
+                    checkpoint_step=1)
 
   orqa = tiny_orqa_task(task.store.directory, tiny_bert_dir, index_dir, retriever_workdir=workdir)
-  params = orqa.warm_start(orqa.init_params(jax.random.key(1)))
+  params = orqa.warm_start(orqa.init_params(jax.random.key(1)), MESH)
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a),
                                                                jax.tree.leaves(b)))
   assert same(params["retriever"]["query_encoder"], realm_params["query_encoder"])
@@ -136,7 +142,7 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
   # Not the reader ORQA starts from otherwise.
   _, reader_rng = jax.random.split(jax.random.key(1))
   assert not same(params["reader"]["bert"],
-                  init_reader_params(orqa.config.reader, reader_rng)["bert"])
+                  reader_lib.init_params(orqa.config.reader, reader_rng)["bert"])
 
 
 @pytest.mark.slow

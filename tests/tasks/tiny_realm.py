@@ -2,20 +2,16 @@
 tiny_ict for both the retriever and the knowledge-augmented encoder, over the salient-span SQuAD
 store of conftest."""
 
-import jax.numpy as jnp
+import dataclasses
 
-from orqa_realm.modeling import mlm
-from orqa_realm.modeling.retriever import RetrieverConfig
 from orqa_realm.tasks.realm import REALMConfig, REALMTask
-from tests.tasks.tiny_ict import TINY_BERT
+from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_context, tiny_source
 
 
-def tiny_realm_task(block_store: str, bert_dir: str, batch_size: int = 8,
+def tiny_realm_task(block_store: str, bert_dir: str, batch_size: int = 8, seed: int = 0,
                     **overrides) -> REALMTask:
-  config = dict(block_store=block_store,
-                retriever=RetrieverConfig(TINY_BERT, projection_size=16, share_encoders=False),
-                knowledge_encoder=mlm.KnowledgeEncoderConfig(TINY_BERT), bert_dir=bert_dir,
-                batch_size=batch_size, num_candidates=4, max_masks=6, query_length=24,
-                block_length=48, document_length=40, dtype=jnp.float32)
-  config.update(overrides)
-  return REALMTask(REALMConfig(**config))
+  """`overrides`: REALMConfig fields."""
+  config = REALMConfig(source=tiny_source(block_store, bert_dir),
+                       retriever=dataclasses.replace(TINY_RETRIEVER, query_length=24),
+                       num_candidates=4, max_masks=6, document_length=40)
+  return REALMTask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
