@@ -64,7 +64,6 @@ def pretrained_retriever(bert: str) -> tuple[retriever.RetrieverConfig, dict, No
 
 
 def main() -> None:
-  SETTINGS.check_read(["run", "store", "retriever", "index"], "embed")
   run, source, index = SETTINGS.build("run"), SETTINGS.build("store"), SETTINGS.build("index")
   store, tokenizer = source.open_store()
   if not index.index_dir:

@@ -117,13 +117,19 @@ def text_searcher(command: EvaluateCommand, source: StoreSource, store, tokenize
                         normalization=fusion.normalization), info
 
 
-def main() -> None:
+def check_flags() -> EvaluateCommand:
+  """The command's settings, once every given flag is known to be read by this evaluation."""
   command, qa = SETTINGS.build("evaluate"), SETTINGS.build("questions")
-  beir_set = SETTINGS.build("beir")
-  if bool(qa.qa_dataset) == bool(beir_set.queries):
+  if bool(qa.qa_dataset) == bool(SETTINGS.build("beir").queries):
     raise InputError("pass exactly one of --eval_qa_dataset and --eval_beir_queries (with "
                      "--eval_beir_qrels)")
   SETTINGS.check_read(read_groups(command, qa), f"evaluate --retrieval={command.retrieval}")
+  return command
+
+
+def main() -> None:
+  command = check_flags()
+  qa, beir_set = SETTINGS.build("questions"), SETTINGS.build("beir")
   if not command.output_dir:
     raise InputError("--output_dir is required", field="output_dir")
   if command.reader_workdir and not qa.qa_dataset:

@@ -35,7 +35,6 @@ SETTINGS.bind("plot", PlotCommand)
 
 
 def main() -> None:
-  SETTINGS.check_read(["plot"], "plot_metrics")
   command = SETTINGS.build("plot")
   if not command.workdir:
     raise InputError("--workdir is required", field="workdir")

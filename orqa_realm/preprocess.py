@@ -52,7 +52,6 @@ SETTINGS.bind("tfds", tfds_input.TFDSSettings)
 
 
 def main() -> None:
-  SETTINGS.check_read(["preprocess", "tfds"], "preprocess")
   command = SETTINGS.build("preprocess")
   tfds_input.use_settings(SETTINGS.build("tfds"))
   if not command.output_dir:

@@ -40,7 +40,6 @@ SETTINGS.bind("index", embedding.IndexConfig)
 
 
 def main() -> None:
-  SETTINGS.check_read(["refresh", "refresher", "index"], "refresh")
   command, index = SETTINGS.build("refresh"), SETTINGS.build("index")
   if not command.workdir:
     raise InputError("--workdir is required", field="workdir")

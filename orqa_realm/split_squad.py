@@ -37,7 +37,6 @@ SETTINGS.bind("split", SplitCommand)
 
 
 def main() -> None:
-  SETTINGS.check_read(["split"], "split_squad")
   command = SETTINGS.build("split")
   if not (command.squad and command.output_dir):
     raise InputError("--squad and --output_dir are required")

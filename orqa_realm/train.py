@@ -64,13 +64,24 @@ def task_settings(task_class: type[Task]):
       source=saved.source))
 
 
-def main() -> None:
+def uses_index(command: TrainCommand) -> bool:
+  """Whether the run has an index refresher or reads a refreshed index."""
+  return command.refresh_index or Need.INDEX in TASKS[command.task].needs
+
+
+def check_flags() -> TrainCommand:
+  """The command's settings, once every given flag is known to be read by this run: the loop's,
+  the task's and, with an index, the refresher's and the index's."""
   command = SETTINGS.build("train")
-  task_class = TASKS[command.task]
-  uses_index = command.refresh_index or Need.INDEX in task_class.needs
   groups = ["train", "loop", "tfds", f"task {command.task}"]
-  groups += ["index refresher", "index"] if uses_index else []
+  groups += ["index refresher", "index"] if uses_index(command) else []
   SETTINGS.check_read(groups, f"train --task={command.task}")
+  return command
+
+
+def main() -> None:
+  command = check_flags()
+  task_class = TASKS[command.task]
   config = SETTINGS.build("loop")
   if not config.workdir:
     raise InputError("--workdir is required", field="workdir")
@@ -83,12 +94,12 @@ def main() -> None:
   print(f"task {task.name} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} host(s); global batch {config.batch_size}", flush=True)
   settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
-  if uses_index:
+  if uses_index(command):
     settings.update(refresh=dataclasses.asdict(refresh), index=dataclasses.asdict(index_config))
   refresher_thread, index_handle = None, None
   poll_seconds = refresh.refresher.poll_seconds
   try:
-    if uses_index:
+    if uses_index(command):
       # Given the store, the handle refuses versions built from another corpus (e.g. by a
       # refresher process started with other settings).
       index_handle = IndexHandle(index_config.root(), task.store, backend=index_config.backend,

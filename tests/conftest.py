@@ -88,6 +88,19 @@ def tiny_bert_dir(minilm_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_ict_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
+  """The workdir of a 2-step ICT run of the tiny retriever (tests/tasks/tiny_ict.py)."""
+  from orqa_realm.training import loop
+  from tests.tasks.tiny_ict import tiny_ict_task
+
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny_ict")
+  loop.train(tiny_ict_task(squad_block_store.directory, tiny_bert_dir),
+             loop.TrainConfig(workdir=workdir, num_train_steps=2, batch_size=8,
+                              async_checkpoints=False))
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
   """Real embeddings: MiniLM (mean pooling, as trained) over the SQuAD blocks cut to 64
   wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)"""

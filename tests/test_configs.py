@@ -1,6 +1,8 @@
 """Every flagfile in configs/ starts with a comment header naming the command that runs it, and
-names only flags that command defines, with help text and values of the flag's type; each
-command's --helpfull documents every flag its configs use."""
+parses with that command: every flag it names is one the command defines (with help text), of
+the flag's type, and read by the run it describes (`check_flags` of train and evaluate refuse a
+flag the chosen task or retrieval does not read); each command's --helpfull documents every
+flag its configs use."""
 
 import collections
 import json
@@ -12,29 +14,26 @@ from tests.conftest import REPO_ROOT, subprocess_env
 
 CONFIGS = sorted((REPO_ROOT / "configs").glob("*.cfg"))
 
-# Run in a subprocess per command: the commands are separate programs whose flags may share names.
+# Run in a subprocess per command: each parses its configs as `python -m` would (the files they
+# name need not exist: only the flags are checked).
 CHECK = """
 import importlib, json, sys
 from absl import flags
-importlib.import_module(sys.argv[1])
+command = importlib.import_module(sys.argv[1])
+command.SETTINGS.define()
 problems = []
 for path in sys.argv[2:]:
-  for line in open(path, encoding="utf-8"):
-    line = line.strip()
-    if not line or line.startswith("#"):
-      continue
-    name, _, value = line.removeprefix("--").partition("=")
-    if name not in flags.FLAGS and name.startswith("no") and name[2:] in flags.FLAGS:
-      name = name[2:]
-    if name not in flags.FLAGS:
-      problems.append(f"{path}: unknown flag --{name}")
-    elif not flags.FLAGS[name].help.strip():
-      problems.append(f"{path}: --{name} has no help text")
-    elif value:
-      try:
-        flags.FLAGS[name].parser.parse(value)
-      except ValueError as e:
-        problems.append(f"{path}: --{name}={value}: {e}")
+  flags.FLAGS.unparse_flags()
+  try:
+    flags.FLAGS([sys.argv[1], f"--flagfile={path}"])
+    for line in open(path, encoding="utf-8"):
+      name = line.strip().removeprefix("--").partition("=")[0]
+      if line.strip().startswith("--") and name in flags.FLAGS and not flags.FLAGS[name].help.strip():
+        problems.append(f"{path}: --{name} has no help text")
+    if hasattr(command, "check_flags"):
+      command.check_flags()
+  except Exception as e:  # Any refusal is the finding, reported with its file.
+    problems.append(f"{path}: {type(e).__name__}: {e}")
 print(json.dumps(problems))
 """
 

@@ -12,7 +12,7 @@ from orqa_realm.encode import embedding
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from orqa_realm.modeling import retriever
 from tests.conftest import REPO_ROOT, subprocess_env
-from tests.tasks.tiny_ict import TINY_BERT
+from tests.tasks.tiny_ict import TINY_BERT, TINY_RETRIEVER
 
 
 def test_length_batches_cover_every_block_once_and_pad_little():
@@ -68,3 +68,22 @@ def test_cli_refuses_a_random_projection(squad_block_store, tiny_bert_dir, tmp_p
                      f"--index_dir={tmp_path}")
   assert result.returncode != 0
   assert "--projection_size=0" in result.stderr
+
+
+def test_cli_takes_a_runs_settings_and_refuses_a_contradiction(squad_block_store, tiny_ict_run,
+                                                               tmp_path):
+  """From a run, the retriever's settings are the run's: repeating one is accepted, one that
+  contradicts it is refused naming both values."""
+  common = [f"--block_store={squad_block_store.directory}", f"--workdir={tiny_ict_run}",
+            "--embed_dtype=float32"]
+  refused = run_embed(*common, "--pooling=mean", f"--index_dir={tmp_path / 'refused'}")
+  assert refused.returncode != 0
+  assert f"--pooling='mean' contradicts the run {tiny_ict_run}, whose pooling is 'pooled'" in (
+      refused.stderr)
+  assert not (tmp_path / "refused").exists()
+  repeated = run_embed(*common, "--projection_size=16", "--block_length=48",
+                       f"--index_dir={tmp_path / 'index'}")
+  assert repeated.returncode == 0, repeated.stderr[-3000:]
+  version = IndexRoot(str(tmp_path / "index")).latest()
+  assert version.checkpoint_step == 2
+  assert embedding.indexed_retriever(version) == TINY_RETRIEVER

@@ -79,3 +79,10 @@ def test_helpfull_lists_the_flags_of_each_task_in_its_group():
   assert {"retriever_workdir", "hard_negatives_per_question"} <= groups["task dpr"]
   assert {"realm_masking", "retriever_workdir"} <= groups["task realm"]
   assert "eval_qa_dataset" not in groups["task realm"]
+
+
+def test_a_warm_start_refuses_an_architecture_other_than_its_runs(tiny_ict_run, tiny_bert_dir):
+  message, = refusals([["--task=dpr", "--workdir=/nonexistent/run", f"--bert={tiny_bert_dir}",
+                        f"--retriever_workdir={tiny_ict_run}", "--pooling=mean"]])
+  assert f"--pooling='mean' contradicts --retriever_workdir={tiny_ict_run}" in message
+  assert "whose pooling is 'pooled'" in message
