@@ -1,7 +1,8 @@
 """Block embeddings of a block store, published as a new version of an index.
 
-From a training run's checkpoint (the retriever's settings come from the run; a flag that
-repeats one is accepted, one that contradicts it refused):
+From a training run's checkpoint (the retriever comes from the run: a flag that repeats its
+architecture is accepted, one that contradicts it refused; the input lengths are the run's unless
+given, e.g. blocks embedded longer than they were trained):
 
     python -m orqa_realm.embed --block_store=runs/blocks/squad_demo --workdir=runs/ict_demo \\
         --index_dir=runs/index/squad_demo [--checkpoint_step=N] [--index_backend=scann]
@@ -40,10 +41,11 @@ SETTINGS.bind("index", embedding.IndexConfig)
 
 
 def run_retriever(run: runs.RunCheckpoint, mesh) -> tuple[retriever.RetrieverConfig, dict, int]:
-  """(the run's retriever, with the flags that repeat its settings; its block tower's params at
-  the checkpoint; the checkpoint step)."""
+  """(the run's retriever: its architecture, and its input settings unless given; its block
+  tower's params at the checkpoint; the checkpoint step)."""
   saved = runs.open_retriever_run(run.workdir)
-  config = settings_lib.settle(saved.retriever, SETTINGS.given_settings("retriever"), fixed=retriever.ALL_FIELDS,
+  config = settings_lib.settle(saved.retriever, SETTINGS.given_settings("retriever"),
+                               fixed=retriever.ARCHITECTURE_FIELDS,
                                source=f"the run {saved.workdir}")
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(run.workdir)) as reader:
     step = runs.checkpoint_step(reader, run.step)

@@ -1,5 +1,6 @@
 """Embedding a block store: length batching, equality with plain full-length embedding, the CLI."""
 
+import dataclasses
 import subprocess
 import sys
 
@@ -72,8 +73,8 @@ def test_cli_refuses_a_random_projection(squad_block_store, tiny_bert_dir, tmp_p
 
 def test_cli_takes_a_runs_settings_and_refuses_a_contradiction(squad_block_store, tiny_ict_run,
                                                                tmp_path):
-  """From a run, the retriever's settings are the run's: repeating one is accepted, one that
-  contradicts it is refused naming both values."""
+  """From a run, the retriever's architecture is the run's: repeating it is accepted, a
+  contradiction is refused naming both values; an input length may be given."""
   common = [f"--block_store={squad_block_store.directory}", f"--workdir={tiny_ict_run}",
             "--embed_dtype=float32"]
   refused = run_embed(*common, "--pooling=mean", f"--index_dir={tmp_path / 'refused'}")
@@ -81,9 +82,11 @@ def test_cli_takes_a_runs_settings_and_refuses_a_contradiction(squad_block_store
   assert f"--pooling='mean' contradicts the run {tiny_ict_run}, whose pooling is 'pooled'" in (
       refused.stderr)
   assert not (tmp_path / "refused").exists()
-  repeated = run_embed(*common, "--projection_size=16", "--block_length=48",
+  # The architecture repeated; blocks embedded longer than the run trained on (48).
+  repeated = run_embed(*common, "--projection_size=16", "--block_length=64",
                        f"--index_dir={tmp_path / 'index'}")
   assert repeated.returncode == 0, repeated.stderr[-3000:]
   version = IndexRoot(str(tmp_path / "index")).latest()
   assert version.checkpoint_step == 2
-  assert embedding.indexed_retriever(version) == TINY_RETRIEVER
+  assert embedding.indexed_retriever(version) == dataclasses.replace(TINY_RETRIEVER,
+                                                                     block_length=64)

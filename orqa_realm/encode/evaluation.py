@@ -4,8 +4,8 @@ nDCG@10 and recall on BEIR qrels, exact match of an ORQA reader, the recall@k pl
 
 The query encoder of a dense index is always the retriever the index was embedded with: a
 training run's checkpoint (`--workdir`: the one the index was built from, or an ORQA run trained
-over it), or the pretrained weights the index records. Its settings come from the run or the
-index; a given setting that contradicts them is refused.
+over it), or the pretrained weights the index records. Its settings come from the index (an ORQA
+run's from the run); a given setting that contradicts them is refused.
 """
 
 from __future__ import annotations
@@ -56,11 +56,13 @@ def _orqa_query_encoder(workdir: str, step: int | None, version: IndexVersion,
 
 def _run_query_encoder(workdir: str, step: int | None, version: IndexVersion,
                        tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
-  """The query tower of the retriever run checkpoint the index was embedded from."""
+  """The query tower of the retriever run checkpoint the index was embedded from, reading
+  queries as the index records."""
   run = runs.open_retriever_run(workdir)
-  encoder = config.settle(run.retriever, given, fixed=retriever.ALL_FIELDS,
-                          source=f"the run {workdir}")
-  embedding.check_query_encoder(version, encoder, tokenizer.fingerprint)
+  embedding.check_query_encoder(version, run.retriever, tokenizer.fingerprint,
+                                fields=retriever.ARCHITECTURE_FIELDS)
+  encoder = config.settle(embedding.indexed_retriever(version), given,
+                          fixed=retriever.ALL_FIELDS, source=f"the index {version.directory}")
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as reader:
     step = runs.checkpoint_step(reader, step)
     params = runs.restore_retriever(reader, step, encoder, mesh, tower="query")
