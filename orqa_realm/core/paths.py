@@ -7,9 +7,12 @@ paths), a URI is never touched.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from etils import epath
@@ -39,5 +42,49 @@ def write_json_atomic(path: PathLike, value: Any) -> None:
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   temporary = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}"
-  temporary.write_text(json.dumps(value, indent=2, sort_keys=True), encoding="utf-8")
+  text = json.dumps(value, indent=2, sort_keys=True)
+  if is_remote(path):
+    temporary.write_text(text, encoding="utf-8")
+  else:
+    # On disk, flushed before the rename: a crash never leaves an empty file in its place.
+    with open(temporary, "w", encoding="utf-8") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
   temporary.replace(path)
+
+
+def copy_tree(source: PathLike, target: PathLike) -> None:
+  """Copies the files under `source` to `target` (either may be remote)."""
+  source, target = epath.Path(source), epath.Path(target)
+  target.mkdir(parents=True, exist_ok=True)
+  for child in source.iterdir():
+    if child.is_dir():
+      copy_tree(child, target / child.name)
+    else:
+      (target / child.name).write_bytes(child.read_bytes())
+
+
+@contextlib.contextmanager
+def local_directory(path: PathLike) -> Iterator[str]:
+  """A local directory holding the files of `path`: `path` itself when local, else a temporary
+  copy, for libraries that read only local files (ScaNN, bm25s)."""
+  if not is_remote(path):
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory() as local:
+    copy_tree(path, local)
+    yield local
+
+
+@contextlib.contextmanager
+def directory_to_write(path: PathLike) -> Iterator[str]:
+  """A local directory to write into whose files end up at `path`: `path` itself when local,
+  else a temporary directory copied to `path` when the block ends without an error."""
+  if not is_remote(path):
+    os.makedirs(os.fspath(path), exist_ok=True)
+    yield os.fspath(path)
+    return
+  with tempfile.TemporaryDirectory() as local:
+    yield local
+    copy_tree(local, path)

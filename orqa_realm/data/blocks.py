@@ -23,7 +23,9 @@ from typing import Any, Literal, NamedTuple
 import blingfire
 import numpy as np
 import tqdm
+from etils import epath
 
+from orqa_realm.core import paths
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import columns
@@ -116,20 +118,21 @@ def pack_sentences(sentences: Sequence[Sentence], budget: int) -> list[list[Sent
 class BlockStore:
   """Read access to a block store directory; every column is memory-mapped."""
 
-  def __init__(self, directory: str | os.PathLike):
-    self.directory = os.fspath(directory)
-    manifest_path = os.path.join(self.directory, MANIFEST)
-    if not os.path.isfile(manifest_path):
+  def __init__(self, directory: paths.PathLike):
+    """`directory`: a local path (columns are memory-mapped) or a URI (columns are read whole)."""
+    self.directory = str(paths.resolve(directory))
+    manifest_path = epath.Path(self.directory) / MANIFEST
+    if not manifest_path.is_file():
       raise InputError(f"not a block store: no {MANIFEST}", path=self.directory)
-    with open(manifest_path, encoding="utf-8") as f:
-      try:
-        self.manifest: dict[str, Any] = json.load(f)
-      except json.JSONDecodeError as e:
-        raise InputError(f"malformed manifest: {e.msg}", path=manifest_path, line=e.lineno) from e
+    try:
+      self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+      raise InputError(f"malformed manifest: {e.msg}", path=str(manifest_path),
+                       line=e.lineno) from e
     if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
       raise InputError(f"expected format {FORMAT!r} version {VERSION}, got "
                        f"{self.manifest.get('format')!r} version {self.manifest.get('version')}",
-                       path=manifest_path, field="format")
+                       path=str(manifest_path), field="format")
     entries = self.manifest["columns"]
     self._token_ids = columns.RaggedColumn(self.directory, "block_token_ids", entries)
     self._token_char_spans = columns.RaggedColumn(self.directory, "block_token_char_spans",
@@ -329,11 +332,11 @@ def build_block_store(
   The store is written to a temporary sibling directory and renamed into place at the end, so a
   killed build leaves no half-written store behind. Documents with empty text yield no block.
   """
-  output_dir = os.fspath(output_dir)
+  output_dir = str(paths.resolve(output_dir))
   if max_title_length + 3 >= max_block_length:
     raise ValueError(f"max_title_length {max_title_length} leaves no room in blocks of "
                      f"{max_block_length} wordpieces")
-  if os.path.exists(output_dir) and not overwrite:
+  if epath.Path(output_dir).exists() and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
   with atomic_directory(output_dir) as partial_dir:

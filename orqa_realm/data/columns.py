@@ -13,7 +13,9 @@ import os
 from typing import Any
 
 import numpy as np
+from etils import epath
 
+from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 
 
@@ -58,27 +60,30 @@ class RaggedColumnWriter:
     return {self._values.name: self._values.close(), self._offsets.name: self._offsets.close()}
 
 
-def open_column(directory: str, name: str, entry: dict[str, Any]) -> np.ndarray:
-  """Memory-maps a column after checking its file against the manifest entry."""
-  path = os.path.join(directory, f"{name}.bin")
+def open_column(directory: paths.PathLike, name: str, entry: dict[str, Any]) -> np.ndarray:
+  """A column, after checking its file against the manifest entry: memory-mapped when local,
+  read whole from a URI."""
+  path = epath.Path(directory) / f"{name}.bin"
   dtype = np.dtype(entry["dtype"])
-  if not os.path.isfile(path):
-    raise InputError("column file is missing", path=path)
+  if not path.is_file():
+    raise InputError("column file is missing", path=str(path))
   expected_bytes = entry["length"] * dtype.itemsize
-  actual_bytes = os.path.getsize(path)
+  actual_bytes = path.stat().length
   if actual_bytes != expected_bytes:
     raise InputError(f"file has {actual_bytes} bytes but the manifest says {entry['length']} "
                      f"values of {dtype} ({expected_bytes} bytes): truncated or from another "
-                     "build", path=path)
+                     "build", path=str(path))
   if entry["length"] == 0:
     return np.zeros((0,), dtype=dtype)
+  if paths.is_remote(path):
+    return np.frombuffer(path.read_bytes(), dtype=dtype)
   return np.memmap(path, dtype=dtype, mode="r", shape=(entry["length"],))
 
 
-def file_sha256(directory: str, name: str) -> str:
+def file_sha256(directory: paths.PathLike, name: str) -> str:
   """SHA-256 of a column file, read in chunks."""
   digest = hashlib.sha256()
-  with open(os.path.join(directory, f"{name}.bin"), "rb") as f:
+  with (epath.Path(directory) / f"{name}.bin").open("rb") as f:
     for chunk in iter(lambda: f.read(1 << 24), b""):
       digest.update(chunk)
   return digest.hexdigest()

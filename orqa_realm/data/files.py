@@ -1,46 +1,54 @@
-"""Opening local input files (plain or gzip), reading JSON lines with located errors, and
-writing output directories atomically."""
+"""Opening input files (plain or gzip, local or remote), reading JSON lines with located errors,
+and writing output directories atomically."""
 
 from __future__ import annotations
 
 import contextlib
 import gzip
+import io
 import json
 import os
 import shutil
 from collections.abc import Iterator
 from typing import Any, TextIO
 
+from etils import epath
+
+from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_directory(output_dir: str | os.PathLike) -> Iterator[str]:
-  """Yields a temporary sibling of `output_dir` to write into, renamed into place (replacing any
-  old `output_dir`) when the block ends, and removed if it raises: a killed writer leaves no
-  half-written directory behind."""
-  output_dir = os.fspath(output_dir).rstrip(os.sep)
-  partial_dir = f"{output_dir}.partial-{os.getpid()}"
-  shutil.rmtree(partial_dir, ignore_errors=True)
-  os.makedirs(partial_dir)
-  try:
-    yield partial_dir
-  except BaseException:
-    shutil.rmtree(partial_dir, ignore_errors=True)
-    raise
-  if os.path.exists(output_dir):
-    shutil.rmtree(output_dir)
-  os.replace(partial_dir, output_dir)
+def atomic_directory(output_dir: paths.PathLike) -> Iterator[str]:
+  """Yields a local temporary directory to write into, whose contents replace `output_dir` (a
+  local path or a URI) when the block ends, and which is removed if it raises: a killed writer
+  leaves no half-written directory behind. Locally the temporary directory is a sibling renamed
+  into place; for a URI it is copied to a sibling there, then renamed."""
+  target = paths.resolve(output_dir)
+  partial = target.parent / f"{target.name}.partial-{os.getpid()}"
+  if partial.exists():
+    partial.rmtree()
+  with paths.directory_to_write(partial) as local:
+    try:
+      yield local
+    except BaseException:
+      if not paths.is_remote(target):
+        shutil.rmtree(local, ignore_errors=True)
+      raise
+  if target.exists():
+    target.rmtree()
+  partial.rename(target)
 
 
-def open_text(path: str | os.PathLike) -> TextIO:
-  """Opens a UTF-8 text file for reading, decompressing it when the name ends in `.gz`."""
-  path = os.fspath(path)
-  if not os.path.isfile(path):
-    raise InputError("no such file", path=path)
-  if path.endswith(".gz"):
-    return gzip.open(path, "rt", encoding="utf-8")
-  return open(path, encoding="utf-8")
+def open_text(path: paths.PathLike) -> TextIO:
+  """Opens a UTF-8 text file (local or a URI) for reading, decompressing it when the name ends
+  in `.gz`."""
+  file = epath.Path(path)
+  if not file.is_file():
+    raise InputError("no such file", path=os.fspath(path))
+  if file.name.endswith(".gz"):
+    return gzip.open(file.open("rb"), "rt", encoding="utf-8")
+  return io.TextIOWrapper(file.open("rb"), encoding="utf-8")
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import tqdm
+from etils import epath
 
 from orqa_realm.data import columns
 from orqa_realm.data.blocks import BlockStore
@@ -151,7 +152,7 @@ def annotate_store(store: BlockStore, nlp=None, *, model: str = SPACY_MODEL,
                    show_progress: bool = False) -> SalientSpans:
   """Finds the salient spans of every block of `store` and writes them beside it."""
   output_dir = os.path.join(store.directory, DIRECTORY)
-  if os.path.exists(output_dir) and not overwrite:
+  if epath.Path(output_dir).exists() and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
   nlp = nlp if nlp is not None else load_ner(model)
@@ -189,11 +190,10 @@ class SalientSpans:
   def __init__(self, store: BlockStore):
     directory = os.path.join(store.directory, DIRECTORY)
     path = os.path.join(directory, "manifest.json")
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
       raise InputError("the block store has no salient spans: run python -m "
                        "orqa_realm.preprocess --salient_spans --output_dir=STORE", path=directory)
-    with open(path, encoding="utf-8") as f:
-      self.manifest: dict[str, Any] = json.load(f)
+    self.manifest: dict[str, Any] = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
       raise InputError(f"expected format {FORMAT!r} version {VERSION}", path=path, field="format")
     if (self.manifest["store_fingerprint"] != store.fingerprint

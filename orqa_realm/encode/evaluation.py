@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+from etils import epath
 
 from orqa_realm.core import checkpoints, config, run_directory
 from orqa_realm.core.errors import InputError
@@ -160,7 +161,7 @@ def plot_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, tit
   axes.grid(True, alpha=0.3)
   axes.legend()
   figure.tight_layout()
-  with open(path, "wb") as f:
+  with epath.Path(path).open("wb") as f:
     figure.savefig(f, dpi=120, format="png")
   pyplot.close(figure)
 

@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from orqa_realm.core import parallel
 from orqa_realm.core.config import setting
@@ -193,7 +194,7 @@ def write_predictions(path: str, examples: Sequence[QAExample], predictions: Seq
                       result: SearchResult, store: BlockStore, matcher: BlockAnswerMatcher,
                       num_blocks: int) -> None:
   """One JSON line per question: the answer, whether it is correct, and its top blocks."""
-  with open(path, "w", encoding="utf-8") as f:
+  with epath.Path(path).open("w", encoding="utf-8") as f:
     for example, prediction, ids, scores in zip(examples, predictions, result.ids, result.scores):
       ids, scores = ids[:num_blocks], scores[:num_blocks]
       contains = matcher.has_answer(ids, example.answers, example.kind)

@@ -21,8 +21,10 @@ import bm25s
 import numpy as np
 import Stemmer
 from absl import logging
+from etils import epath
 from bm25s.tokenization import Tokenizer as WordTokenizer
 
+from orqa_realm.core import paths
 from orqa_realm.core.config import nested, setting
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import atomic_directory
@@ -103,10 +105,9 @@ class BM25Searcher:
   @classmethod
   def load(cls, directory: str, store: BlockStore, settings: BM25Settings) -> BM25Searcher:
     """The index saved in `directory`, refused unless built from `store` with `settings`."""
-    path = os.path.join(directory, META_FILE)
+    path = str(epath.Path(directory) / META_FILE)
     try:
-      with open(path, encoding="utf-8") as f:
-        meta = json.load(f)
+      meta = json.loads(epath.Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
       raise InputError(f"not a readable BM25 index: {e}", path=path) from e
     if meta.get("format_version") != FORMAT_VERSION:
@@ -118,7 +119,8 @@ class BM25Searcher:
     if saved != settings:
       raise InputError(f"the BM25 index was built with {saved}, not the requested {settings}: "
                        "pass its settings or another --bm25_dir", path=path)
-    retriever = bm25s.BM25.load(directory, show_progress=False)
+    with paths.local_directory(directory) as local:
+      retriever = bm25s.BM25.load(local, show_progress=False)
     return cls(retriever, settings, meta["num_rows"])
 
   def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
@@ -137,7 +139,7 @@ def open_or_build(store: BlockStore, config: BM25Config) -> BM25Searcher:
   """The BM25 index of `store`: loaded from `config.directory` when one is there, otherwise built
   (and saved there when a directory is given)."""
   settings, directory = config.settings, config.directory
-  if directory and os.path.exists(os.path.join(directory, META_FILE)):
+  if directory and (epath.Path(directory) / META_FILE).exists():
     return BM25Searcher.load(directory, store, settings)
   searcher = BM25Searcher.build(store, settings)
   if directory:

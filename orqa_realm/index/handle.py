@@ -10,12 +10,13 @@ running in another process or on another host.
 from __future__ import annotations
 
 import dataclasses
-import os
 import threading
 
 import numpy as np
 from absl import logging
+from etils import epath
 
+from orqa_realm.core import paths
 from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.index.scann_index import ScannSearcher
 from orqa_realm.index.searcher import Searcher
@@ -45,8 +46,9 @@ def open_index(version: IndexVersion, store=None, *, backend: str = "exact", mes
       raise InputError("this version has no ScaNN index (it was published with the exact "
                        "backend); re-publish with --index_backend=scann",
                        path=version.directory)
-    searcher = ScannSearcher.load(os.path.join(version.directory, SCANN_DIR),
-                                  version.scann_config, version.num_rows, version.embedding_size)
+    with paths.local_directory(epath.Path(version.directory) / SCANN_DIR) as scann_dir:
+      searcher = ScannSearcher.load(scann_dir, version.scann_config, version.num_rows,
+                                    version.embedding_size)
   else:
     raise ValueError(f"unknown index backend {backend!r}")
   return LoadedIndex(version, searcher, np.asarray(embeddings))

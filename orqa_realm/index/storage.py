@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
 import time
 import uuid
 from typing import Any, Literal
 
 import ml_dtypes
 import numpy as np
+from etils import epath
 
+from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 from orqa_realm.index.scann_index import ScannConfig, ScannSearcher
 
@@ -54,33 +54,48 @@ class IndexVersion:
 
   @property
   def manifest_path(self) -> str:
-    return os.path.join(self.directory, MANIFEST)
+    return str(epath.Path(self.directory) / MANIFEST)
 
 
-def save_embeddings(directory: str, embeddings: np.ndarray, storage_dtype: StorageDtype) -> None:
+def _save_array(path: epath.Path, array: np.ndarray) -> None:
+  with path.open("wb") as f:
+    np.save(f, array)
+
+
+def _load_array(path: epath.Path) -> np.ndarray:
+  """A .npy file: memory-mapped when local, read whole when remote."""
+  if not paths.is_remote(path):
+    return np.load(path, mmap_mode="r")
+  with path.open("rb") as f:
+    return np.load(f)
+
+
+def save_embeddings(directory: paths.PathLike, embeddings: np.ndarray,
+                    storage_dtype: StorageDtype) -> None:
   """Writes [num_rows, dim] float32 embeddings, optionally as bfloat16 or int8.
 
   int8 uses one symmetric scale per row (max |value| / 127), kept in float32 beside the codes.
   """
+  directory = epath.Path(directory)
   if storage_dtype == "float32":
-    np.save(os.path.join(directory, EMBEDDINGS), embeddings.astype(np.float32))
+    _save_array(directory / EMBEDDINGS, embeddings.astype(np.float32))
   elif storage_dtype == "bfloat16":
     # .npy has no bfloat16: store the bit patterns as uint16.
-    np.save(os.path.join(directory, EMBEDDINGS),
-            embeddings.astype(ml_dtypes.bfloat16).view(np.uint16))
+    _save_array(directory / EMBEDDINGS, embeddings.astype(ml_dtypes.bfloat16).view(np.uint16))
   elif storage_dtype == "int8":
     scales = np.maximum(np.abs(embeddings).max(axis=1), 1e-12) / 127.0  # [num_rows]
     codes = np.clip(np.round(embeddings / scales[:, None]), -127, 127).astype(np.int8)
-    np.save(os.path.join(directory, EMBEDDINGS), codes)
-    np.save(os.path.join(directory, SCALES), scales.astype(np.float32))
+    _save_array(directory / EMBEDDINGS, codes)
+    _save_array(directory / SCALES, scales.astype(np.float32))
   else:
     raise ValueError(f"storage dtype {storage_dtype!r} is not one of {STORAGE_DTYPES}")
 
 
 def load_embeddings(version: IndexVersion) -> np.ndarray:
-  """The version's embeddings as float32 [num_rows, dim] (memory-mapped when stored as float32)."""
-  path = os.path.join(version.directory, EMBEDDINGS)
-  stored = np.load(path, mmap_mode="r")
+  """The version's embeddings as float32 [num_rows, dim] (memory-mapped when stored locally as
+  float32)."""
+  path = epath.Path(version.directory) / EMBEDDINGS
+  stored = _load_array(path)
   if stored.shape != (version.num_rows, version.embedding_size):
     raise InputError(f"holds embeddings of shape {stored.shape}, the manifest says "
                      f"({version.num_rows}, {version.embedding_size})", path=path)
@@ -88,21 +103,21 @@ def load_embeddings(version: IndexVersion) -> np.ndarray:
     return stored
   if version.storage_dtype == "bfloat16":
     return np.asarray(stored).view(ml_dtypes.bfloat16).astype(np.float32)
-  scales = np.load(os.path.join(version.directory, SCALES))
+  scales = _load_array(epath.Path(version.directory) / SCALES)
   return np.asarray(stored, np.float32) * scales[:, None]
 
 
 def _read_manifest(directory: str) -> IndexVersion:
-  path = os.path.join(directory, MANIFEST)
+  path = epath.Path(directory) / MANIFEST
+  if not path.exists():
+    raise InputError("not an index version: no manifest", path=directory)
   try:
-    with open(path, encoding="utf-8") as f:
-      manifest = json.load(f)
-  except FileNotFoundError as e:
-    raise InputError("not an index version: no manifest", path=directory) from e
+    manifest = json.loads(path.read_text(encoding="utf-8"))
   except json.JSONDecodeError as e:
-    raise InputError(f"malformed manifest: {e.msg}", path=path, line=e.lineno) from e
+    raise InputError(f"malformed manifest: {e.msg}", path=str(path), line=e.lineno) from e
   if manifest.get("format") != FORMAT or manifest.get("format_version") != VERSION:
-    raise InputError(f"expected format {FORMAT!r} version {VERSION}", path=path, field="format")
+    raise InputError(f"expected format {FORMAT!r} version {VERSION}", path=str(path),
+                     field="format")
   scann = manifest.get("scann")
   return IndexVersion(
       directory=directory, version=manifest["version"], num_rows=manifest["num_rows"],
@@ -117,31 +132,31 @@ class IndexRoot:
   """The versions under one index root directory.
 
   Args:
-    root: the directory (created on the first publish).
+    root: the directory (created on the first publish): a local path or a URI (gs://...).
     keep: versions kept on disk; older ones are deleted after a publish (the newest is never).
   """
 
-  def __init__(self, root: str, *, keep: int = 3):
-    self.root = os.path.abspath(root)
+  def __init__(self, root: paths.PathLike, *, keep: int = 3):
+    self.root = str(paths.resolve(root))
     self.keep = max(keep, 1)
-    self._versions_dir = os.path.join(self.root, "versions")
+    self._versions_dir = epath.Path(self.root) / "versions"
 
   def versions(self) -> list[int]:
     """Complete versions on disk, oldest first."""
-    if not os.path.isdir(self._versions_dir):
+    if not self._versions_dir.exists():
       return []
-    return sorted(int(name) for name in os.listdir(self._versions_dir) if name.isdigit())
+    return sorted(int(child.name) for child in self._versions_dir.iterdir()
+                  if child.name.isdigit())
 
   def version_dir(self, version: int) -> str:
-    return os.path.join(self._versions_dir, f"{version:06d}")
+    return str(self._versions_dir / f"{version:06d}")
 
   def latest_version(self) -> int | None:
     """The version the pointer names, or None before the first publish."""
-    try:
-      with open(os.path.join(self.root, POINTER), encoding="utf-8") as f:
-        return json.load(f)["version"]
-    except FileNotFoundError:
+    pointer = epath.Path(self.root) / POINTER
+    if not pointer.exists():
       return None
+    return paths.read_json(pointer)["version"]
 
   def latest(self) -> IndexVersion | None:
     version = self.latest_version()
@@ -158,16 +173,17 @@ class IndexRoot:
     embeddings = np.asarray(embeddings, np.float32)
     versions = self.versions()
     version = (versions[-1] if versions else 0) + 1
-    os.makedirs(self._versions_dir, exist_ok=True)
+    self._versions_dir.mkdir(parents=True, exist_ok=True)
     self._remove_abandoned_partials()
-    partial = os.path.join(self._versions_dir, f".partial-{version:06d}-{uuid.uuid4().hex[:8]}")
-    os.makedirs(partial)
+    partial = self._versions_dir / f".partial-{version:06d}-{uuid.uuid4().hex[:8]}"
+    partial.mkdir()
     try:
       save_embeddings(partial, embeddings, storage_dtype)
       scann_manifest = None
       if scann_config is not None:
         searcher = ScannSearcher.build(embeddings, scann_config)
-        searcher.save(os.path.join(partial, SCANN_DIR))
+        with paths.directory_to_write(partial / SCANN_DIR) as scann_dir:
+          searcher.save(scann_dir)
         scann_manifest = dataclasses.asdict(searcher.config)
       manifest = dict(
           format=FORMAT, format_version=VERSION, version=version, num_rows=len(embeddings),
@@ -175,33 +191,29 @@ class IndexRoot:
           block_store=dict(fingerprint=store_fingerprint, num_blocks=len(embeddings)),
           checkpoint_step=checkpoint_step, scann=scann_manifest, created=time.time(),
           metadata=metadata or {})
-      with open(os.path.join(partial, MANIFEST), "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=2, sort_keys=True)
-      os.rename(partial, self.version_dir(version))
+      (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True),
+                                      encoding="utf-8")
+      partial.rename(self.version_dir(version))
     except BaseException:
-      shutil.rmtree(partial, ignore_errors=True)
+      if partial.exists():
+        partial.rmtree()
       raise
     self._point_to(version)
     self._remove_old_versions()
     return self.read(version)
 
   def _point_to(self, version: int) -> None:
-    temporary = os.path.join(self.root, f".{POINTER}.{uuid.uuid4().hex[:8]}")
-    with open(temporary, "w", encoding="utf-8") as f:
-      json.dump({"version": version}, f)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(temporary, os.path.join(self.root, POINTER))
+    paths.write_json_atomic(epath.Path(self.root) / POINTER, {"version": version})
 
   def _remove_abandoned_partials(self) -> None:
     """A publisher killed mid-write leaves a partial directory; the single writer clears them."""
-    for name in os.listdir(self._versions_dir):
-      if name.startswith(".partial-"):
-        shutil.rmtree(os.path.join(self._versions_dir, name), ignore_errors=True)
+    for child in self._versions_dir.iterdir():
+      if child.name.startswith(".partial-"):
+        child.rmtree()
 
   def _remove_old_versions(self) -> None:
     for version in self.versions()[:-self.keep]:
-      shutil.rmtree(self.version_dir(version), ignore_errors=True)
+      epath.Path(self.version_dir(version)).rmtree()
 
 
 def check_matches_store(version: IndexVersion, store) -> None:

@@ -4,6 +4,8 @@ plotted against the step (`python -m orqa_realm.plot_metrics`)."""
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 
 import jax
 import numpy as np
@@ -16,7 +18,11 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-  """Metrics to `metrics.jsonl` and TensorBoard (first host only)."""
+  """Metrics to `metrics.jsonl` and TensorBoard (first host only).
+
+  With a remote workdir the TensorBoard events are written locally and copied to
+  `workdir/tensorboard` at each flush (tensorboardX writes local files only here).
+  """
 
   def __init__(self, workdir: str, resumed_step: int):
     self._enabled = jax.process_index() == 0
@@ -30,7 +36,10 @@ class MetricsLog:
       self.path.write_text("".join(kept), encoding="utf-8")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
-    self._writer = SummaryWriter(str(paths.resolve(workdir) / "tensorboard"))
+    self._tensorboard = paths.resolve(workdir) / "tensorboard"
+    self._local_events = (tempfile.mkdtemp(prefix="tensorboard-")
+                          if paths.is_remote(self._tensorboard) else None)
+    self._writer = SummaryWriter(self._local_events or str(self._tensorboard))
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self._enabled:
@@ -40,10 +49,15 @@ class MetricsLog:
     for name, value in metrics.items():
       self._writer.add_scalar(name, value, step)
     self._writer.flush()
+    if self._local_events is not None:
+      paths.copy_tree(self._local_events, self._tensorboard)
 
   def close(self) -> None:
     if self._enabled:
       self._writer.close()
+      if self._local_events is not None:
+        paths.copy_tree(self._local_events, self._tensorboard)
+        shutil.rmtree(self._local_events, ignore_errors=True)
 
 
 def read_metric(path: paths.PathLike, name: str) -> tuple[np.ndarray, np.ndarray]:
