@@ -5,10 +5,21 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Iterable
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 DEMO_SQUAD = os.path.join(REPO_ROOT, "demo_data", "squad", "dev-v1.1.public36.json.gz")
+
+
+def refuse_flags(settings, names: Iterable[str], reason: str) -> None:
+  """Refuses any of the library flags `names` (bound by the `FlagBinder` `settings`) that was
+  given: the benchmark fixes or sweeps that setting itself, and would otherwise ignore it."""
+  from orqa_realm.core.errors import InputError
+
+  for name in sorted(names):
+    if settings.given(name):
+      raise InputError(f"--{name} is not read by {settings.command}: {reason}", field=name)
 
 
 def time_calls(function, iterations: int, warmup: int = 2) -> float:

@@ -19,20 +19,36 @@ import itertools
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
-from common import DEMO_SQUAD, bert_forward_flops, best_seconds, measured_peak_flops, print_table
-from orqa_realm.embed import embed_blocks, padded_block_batches  # Defines --block_length and
-from orqa_realm.index import index_flags  # --embed_batch_size, used here as the CLI uses them.
-from orqa_realm.tasks import retriever_flags
+from common import (DEMO_SQUAD, bert_forward_flops, best_seconds, measured_peak_flops,
+                    print_table, refuse_flags)
+from orqa_realm import cli
+from orqa_realm.core.config import FlagBinder
+from orqa_realm.data.blocks import StoreSource
+from orqa_realm.encode.embedding import EmbedSettings, embed_blocks, padded_block_batches
+from orqa_realm.modeling.retriever import RetrieverConfig
+
+# The library's settings, under the flags `python -m orqa_realm.embed` gives them: --bert,
+# --block_length and --embed_batch_size are read; the model is fixed at CLS pooling without a
+# projection (what PyTorch computes here), and both dtypes are timed.
+SETTINGS = FlagBinder("benchmarks/embed.py")
+SETTINGS.bind("store", StoreSource)
+SETTINGS.bind("retriever", RetrieverConfig, RetrieverConfig(projection_size=0, pooling="cls"))
+SETTINGS.bind("embedding", EmbedSettings)
+_READ = frozenset({"bert", "block_length", "embed_batch_size"})
 
 _NUM_DOCUMENTS = flags.DEFINE_integer(
     "num_documents", 200, "SQuAD paragraphs (the bundled slice's documents) to embed the blocks of.")
 _REPEATS = flags.DEFINE_integer("repeats", 2, "Timed passes over the blocks (best is kept).")
 
 
-def main(argv):
-  del argv
+def main():
+  bound = frozenset().union(*(SETTINGS.group(name).flag_names
+                              for name in ("store", "retriever", "embedding")))
+  refuse_flags(SETTINGS, bound - _READ, "it embeds its own SQuAD blocks into --bert's CLS state, "
+               "in both dtypes")
+
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -41,16 +57,16 @@ def main(argv):
 
   from orqa_realm.data.blocks import build_block_store
   from orqa_realm.data.documents import load_documents
+  from orqa_realm.data.pretrained import resolve_model_dir
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.modeling import retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.data.pretrained import resolve_model_dir
 
-  model_dir = resolve_model_dir(retriever_flags.BERT.value)
-  block_length = retriever_flags.BLOCK_LENGTH.value
-  batch_size = index_flags.EMBED_BATCH_SIZE.value
+  model_dir = resolve_model_dir(SETTINGS.build("store").bert)
+  batch_size = SETTINGS.build("embedding").embed_batch_size
   hf = load_hf_bert(model_dir)
-  config = retriever.RetrieverConfig(bert=hf.config, projection_size=0, pooling="cls")
+  config = SETTINGS.build("retriever", bert=hf.config)
+  block_length = config.block_length
   params = retriever.init_params(config, jax.random.key(0), hf.params)
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
 
@@ -58,8 +74,7 @@ def main(argv):
     documents = itertools.islice(load_documents(f"squad:{DEMO_SQUAD}"), _NUM_DOCUMENTS.value)
     store = build_block_store(documents, Tokenizer(model_dir), os.path.join(scratch, "blocks"))
     # Exactly the batches `embed_blocks` runs, handed to PyTorch.
-    batches = list(padded_block_batches(store, config, block_length=block_length,
-                                        batch_size=batch_size))
+    batches = list(padded_block_batches(store, config, batch_size=batch_size))
     padded_tokens = sum(inputs.token_ids.size for _, inputs in batches)
     real_tokens = int(np.minimum(store.input_lengths(config.block_format), block_length).sum())
     flops = sum(bert_forward_flops(hf.config, inputs.token_ids.shape[1]) * batch_size
@@ -74,8 +89,7 @@ def main(argv):
     for name, dtype in [("ours f32", jnp.float32), ("ours bf16", jnp.bfloat16)]:
 
       def embed(dtype=dtype, name=name):
-        outputs[name] = embed_blocks(store, params, config, block_length=block_length,
-                                     batch_size=batch_size, dtype=dtype)
+        outputs[name] = embed_blocks(store, params, config, batch_size=batch_size, dtype=dtype)
 
       results.append((name, best_seconds(embed, _REPEATS.value)))
 
@@ -115,4 +129,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, SETTINGS)

@@ -5,32 +5,46 @@ Choose alpha on training questions, then evaluate the test questions once with i
 
     python benchmarks/fusion.py --block_store=runs/blocks/squad_demo \\
         --index_dir=runs/index/squad_minilm --bert=minilm --embed_dtype=float32 \\
-        --qa_dataset=squad:runs/qa/squad_demo/train.json
+        --eval_qa_dataset=squad:runs/qa/squad_demo/train.json
 
-The dense retriever is evaluate's (--workdir's question encoder, or --bert's weights, over the
-newest version of --index_dir); BM25 uses the --bm25_* flags. Each ranking is computed once, to
-depth --hybrid_depth, and every fusion reuses them.
+The dense retriever is evaluate's (the retriever the newest version of --index_dir was embedded
+with: --workdir's checkpoint, or --bert's weights; retriever flags that contradict the index are
+refused); BM25 uses the --bm25_* flags. Each ranking is computed once, to depth --hybrid_depth,
+and every fusion reuses them.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from common import print_table
-from orqa_realm import evaluate
+from common import print_table, refuse_flags
+from orqa_realm import cli
 from orqa_realm.core import parallel
+from orqa_realm.core.config import FlagBinder
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
-from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.qa import load_qa_dataset
-from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.index import bm25, index_flags
-from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
 from orqa_realm.data.answers import gold_hits, recall_at_k
-from orqa_realm.data.pretrained import resolve_model_dir
-from orqa_realm.tasks import retriever_flags
+from orqa_realm.data.blocks import StoreSource
+from orqa_realm.data.qa import QAEvaluation
+from orqa_realm.encode import embedding, evaluation, runs
+from orqa_realm.index import bm25
+from orqa_realm.index.fusion import NORMALIZATIONS, FusionConfig, fuse_rankings
+from orqa_realm.modeling.retriever import RetrieverConfig
+
+# The library's settings, under evaluate's flags (its dense, BM25 and hybrid retrieval).
+SETTINGS = FlagBinder("benchmarks/fusion.py")
+SETTINGS.bind("store", StoreSource)
+SETTINGS.bind("questions", QAEvaluation)
+SETTINGS.bind("dense retrieval", runs.RunCheckpoint)
+SETTINGS.bind("index", embedding.IndexSearch)
+SETTINGS.bind("embedding", embedding.EmbedSettings)
+SETTINGS.bind("retriever", RetrieverConfig)
+SETTINGS.bind("bm25", bm25.BM25Config)
+SETTINGS.bind("hybrid", FusionConfig)
 
 _ALPHAS = flags.DEFINE_list("alphas", ["0.1", "0.2", "0.3", "0.5", "0.7", "1", "1.5", "2", "3"],
                             "BM25 weights to try.")
@@ -49,22 +63,30 @@ def recall_row(name: str, ids: np.ndarray, store, matcher: BlockAnswerMatcher,
   return [name, *(f"{100 * answers[k]:.1f}" for k in _KS), gold]
 
 
-def main(argv):
-  del argv
+def main():
+  refuse_flags(SETTINGS, ["eval_recall_ks"], f"its cut-offs are {', '.join(map(str, _KS))}")
+  refuse_flags(SETTINGS, ["hybrid_alpha", "hybrid_normalization"],
+               "every normalisation is fused with each of --alphas")
+  qa = SETTINGS.build("questions")
+  if not qa.qa_dataset:
+    raise InputError("--eval_qa_dataset is required", field="eval_qa_dataset")
   mesh = parallel.make_mesh()
-  store = BlockStore(retriever_flags.BLOCK_STORE.value)
-  tokenizer = Tokenizer(resolve_model_dir(retriever_flags.BERT.value))
-  store.check_tokenizer(tokenizer)
-  examples = load_qa_dataset(flags.FLAGS.qa_dataset)
+  source = SETTINGS.build("store")
+  store, tokenizer = source.open_store()
+  examples = qa.examples()
   questions = [example.question for example in examples]
-  depth = min(flags.FLAGS.hybrid_depth, len(store))
+  depth = min(SETTINGS.build("hybrid").depth, len(store))
 
   started = time.perf_counter()
-  dense, _ = evaluate.dense_searcher(store, tokenizer, mesh)
+  encoder_of = functools.partial(
+      evaluation.query_encoder, SETTINGS.build("dense retrieval"), source.bert,
+      tokenizer=tokenizer, given=SETTINGS.given_settings("retriever"), mesh=mesh)
+  dense, _ = evaluation.dense_searcher(store, tokenizer, SETTINGS.build("index"),
+                                       SETTINGS.build("embedding"), encoder_of, mesh)
   dense_ranking = dense.search_texts(questions, depth)
   dense_seconds = time.perf_counter() - started
   started = time.perf_counter()
-  sparse = bm25.open_or_build(store, index_flags.bm25_settings(), index_flags.BM25_DIR.value)
+  sparse = bm25.open_or_build(store, SETTINGS.build("bm25"))
   sparse_ranking = sparse.search_texts(questions, depth)
   bm25_seconds = time.perf_counter() - started
   print(f"{len(questions)} questions, {len(store)} blocks, k' = {depth}; dense "
@@ -80,9 +102,9 @@ def main(argv):
                             normalization=normalization)
       rows.append(recall_row(f"hybrid {normalization} alpha={alpha:g}", fused.ids, store,
                              matcher, examples))
-  print_table(f"Answer recall (%) on {flags.FLAGS.qa_dataset}",
+  print_table(f"Answer recall (%) on {qa.qa_dataset}",
               ["retriever", "R@1", "R@5", "R@20", "gold R@1"], rows)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, SETTINGS)

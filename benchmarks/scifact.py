@@ -7,12 +7,13 @@ retrievers, and of each dense retriever fused with BM25, side by side in one tab
         --dense="DPR=runs/index/scifact_dpr@runs/dpr_scifact"
 
 Each --dense row is NAME=INDEX_DIR, or NAME=INDEX_DIR@WORKDIR for an index embedded from a
-training run's checkpoint. The retriever's architecture is read from the index (what it was
-embedded with); the query tower is the run's checkpoint the index was built from, or --bert's
-weights for an index built from them. The fusion (`index/fusion.py`) is chosen on the training
-claims (their qrels): every normalisation and --alphas is tried there, the best nDCG@10 wins,
-and only that one is evaluated on the test claims, so no test claim picks a setting. Documents
-are ranked by their best block (one block per abstract in `scifact_docs`).
+training run's checkpoint. The query encoder is the retriever the index was embedded with, its
+settings (architecture and query length) read from the index: the checkpoint of the run the
+index was built from, or --bert's weights for an index built from them (retriever flags that
+contradict an index are refused, as by `evaluate`). The fusion (`index/fusion.py`) is chosen on
+the training claims (their qrels): every normalisation and --alphas is tried there, the best
+nDCG@10 wins, and only that one is evaluated on the test claims, so no test claim picks a
+setting. Documents are ranked by their best block (one block per abstract in `scifact_docs`).
 """
 
 from __future__ import annotations
@@ -20,23 +21,29 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
-import jax
-from absl import app, flags
+from absl import flags
 
 from common import print_table
-from orqa_realm.core import checkpoints, parallel
-from orqa_realm import embed, evaluate
+from orqa_realm import cli
+from orqa_realm.core import parallel
+from orqa_realm.core.config import FlagBinder
+from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
-from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.tokenization import Tokenizer
-from orqa_realm.index import bm25, index_flags
+from orqa_realm.data.blocks import StoreSource
+from orqa_realm.encode import embedding, evaluation, runs
+from orqa_realm.index import bm25
 from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.searcher import SearchResult
-from orqa_realm.index.storage import IndexRoot
-from orqa_realm.modeling import retriever
-from orqa_realm.data.pretrained import resolve_model_dir
-from orqa_realm.tasks import retriever_flags
+from orqa_realm.index.storage import IndexVersion
+from orqa_realm.modeling.retriever import RetrieverConfig
+
+# The library's settings, under the flags `python -m orqa_realm.evaluate` gives them.
+SETTINGS = FlagBinder("benchmarks/scifact.py")
+SETTINGS.bind("store", StoreSource)
+SETTINGS.bind("embedding", embedding.EmbedSettings)
+SETTINGS.bind("retriever", RetrieverConfig)
+SETTINGS.bind("bm25", bm25.BM25Config)
 
 _DENSE = flags.DEFINE_multi_string(
     "dense", [], "A dense row, NAME=INDEX_DIR or NAME=INDEX_DIR@WORKDIR (repeat the flag).")
@@ -62,28 +69,30 @@ def read_split(name: str) -> Split:
   return Split(query_ids, [queries[qid] for qid in query_ids], qrels)
 
 
-def query_encoder(index_dir: str, workdir: str | None, mesh):
-  """(retriever config, query tower params, the index's searcher) of one dense row."""
-  version = IndexRoot(index_dir).latest()
-  if version is None:
-    raise ValueError(f"{index_dir}: no index version")
-  config = retriever.RetrieverConfig.from_dict(version.metadata["retriever"])
+def query_encoder(index_dir: str, workdir: str, bert: str, tokenizer, mesh
+                  ) -> tuple[evaluation.QueryEncoder, IndexVersion]:
+  """(the query encoder, the index version) of one dense row: the retriever the newest version
+  of `index_dir` was embedded with, at the checkpoint of `workdir` it was embedded from, or
+  --bert's weights."""
+  version = embedding.latest_version(index_dir)
   if version.checkpoint_step is None:
-    params = retriever.init_params(config, jax.random.key(0),
-                                   retriever_flags.pretrained_bert_params())
+    if workdir:
+      raise InputError(f"{index_dir} was embedded from --bert's weights, not from a run: name it "
+                       "as NAME=INDEX_DIR")
+    run = runs.RunCheckpoint()
   else:
     if not workdir:
-      raise ValueError(f"{index_dir} was embedded from checkpoint {version.checkpoint_step} of a "
+      raise InputError(f"{index_dir} was embedded from checkpoint {version.checkpoint_step} of a "
                        "run: name it as NAME=INDEX_DIR@WORKDIR")
-    reader = checkpoints.CheckpointReader(checkpoints.checkpoint_dir(workdir))
-    params = embed.restore_retriever(reader, version.checkpoint_step, config, mesh)
-    reader.close()
-  return config, params, version
+    run = runs.RunCheckpoint(workdir=workdir, checkpoint_step=version.checkpoint_step)
+  encoder = evaluation.query_encoder(run, bert, version, tokenizer,
+                                     SETTINGS.given_settings("retriever"), mesh)
+  return encoder, version
 
 
 def scores(name: str, ranking: SearchResult, split: Split, store) -> list[str]:
-  run = evaluate.document_run(split.query_ids, ranking.ids, ranking.scores, store)
-  metrics = evaluate.beir_metrics(run, split.qrels)
+  run = evaluation.document_run(split.query_ids, ranking.ids, ranking.scores, store)
+  metrics = evaluation.beir_metrics(run, split.qrels)
   return [name, f"{metrics['ndcg_cut_10']:.4f}", f"{metrics['recall_10']:.3f}",
           f"{metrics['recall_100']:.3f}"]
 
@@ -95,23 +104,22 @@ def best_fusion(dense: SearchResult, sparse: SearchResult, split: Split, store
   for normalization in NORMALIZATIONS:
     for alpha in (float(a) for a in _ALPHAS.value):
       fused = fuse_rankings(dense, sparse, _DEPTH, alpha=alpha, normalization=normalization)
-      run = evaluate.document_run(split.query_ids, fused.ids, fused.scores, store)
-      ndcg = evaluate.beir_metrics(run, split.qrels)["ndcg_cut_10"]
+      run = evaluation.document_run(split.query_ids, fused.ids, fused.scores, store)
+      ndcg = evaluation.beir_metrics(run, split.qrels)["ndcg_cut_10"]
       if ndcg > best[2]:
         best = (normalization, alpha, ndcg)
   return best
 
 
-def main(argv):
-  del argv
+def main():
   mesh = parallel.make_mesh()
-  store = BlockStore(retriever_flags.BLOCK_STORE.value)
-  tokenizer = Tokenizer(resolve_model_dir(retriever_flags.BERT.value))
-  store.check_tokenizer(tokenizer)
+  source = SETTINGS.build("store")
+  store, tokenizer = source.open_store()
+  embed_dtype = SETTINGS.build("embedding").dtype
   train, test = read_split("train"), read_split("test")
   depth = min(_DEPTH, len(store))
   started = time.perf_counter()
-  sparse = bm25.open_or_build(store, index_flags.bm25_settings(), index_flags.BM25_DIR.value)
+  sparse = bm25.open_or_build(store, SETTINGS.build("bm25"))
   sparse_rankings = {split: sparse.search_texts(data.texts, depth)
                      for split, data in (("train", train), ("test", test))}
   print(f"{len(test.texts)} test and {len(train.texts)} training claims, {len(store)} blocks; "
@@ -121,13 +129,12 @@ def main(argv):
     name, _, location = spec.partition("=")
     index_dir, _, workdir = location.partition("@")
     started = time.perf_counter()
-    config, params, version = query_encoder(index_dir, workdir or None, mesh)
+    encoder, version = query_encoder(index_dir, workdir, source.bert, tokenizer, mesh)
     searcher = open_index(version, store, mesh=mesh).searcher
     dense_rankings = {}
     for split, data in (("train", train), ("test", test)):
-      queries = embed.embed_queries(data.texts, params, config, tokenizer,
-                                    query_length=retriever_flags.QUERY_LENGTH.value,
-                                    dtype=index_flags.embed_dtype(), mesh=mesh)
+      queries = embedding.embed_queries(data.texts, encoder.params, encoder.config, tokenizer,
+                                        dtype=embed_dtype, mesh=mesh)
       dense_rankings[split] = searcher.search(queries, depth)
     normalization, alpha, train_ndcg = best_fusion(dense_rankings["train"],
                                                    sparse_rankings["train"], train, store)
@@ -142,4 +149,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, SETTINGS)

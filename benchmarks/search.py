@@ -84,34 +84,37 @@ def clustered_vectors(num_rows: int, num_queries: int, dim: int, num_clusters: i
 
 
 def scifact_vectors(index_root: str, scifact_dir: str):
-  """(block embeddings, query embeddings) of SciFact, the queries embedded with the model the
-  index manifest names."""
+  """(block embeddings, query embeddings) of SciFact, the queries embedded with the retriever the
+  index manifest records (its query tower on MiniLM's weights)."""
   import jax
   import numpy as np
 
+  from orqa_realm.core.errors import InputError
   from orqa_realm.data.beir import read_queries
+  from orqa_realm.data.pretrained import resolve_model_dir
   from orqa_realm.data.tokenization import Tokenizer
-  from orqa_realm.embed import embed_queries
+  from orqa_realm.encode.embedding import embed_queries, indexed_retriever
   from orqa_realm.index.storage import IndexRoot, load_embeddings
   from orqa_realm.modeling import retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.data.pretrained import resolve_model_dir
 
   version = IndexRoot(index_root).latest()
   if version is None:
     raise SystemExit(f"error: {index_root} has no published index version")
-  metadata = version.metadata
   if version.checkpoint_step is not None:
     raise SystemExit("error: --scifact_index must be embedded from Hugging Face weights (--bert)")
-  config = retriever.RetrieverConfig.from_dict(metadata["retriever"])
+  try:
+    config = indexed_retriever(version)
+  except InputError as e:
+    raise SystemExit(f"error: {e}") from e
   model_dir = resolve_model_dir("minilm")
   params = retriever.init_params(config, jax.random.key(0), load_hf_bert(model_dir).params)
   questions = []
   for split in ("test", "train"):
     path = os.path.join(scifact_dir, f"queries.{split}.tsv")
     questions += read_queries(path if os.path.exists(path) else path + ".gz").values()
-  queries = embed_queries(questions, params, config, Tokenizer(model_dir),
-                          query_length=metadata["block_length"])
+  queries = embed_queries(questions, retriever.tower_params(params, config, "query"), config,
+                          Tokenizer(model_dir))
   return np.asarray(load_embeddings(version)), queries
 
 

@@ -2,52 +2,62 @@
 
     python benchmarks/train_step.py [--batch_size=32 --query_length=32 --block_length=128]
 
-Ours is the exact step the training loop runs (`train.make_train_step`: forward, in-batch softmax
-over the batch, backward, clipping, AdamW). PyTorch runs the same architecture (two BertModels
-from the same weights, dense(128) + LayerNorm + dropout on the pooled output), loss, clipping and
-AdamW, in float32 and with bf16 autocast. Prints query-block pairs/s, ratios, and MFU (3x forward
-FLOPs per training step) against the best float32 matmul rate measured here (JAX or PyTorch).
+Ours is the exact step the training loop runs (`training.loop.make_train_step`: forward, in-batch
+softmax over the batch, backward, clipping, AdamW). PyTorch runs the same architecture (two
+BertModels from the same weights, dense(128) + LayerNorm + dropout on the pooled output), loss,
+clipping and AdamW, in float32 and with bf16 autocast. Prints query-block pairs/s, ratios, and
+MFU (3x forward FLOPs per training step) against the best float32 matmul rate measured here (JAX
+or PyTorch).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 
-from absl import app, flags
+from absl import flags
 
-from common import DEMO_SQUAD, bert_forward_flops, measured_peak_flops, print_table, time_calls
-from orqa_realm import train as train_lib
-from orqa_realm.tasks import retriever_flags
+from common import (DEMO_SQUAD, bert_forward_flops, measured_peak_flops, print_table,
+                    refuse_flags, time_calls)
+from orqa_realm import cli
+from orqa_realm.core.config import FlagBinder
+from orqa_realm.modeling.retriever import RetrieverConfig
+from orqa_realm.tasks.ict import ICTConfig
+from orqa_realm.training import loop
 
-# The trainer's and retriever's own flags (--batch_size, --query_length, --block_length, --bert)
-# set the shapes and the model.
-flags.FLAGS.set_default("query_length", 32)
-flags.FLAGS.set_default("block_length", 128)
-_QUERY_LENGTH, _BLOCK_LENGTH, _MODEL = (retriever_flags.QUERY_LENGTH, retriever_flags.BLOCK_LENGTH,
-                                        retriever_flags.BERT)
+# The trainer's own flags set the shapes and the model: --batch_size (the loop's), --bert,
+# --query_length and --block_length (the ICT task's; 32 and 128 by default here). The rest is
+# fixed: the architecture and optimizer the PyTorch side reproduces, and every block trained on.
+SETTINGS = FlagBinder("benchmarks/train_step.py")
+SETTINGS.bind("loop", loop.TrainConfig)
+SETTINGS.bind("task ict", ICTConfig,
+              ICTConfig(retriever=RetrieverConfig(query_length=32, block_length=128)))
+_READ = frozenset({"batch_size", "bert", "query_length", "block_length"})
 _ITERATIONS = flags.DEFINE_integer("iterations", 5, "Timed steps per configuration.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Our compute dtypes to time.")
 
 
-def flax_step_seconds(store_dir, model_dir, hf, batch_size, dtype_name, remat) -> float:
+def flax_step_seconds(store_dir: str, task_config: ICTConfig, train_config: loop.TrainConfig,
+                      dtype_name: str) -> float:
   import jax
   import jax.numpy as jnp
 
-  from orqa_realm.modeling.retriever import RetrieverConfig
-  from orqa_realm.tasks.ict import ICTConfig, ICTTask
+  from orqa_realm.core import parallel
+  from orqa_realm.tasks.base import StepContext, TaskContext
+  from orqa_realm.tasks.ict import ICTTask
 
-  task = ICTTask(ICTConfig(
-      block_store=store_dir, retriever=RetrieverConfig(hf.config), bert_dir=model_dir,
-      batch_size=batch_size, query_length=_QUERY_LENGTH.value, block_length=_BLOCK_LENGTH.value,
-      heldout_fraction=0.0, eval_batches=0, dtype=jnp.dtype(dtype_name), remat=remat), hf.params)
-  options = train_lib.TrainOptions(workdir="", num_train_steps=1000, batch_size=batch_size)
-  optimizer = train_lib.make_optimizer(options)
+  task_config = dataclasses.replace(
+      task_config, source=dataclasses.replace(task_config.source, block_store=store_dir),
+      heldout_fraction=0.0, eval_batches=0)
+  task = ICTTask(task_config, TaskContext(train_config.batch_size, train_config.seed, dtype_name,
+                                          remat=False))
+  optimizer = loop.make_optimizer(train_config)
   params = jax.device_put(task.init_params(jax.random.key(0)))
-  state = train_lib.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
-  step = jax.jit(train_lib.make_train_step(task, optimizer, train_lib.learning_rate_schedule(options),
-                                           jax.random.key(1)), donate_argnums=(0,))
-  batch = jax.device_put(task.train_batch(0))
+  state = loop.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  step = jax.jit(loop.make_train_step(task, optimizer, loop.learning_rate_schedule(train_config),
+                                      jax.random.key(1)), donate_argnums=(0,))
+  batch = jax.device_put(task.train_batch(0, StepContext(parallel.make_mesh())))
 
   def run():
     nonlocal state
@@ -94,48 +104,50 @@ def torch_step_seconds(model_dir, batch, autocast: bool) -> float:
   return time_calls(run, _ITERATIONS.value)
 
 
-def main(argv):
-  del argv
+def main():
+  bound = SETTINGS.group("loop").flag_names | SETTINGS.group("task ict").flag_names
+  refuse_flags(SETTINGS, bound - _READ, "it times a fixed ICT step against the same one in "
+               "PyTorch (--dtypes sets our compute dtypes)")
+
   import jax
   import torch
 
-  from orqa_realm.data.blocks import build_block_store
+  from orqa_realm.data.blocks import BlockStore, build_block_store
   from orqa_realm.data.documents import load_documents
+  from orqa_realm.data.ict import ICTSampler
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.modeling.hf_import import load_hf_bert
-  from orqa_realm.data.pretrained import resolve_model_dir
   from orqa_realm.tasks.ict import ICTInputs
 
   torch.set_num_threads(os.cpu_count())
-  model_dir = resolve_model_dir(_MODEL.value)
+  train_config, task_config = SETTINGS.build("loop"), SETTINGS.build("task ict")
+  query_length = task_config.retriever.query_length
+  block_length = task_config.retriever.block_length
+  model_dir = task_config.source.bert_dir()
   hf = load_hf_bert(model_dir)
-  batch_size = flags.FLAGS.batch_size
+  batch_size = train_config.batch_size
   results = []
   with tempfile.TemporaryDirectory() as scratch:
     store_dir = os.path.join(scratch, "blocks")
     build_block_store(load_documents(f"squad:{DEMO_SQUAD}"), Tokenizer(model_dir), store_dir)
     for dtype_name in _DTYPES.value:
       results.append((f"flax {dtype_name}",
-                      flax_step_seconds(store_dir, model_dir, hf, batch_size, dtype_name, False)))
-    from orqa_realm.data.blocks import BlockStore
-    from orqa_realm.data.ict import ICTSampler
-
-    sampled = ICTSampler(BlockStore(store_dir), batch_size=batch_size,
-                         query_length=_QUERY_LENGTH.value,
-                         block_length=_BLOCK_LENGTH.value).batch(0)
+                      flax_step_seconds(store_dir, task_config, train_config, dtype_name)))
+    sampled = ICTSampler(BlockStore(store_dir), batch_size=batch_size, query_length=query_length,
+                         block_length=block_length).batch(0)
     batch = ICTInputs(sampled.queries, sampled.blocks)
   results.append(("pytorch f32", torch_step_seconds(model_dir, batch, autocast=False)))
   results.append(("pytorch bf16 autocast", torch_step_seconds(model_dir, batch, autocast=True)))
 
   peaks = measured_peak_flops()
   peak = max(peaks.values())
-  step_flops = 3 * batch_size * (bert_forward_flops(hf.config, _QUERY_LENGTH.value)
-                                 + bert_forward_flops(hf.config, _BLOCK_LENGTH.value))
+  step_flops = 3 * batch_size * (bert_forward_flops(hf.config, query_length)
+                                 + bert_forward_flops(hf.config, block_length))
   by_name = dict(results)
   print_table(
       f"ICT train step, dual encoder {hf.config.num_hidden_layers} x {hf.config.hidden_size}, "
-      f"{batch_size} queries x {_QUERY_LENGTH.value} + {batch_size} blocks x "
-      f"{_BLOCK_LENGTH.value} tokens; {jax.devices()[0].platform}, {os.cpu_count()} cores; "
+      f"{batch_size} queries x {query_length} + {batch_size} blocks x "
+      f"{block_length} tokens; {jax.devices()[0].platform}, {os.cpu_count()} cores; "
       "measured f32 matmul peak " + ", ".join(f"{name} {value / 1e9:.0f}"
                                                for name, value in peaks.items()) + " GFLOP/s",
       ["implementation", "pairs/s", "vs PyTorch bf16", "vs PyTorch f32", "MFU (f32 peak)"],
@@ -145,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, SETTINGS)

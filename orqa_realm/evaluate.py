@@ -14,7 +14,8 @@ The query encoder is the one the index was embedded with, its settings read from
 that contradicts them is refused. nDCG@10 and recall@100 from BEIR qrels, documents ranked by
 their best block (pytrec_eval, the evaluator BEIR itself uses):
 
-    python -m orqa_realm.evaluate --block_store=runs/blocks/scifact --index_dir=runs/index/scifact \\
+    python -m orqa_realm.evaluate --block_store=runs/blocks/scifact \\
+        --index_dir=runs/index/scifact \\
         --eval_beir_queries=../shared/data/scifact/queries.test.tsv.gz \\
         --eval_beir_qrels=../shared/data/scifact/qrels.test.txt --output_dir=runs/eval/scifact
 

@@ -104,7 +104,8 @@ def main() -> None:
       # refresher process started with other settings).
       index_handle = IndexHandle(index_config.root(), task.store, backend=index_config.backend,
                                  poll_seconds=poll_seconds)
-    if command.refresh_index:
+    # One refresher per run: the first host's (the others read its versions).
+    if command.refresh_index and jax.process_index() == 0:
       run = runs.retriever_run_of(config.workdir, task.name, task.run_model())
       worker = refresher.refresher_for_run(run, task.store, index_config,
                                            on_publish=lambda version: index_handle.notify())

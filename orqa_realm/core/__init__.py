@@ -1,1 +1,2 @@
-"""Core: meshes and shardings, checkpoints, settings bound to flags, errors. Imports no other layer."""
+"""Core: meshes and shardings, checkpoints, settings bound to flags, run directories, paths,
+errors. Imports no other layer."""

@@ -26,9 +26,10 @@ from absl import flags
 from orqa_realm.core.errors import InputError
 
 
-def setting(default: Any = dataclasses.MISSING, help: str = "", *,  # pylint: disable=redefined-builtin
-            flag: str | None = None) -> Any:
-  """A dataclass field bound to the flag `--NAME` (the field's name unless `flag` says otherwise)."""
+def setting(default: Any = dataclasses.MISSING,
+            help: str = "",  # pylint: disable=redefined-builtin
+            *, flag: str | None = None) -> Any:
+  """A dataclass field bound to the flag `--NAME` (the field's name, or `flag`)."""
   if not help:
     raise ValueError("a setting needs help text")
   return dataclasses.field(default=default, metadata={"help": help, "flag": flag})

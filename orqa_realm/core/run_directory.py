@@ -70,9 +70,10 @@ def read_run(workdir: paths.PathLike) -> RunDescription:
 
 
 def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
-              settings: dict[str, Any], flags_text: str = "") -> None:
+              settings: dict[str, Any], flags_text: str = "", write: bool = True) -> None:
   """Saves the description of a new run, or of a resumed one after checking its model is the
-  saved one. `flags_text`: the flags given, kept as flags.txt."""
+  saved one. `flags_text`: the flags given, kept as flags.txt. `write=False` only checks (the
+  hosts other than the first of a multi-host run)."""
   directory = paths.resolve(workdir)
   model, settings = _json_round_trip(model), _json_round_trip(settings)
   if (directory / RUN_FILE).exists() or (directory / _OLD_MODEL_CONFIG).exists():
@@ -84,6 +85,8 @@ def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
     if changed:
       raise InputError(f"this workdir holds a run of another model ({'; '.join(changed)}); use a "
                        "new --workdir or the original settings", path=str(directory / RUN_FILE))
+  if not write:
+    return
   directory.mkdir(parents=True, exist_ok=True)
   paths.write_json_atomic(directory / RUN_FILE, dict(
       format=FORMAT, format_version=FORMAT_VERSION, task=task, model=model, settings=settings))

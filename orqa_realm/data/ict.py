@@ -102,8 +102,9 @@ class ICTSampler:
     context = np.concatenate([token_ids[:start], token_ids[end:]]) if removed else token_ids
     return query, context
 
-  def batch(self, step: int) -> ICTBatch:
-    """The global batch of training step `step`."""
+  def batch(self, step: int, rows: slice = slice(None)) -> ICTBatch:
+    """Rows `rows` (default: all) of the global batch of training step `step`; only those rows
+    are read and packed."""
     epoch, offset = self._locate(step * self.batch_size)
     blocks, sentences, removed = [], [], []
     while len(blocks) < self.batch_size:
@@ -113,6 +114,7 @@ class ICTSampler:
       sentences += list(plan.sentences[offset:offset + take])
       removed += list(plan.removed[offset:offset + take])
       epoch, offset = epoch + 1, 0
+    blocks, sentences, removed = blocks[rows], sentences[rows], removed[rows]
     queries, contexts = zip(*(self.example(b, s, r) for b, s, r in zip(blocks, sentences, removed)))
     return ICTBatch(
         queries=self.store.pack(queries, max_length=self.query_length),

@@ -88,7 +88,8 @@ def padded_length(longest: int, max_length: int, multiple: int = LENGTH_MULTIPLE
 
 def reader_batch(store, question_ids: Sequence[Sequence[int]], block_ids: np.ndarray, *,
                  max_length: int, max_question_length: int, max_span_width: int,
-                 continuation: np.ndarray, answers: Sequence | None = None) -> ReaderBatch:
+                 continuation: np.ndarray, answers: Sequence | None = None,
+                 length_multiple: int = LENGTH_MULTIPLE) -> ReaderBatch:
   """Packs each question with each of its blocks and labels the answer spans.
 
   Args:
@@ -97,13 +98,15 @@ def reader_batch(store, question_ids: Sequence[Sequence[int]], block_ids: np.nda
     block_ids: [questions, k] the blocks read for each question.
     continuation: `answer_spans.continuation_mask` of the store's tokenizer.
     answers: [questions] (answers, kind) pairs; None: no labels (all False), e.g. to predict.
+    length_multiple: inputs are padded to the batch's longest rounded up to this
+      (`max_length`: every batch at full length).
   """
   num_questions, k = block_ids.shape
   questions = [question_ids[q][:max_question_length]
                for q in range(num_questions) for _ in range(k)]
   blocks = [store.token_ids(int(block)) for block in block_ids.ravel()]
   longest = max(len(question) + len(block) + 3 for question, block in zip(questions, blocks))
-  length = padded_length(longest, max_length)
+  length = padded_length(longest, max_length, length_multiple)
   special = store.manifest["tokenizer"]["special_ids"]
   packed = pack_reader_inputs(questions, blocks, max_length=length,
                               max_question_length=max_question_length, cls_id=special["cls"],

@@ -133,11 +133,11 @@ class REALMExamples:
     return REALMQuery(block, self.store.document_index(block),
                       apply_mask(token_ids[first:last], positions, self.mask_id))
 
-  def batch(self, step: int, batch_size: int) -> list[REALMQuery]:
-    """The queries of step `step`."""
+  def batch(self, step: int, batch_size: int, rows: slice = slice(None)) -> list[REALMQuery]:
+    """Rows `rows` (default: all) of the `batch_size` queries of step `step`."""
     units = question_indices(len(self), batch_size, seed=self.seed, step=step)
-    return [self.query(int(unit), np.random.default_rng([self.seed, step, row]))
-            for row, unit in enumerate(units)]
+    return [self.query(int(units[row]), np.random.default_rng([self.seed, step, row]))
+            for row in range(batch_size)[rows]]
 
 
 class KnowledgeInputs(NamedTuple):
@@ -148,9 +148,13 @@ class KnowledgeInputs(NamedTuple):
   target_mask: np.ndarray  # [queries, max_masks] bool, False on padding rows of the two above
 
 
+# Knowledge-encoder inputs are padded to a multiple of this (few compiled shapes).
+KNOWLEDGE_LENGTH_MULTIPLE = 64
+
+
 def knowledge_inputs(store: BlockStore, queries: Sequence[REALMQuery], candidates: np.ndarray, *,
                      max_query_length: int, max_document_length: int, max_masks: int,
-                     length_multiple: int = 64) -> KnowledgeInputs:
+                     length_multiple: int = KNOWLEDGE_LENGTH_MULTIPLE) -> KnowledgeInputs:
   """`[CLS] query [SEP] document [SEP]` for each query and candidate; candidate -1 is the null
   document (no wordpieces). The document is the block's text wordpieces, as the ORQA reader
   reads them (so that a REALM encoder initialises that reader), cut to `max_document_length`;

@@ -138,7 +138,8 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
   mesh = mesh if mesh is not None else parallel.make_mesh()
   batch_size = math.ceil(batch_size / mesh.size) * mesh.size
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_blocks)
-  params = jax.device_put(retriever.tower_params(params, config, "block"), parallel.replicated(mesh))
+  params = jax.device_put(retriever.tower_params(params, config, "block"),
+                          parallel.replicated(mesh))
   embeddings = np.empty((len(store), config.embedding_size), np.float32)
   progress = tqdm.tqdm(total=len(store), unit="block", disable=not show_progress)
   # One batch in flight while the next is packed on the host: dispatch is asynchronous.
@@ -193,7 +194,8 @@ def indexed_retriever(version: IndexVersion) -> retriever.RetrieverConfig:
   """The retriever whose block tower embedded `version` (recorded in its manifest)."""
   if "retriever" not in version.metadata or "tokenizer_fingerprint" not in version.metadata:
     raise InputError("this index version was published by an earlier orqa_realm and does not "
-                     "record the retriever it was embedded with: re-embed it", path=version.directory)
+                     "record the retriever it was embedded with: re-embed it",
+                     path=version.directory)
   return retriever.RetrieverConfig.from_dict(version.metadata["retriever"])
 
 
@@ -216,10 +218,12 @@ def check_query_encoder(version: IndexVersion, config: retriever.RetrieverConfig
 
 def embed_query_tokens(params: Any, queries: TokenBatch, config: retriever.RetrieverConfig, *,
                        dtype, mesh) -> np.ndarray:
-  """[batch, embedding_size] float32 query-tower embeddings of packed queries, on the host
-  (e.g. to search a host-side index before a training step)."""
+  """[global batch, embedding_size] float32 query-tower embeddings of a global batch of packed
+  queries of which this host passes its own rows, on every host (e.g. to search an index before
+  a training step: a search over the mesh takes the same queries on every host)."""
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_queries)
-  return np.asarray(parallel.fetch_replicated(embed(params, parallel.to_global(queries, mesh))))
+  return np.asarray(parallel.fetch_replicated(
+      embed(params, parallel.global_from_local(queries, mesh))))
 
 
 def embed_queries(questions: list[str], params: Any, config: retriever.RetrieverConfig,

@@ -61,7 +61,7 @@ def make_span_scorer(config: ReaderConfig, dtype, mesh):
 
 @dataclasses.dataclass(frozen=True)
 class ReaderSettings:
-  """How the reader reads retrieved blocks (recorded with an ORQA run, so evaluation reads alike)."""
+  """How the reader reads retrieved blocks (recorded with an ORQA run: evaluation reads alike)."""
   reader_length: int = setting(
       320, "Longest reader input [CLS] question [SEP] block [SEP], in wordpieces.")
   reader_question_length: int = setting(

@@ -12,11 +12,12 @@ from __future__ import annotations
 import dataclasses
 import threading
 
+import jax
 import numpy as np
 from absl import logging
 from etils import epath
 
-from orqa_realm.core import paths
+from orqa_realm.core import parallel, paths
 from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.index.scann_index import ScannSearcher
 from orqa_realm.index.searcher import Searcher
@@ -58,12 +59,15 @@ class IndexHandle:
   """The newest loadable version of an index root, swapped in between training steps.
 
   A version that fails to load (e.g. built from another block store) is logged and skipped:
-  the previous one stays in use.
+  the previous one stays in use. Each host loads versions at its own pace, so an exact searcher
+  spans this host's devices only (`mesh`, by default all of them): a search over every host's
+  devices would need every host to load the version at the same moment.
   """
 
   def __init__(self, root: IndexRoot, store=None, *, backend: str = "exact", mesh=None,
                poll_seconds: float = 10.0):
     self.root = root
+    mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
     self._open = lambda version: open_index(version, store, backend=backend, mesh=mesh)
     self.poll_seconds = poll_seconds
     self._lock = threading.Lock()
@@ -87,6 +91,18 @@ class IndexHandle:
       if self._ready is not None:
         self._current, self._ready = self._ready, None
       return self._current
+
+  def take(self, version: int) -> LoadedIndex:
+    """Version `version` (chosen by another host for this step), from now on the current one:
+    the loaded one when it is that version, else loaded now (another host loaded it, so it is
+    published)."""
+    current = self.current()
+    if current is not None and current.version.version == version:
+      return current
+    loaded = self._open(self.root.read(version))
+    with self._lock:
+      self._current = loaded
+    return loaded
 
   def wait_for_version(self, timeout: float | None = None) -> LoadedIndex:
     """Blocks until some version is loaded (at the start of a run that needs one)."""

@@ -21,31 +21,35 @@ class RetrievalLoss(NamedTuple):
 def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Array,
                           score_scale: float = 1.0,
                           block_ids: jax.Array | None = None) -> RetrievalLoss:
-  """Softmax over all blocks of the batch; query i's positive is block i (ICT, DPR).
+  """Softmax over all blocks of the batch (ICT, DPR).
 
-  Blocks beyond the first `num_queries` (e.g. DPR's hard negatives) are negatives for every query.
+  The blocks come in one group per query, its positive first, then its hard negatives (DPR):
+  query i's positive is block i x g, g = num_blocks / num_queries (1 for ICT). Every other
+  block of the batch is a negative for it. Grouping by query keeps each query's blocks in the
+  same rows of the batch as the query, so that a host can build its own rows alone.
 
   Args:
     query_embeddings: [num_queries, dim].
-    block_embeddings: [num_blocks, dim], num_blocks >= num_queries.
+    block_embeddings: [num_queries x g, dim].
     score_scale: multiplies the scores (an inverse temperature; ~20 for cosine scores).
-    block_ids: [num_blocks] int, which corpus block each row is. A row holding the same block as
-      query i's positive (another question's positive from the same paragraph, or a negative
-      that is that block) is left out of query i's softmax instead of counting as a negative
-      for its own positive. None: every row is a distinct block.
+    block_ids: [num_queries x g] int, which corpus block each row is. A row holding the same
+      block as query i's positive (another question's positive from the same paragraph, or a
+      negative that is that block) is left out of query i's softmax instead of counting as a
+      negative for its own positive. None: every row is a distinct block.
   """
   num_queries, num_blocks = query_embeddings.shape[0], block_embeddings.shape[0]
-  if num_blocks < num_queries:
-    raise ValueError(f"{num_blocks} blocks for {num_queries} queries: every query "
-                     "needs its positive block")
+  if num_blocks < num_queries or num_blocks % num_queries:
+    raise ValueError(f"{num_blocks} blocks for {num_queries} queries: every query needs its "
+                     "positive block, and the same number of hard negatives")
   logits = score_scale * jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
                                     preferred_element_type=jnp.float32)  # [queries, blocks]
-  positives = jnp.arange(num_queries)
+  queries = jnp.arange(num_queries)
+  positives = queries * (num_blocks // num_queries)  # [queries]
   if block_ids is not None:
-    copies = ((block_ids[None, :] == block_ids[:num_queries, None])
+    copies = ((block_ids[None, :] == block_ids[positives][:, None])
               & (jnp.arange(num_blocks)[None, :] != positives[:, None]))  # [queries, blocks]
     logits = jnp.where(copies, jnp.finfo(jnp.float32).min, logits)
-  positive_logits = logits[positives, positives]  # [num_queries]
+  positive_logits = logits[queries, positives]  # [num_queries]
   loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive_logits)
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == positives)
   return RetrievalLoss(loss=loss, accuracy=accuracy)

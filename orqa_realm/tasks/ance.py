@@ -61,16 +61,17 @@ class ANCETask(DPRTask):
 
   def train_batch(self, step: int, context: StepContext) -> DPRInputs:
     config = self.config
-    rows, examples = self.step_examples(step)
-    queries = self.query_tokens(rows)
+    indices, examples = self.step_examples(step, context.rows)
+    queries = self.query_tokens(indices)
     query_embeddings = embedding.embed_query_tokens(
         context.params, queries, config.retriever, dtype=jnp.dtype(self.context.dtype),
-        mesh=context.mesh)  # [batch, dim]
+        mesh=context.mesh)  # [batch, dim], every host's questions
     searcher = context.index.searcher
     depth = min(config.negative_depth, searcher.num_rows)
-    rankings = searcher.search(query_embeddings, depth).ids  # [batch, depth]
+    rankings = searcher.search(query_embeddings, depth).ids[context.rows]  # [rows, depth]
     examples = [example._replace(hard_negatives=sample_negatives(
         example, ranking, self.rule, config.hard_negatives_per_question,
         np.random.default_rng([self.context.seed, step, position])))
-                for position, (example, ranking) in enumerate(zip(examples, rankings))]
+                for position, example, ranking in zip(
+                    np.arange(self.context.batch_size)[context.rows], examples, rankings)]
     return self.inputs(queries, examples)

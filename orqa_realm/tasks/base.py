@@ -14,7 +14,7 @@ from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 Params = Any
-Batch = Any  # a pytree of numpy arrays whose leading axis is the global batch
+Batch = Any  # a pytree of arrays whose leading axis is the batch (or a host's rows of it)
 
 
 class Need(enum.Enum):
@@ -27,15 +27,18 @@ class Need(enum.Enum):
 
 
 class StepContext:
-  """What the loop hands `Task.train_batch`: the mesh, and what the task declared it needs.
+  """What the loop hands `Task.train_batch`: the mesh, the rows of the global batch this host
+  builds, and what the task declared it needs.
 
   Reading something the task did not declare is an error rather than a None, so that a task
   cannot silently depend on what the loop does not give it.
   """
 
-  def __init__(self, mesh: jax.sharding.Mesh, *, params: Params = None,
-               index: LoadedIndex | None = None):
+  def __init__(self, mesh: jax.sharding.Mesh, rows: slice | None = None, *,
+               params: Params = None, index: LoadedIndex | None = None):
+    """`rows`: this host's rows of the global batch (None: all of them, for one host)."""
     self.mesh = mesh
+    self.rows = rows if rows is not None else slice(None)
     self._params = params
     self._index = index
 
@@ -111,9 +114,10 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def train_batch(self, step: int, context: StepContext) -> Batch:
-    """The global batch of step `step`: a pure function of the task's seed, `step` and what the
-    task declared in `needs` (read from `context`). Leaves are numpy arrays of the whole global
-    batch, or jax Arrays already on `context.mesh`."""
+    """This host's rows (`context.rows`) of the global batch of step `step`: a pure function of
+    the task's seed, `step` and what the task declared in `needs` (read from `context`). Leaves
+    are numpy arrays of those rows, or jax Arrays of the whole global batch already on
+    `context.mesh`. Only those rows are built: on N hosts each builds 1/N of the batch."""
 
   @abc.abstractmethod
   def loss(self, params: Params, batch: Batch, rng: jax.Array,

@@ -1,19 +1,28 @@
-"""Settings and start-up steps every task shares: the block store and the pretrained BERT it
-starts from, the retriever it trains (its BERT from --bert, or a warm-start run's)."""
+"""What tasks share: the block store and the pretrained BERT they start from, the retriever
+they train (its BERT from --bert, or a warm-start run's), and the dual-encoder tasks' common
+part (ICT, DPR, ANCE)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+from typing import Any
 
-from orqa_realm.core.config import setting
+import jax
+import jax.numpy as jnp
+
+from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.encode import runs
 from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
+from orqa_realm.data.qa import QAEvaluation
+from orqa_realm.modeling import retriever
 from orqa_realm.modeling.retriever import RetrieverConfig
-from orqa_realm.tasks.base import SavedRetriever
+from orqa_realm.tasks.base import SavedRetriever, Task, TaskContext
+from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluator
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,3 +56,79 @@ def warm_start_retriever(workdir: str, source: StoreAndBert) -> SavedRetriever:
     raise InputError("the run's BERT is not --bert's, whose tokenizer would read the queries",
                      path=workdir, field="retriever_workdir")
   return SavedRetriever(run.retriever, f"--retriever_workdir={workdir}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrieverTaskConfig:
+  """The settings of a task that trains a retriever: the store and BERT, the retriever, and the
+  run it may start from."""
+  source: StoreAndBert = nested(StoreAndBert())
+  retriever: RetrieverConfig = nested(RetrieverConfig())
+  retriever_workdir: str = setting(
+      "", "A run (ICT, DPR, REALM, ...) whose latest checkpoint the retriever starts from, with "
+      "that run's retriever settings; empty: --bert's weights.")
+
+
+@dataclasses.dataclass(frozen=True)
+class QuestionTaskConfig(RetrieverTaskConfig):
+  """A retriever task trained on questions, evaluated on held-out ones."""
+  train_qa_dataset: str = setting(
+      "", "Training questions as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
+      "squad, or tfds:NAME@SPLIT).")
+  evaluation: QAEvaluation = nested(QAEvaluation())
+
+
+def batch_length_multiple(multiple: int, max_length: int) -> int:
+  """What a host rounds its rows' padded length up to: `multiple` on one host; on several, the
+  full `max_length`, since each host pads its own rows without seeing the others' and the rows
+  of one global array must share a length."""
+  return multiple if jax.process_count() == 1 else max_length
+
+
+def saved_retriever_of(config: RetrieverTaskConfig) -> SavedRetriever | None:
+  """The warm-start run's retriever, or None without --retriever_workdir."""
+  if not config.retriever_workdir:
+    return None
+  return warm_start_retriever(config.retriever_workdir, config.source)
+
+
+class DualEncoderTask(Task):
+  """The common part of tasks that train both towers of the dual encoder (ICT, DPR, ANCE): the
+  store and tokenizer, the model, its start (--bert's weights, or a warm-start run's) and the
+  answer-recall evaluation over the whole store. `config` has `source`, `retriever`,
+  `evaluation` and, where the task reads it, `retriever_workdir`."""
+
+  def __init__(self, config: Any, context: TaskContext):
+    self.store, self.tokenizer = config.source.open_store()
+    self.config = dataclasses.replace(config,
+                                      retriever=own_retriever(config.retriever, config.source))
+    self.context = context
+    self.model = retriever.DualEncoder(self.config.retriever, jnp.dtype(context.dtype),
+                                       context.remat)
+    self.recall = StoreRecallEvaluator(self.store, self.tokenizer, config.evaluation.examples(),
+                                       config.evaluation.recall_ks, self.config.retriever,
+                                       context.dtype)
+
+  @property
+  def warm_start_workdir(self) -> str:
+    return getattr(self.config, "retriever_workdir", "")
+
+  def run_model(self) -> dict[str, Any]:
+    return runs.retriever_model(self.config.retriever, self.tokenizer.fingerprint)
+
+  @functools.cached_property
+  def pretrained(self) -> HFBert | None:
+    """--bert's weights (None with --from_scratch or a warm start), read when first needed."""
+    return None if self.warm_start_workdir else self.config.source.pretrained()
+
+  def init_params(self, rng: jax.Array) -> Any:
+    return retriever.init_params(self.config.retriever, rng,
+                                 self.pretrained.params if self.pretrained else None)
+
+  def warm_start(self, params: Any, mesh) -> Any:
+    if not self.warm_start_workdir:
+      return params
+    return runs.restore_latest_retriever(runs.open_retriever_run(self.warm_start_workdir), mesh)
+
+  def evaluate(self, params, mesh) -> dict[str, float]:
+    return self.recall(params, mesh)

@@ -2,9 +2,10 @@
 negatives.
 
 Each step takes `batch_size` (question, positive block) examples (seeded epochs of
-permutations). The blocks of the step are every example's positive followed by every example's
+permutations). The blocks of the step are, example by example, its positive followed by its
 `hard_negatives_per_question` BM25 negatives (see `data/dpr.py`), and each question's softmax
-runs over all of them: the other questions' positives are its in-batch negatives. A block that
+runs over all of them: the other questions' blocks are its in-batch negatives. Each example's
+blocks sit in the rows of its question, so each host builds only its own rows. A block that
 is the question's own positive under another row (two questions on one paragraph) is left out
 of its softmax. Both towers are trained.
 
@@ -16,11 +17,8 @@ from another run (`--retriever_workdir`, e.g. ICT).
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -29,34 +27,24 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.dpr import DPRExample, DPRExamples, beir_examples, qa_examples
-from orqa_realm.data.qa import QAEvaluation, load_qa_dataset, question_indices
+from orqa_realm.data.qa import load_qa_dataset, question_indices
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.encode import runs
 from orqa_realm.index import bm25
-from orqa_realm.modeling import retriever
 from orqa_realm.modeling.losses import in_batch_softmax_loss
-from orqa_realm.tasks.base import SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import StoreAndBert, own_retriever, warm_start_retriever
-from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluator
+from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
+from orqa_realm.tasks.common import DualEncoderTask, QuestionTaskConfig, saved_retriever_of
 
 
 class DPRInputs(NamedTuple):
   queries: TokenBatch  # [batch, query_length]
-  blocks: TokenBatch  # [batch x (1 + hard negatives), block_length]: positives, then negatives
+  blocks: TokenBatch  # [batch x (1 + hard negatives), block_length]: per example, its positive
+  # then its negatives
   block_ids: np.ndarray  # [batch x (1 + hard negatives)] int32 store index of each block row
 
 
 @dataclasses.dataclass(frozen=True)
-class DPRConfig:
+class DPRConfig(QuestionTaskConfig):
   """The settings of DPR training (and ANCE's, which adds its own)."""
-  source: StoreAndBert = nested(StoreAndBert())
-  retriever: retriever.RetrieverConfig = nested(retriever.RetrieverConfig())
-  retriever_workdir: str = setting(
-      "", "A run (ICT, DPR, REALM, ...) whose latest checkpoint the retriever starts from, with "
-      "that run's retriever settings; empty: --bert's weights.")
-  train_qa_dataset: str = setting(
-      "", "Training questions as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
-      "squad, or tfds:NAME@SPLIT).")
   train_beir_queries: str = setting(
       "", "BEIR training queries (id<TAB>text), with --train_beir_qrels, instead of "
       "--train_qa_dataset.")
@@ -69,7 +57,6 @@ class DPRConfig:
   hard_negative_depth: int = setting(
       100, "BM25 blocks per question searched for its positive and hard negatives.")
   bm25: bm25.BM25Config = nested(bm25.BM25Config())
-  evaluation: QAEvaluation = nested(QAEvaluation())
 
 
 def build_examples(config: DPRConfig, store: BlockStore, num_hard_negatives: int,
@@ -91,12 +78,12 @@ def build_examples(config: DPRConfig, store: BlockStore, num_hard_negatives: int
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
-  """[batch x (1 + negatives)] block ids: the positives, then each example's negatives."""
-  negatives = [block for example in examples for block in example.hard_negatives]
-  return np.array([example.positive for example in examples] + negatives, np.int32)
+  """[batch x (1 + negatives)] block ids: example by example, its positive then its negatives."""
+  return np.array([block for example in examples
+                   for block in (example.positive, *example.hard_negatives)], np.int32)
 
 
-class DPRTask(Task):
+class DPRTask(DualEncoderTask):
   name = "dpr"
   config_class = DPRConfig
   # Whether the examples carry BM25 hard negatives (ANCE mines its own from the index).
@@ -108,12 +95,7 @@ class DPRTask(Task):
                        "--train_beir_queries (with --train_beir_qrels)")
     if config.train_beir_queries and not config.train_beir_qrels:
       raise InputError("--train_beir_queries needs --train_beir_qrels", field="train_beir_qrels")
-    self.store, self.tokenizer = config.source.open_store()
-    self.config = dataclasses.replace(config,
-                                      retriever=own_retriever(config.retriever, config.source))
-    self.context = context
-    self.model = retriever.DualEncoder(self.config.retriever, jnp.dtype(context.dtype),
-                                       context.remat)
+    super().__init__(config, context)
     built = build_examples(config, self.store,
                            config.hard_negatives_per_question if self.bm25_negatives else 0,
                            context.seed)
@@ -125,49 +107,26 @@ class DPRTask(Task):
                  built.num_random_negatives)
     self.examples = built.examples
     self.question_ids = self.tokenizer.tokenize([example.question for example in self.examples])
-    self.recall = StoreRecallEvaluator(self.store, self.tokenizer, config.evaluation.examples(),
-                                       config.evaluation.recall_ks, self.config.retriever,
-                                       context.dtype)
 
   @classmethod
   def saved_retriever(cls, config: DPRConfig) -> SavedRetriever | None:
-    if not config.retriever_workdir:
-      return None
-    return warm_start_retriever(config.retriever_workdir, config.source)
+    return saved_retriever_of(config)
 
-  def run_model(self) -> dict[str, Any]:
-    return runs.retriever_model(self.config.retriever, self.tokenizer.fingerprint)
+  def step_examples(self, step: int, rows: slice) -> tuple[np.ndarray, list[DPRExample]]:
+    """The indices of the training examples in rows `rows` of step `step`'s global batch, and
+    those examples."""
+    indices = question_indices(len(self.examples), self.context.batch_size,
+                               seed=self.context.seed, step=step)[rows]
+    return indices, [self.examples[index] for index in indices]
 
-  @functools.cached_property
-  def pretrained(self):
-    """--bert's weights (None with --from_scratch or a warm start), read when first needed."""
-    return None if self.config.retriever_workdir else self.config.source.pretrained()
-
-  def init_params(self, rng: jax.Array) -> Any:
-    return retriever.init_params(self.config.retriever, rng,
-                                 self.pretrained.params if self.pretrained else None)
-
-  def warm_start(self, params: Any, mesh) -> Any:
-    if not self.config.retriever_workdir:
-      return params
-    return runs.restore_latest_retriever(runs.open_retriever_run(self.config.retriever_workdir),
-                                         mesh)
-
-  def step_examples(self, step: int) -> tuple[np.ndarray, list[DPRExample]]:
-    """The rows of the training examples of step `step`, and those examples."""
-    rows = question_indices(len(self.examples), self.context.batch_size, seed=self.context.seed,
-                            step=step)
-    return rows, [self.examples[row] for row in rows]
-
-  def query_tokens(self, rows: np.ndarray) -> TokenBatch:
-    """[rows, query_length] the questions of training examples `rows`."""
-    return self.tokenizer.pack([self.question_ids[row] for row in rows],
+  def query_tokens(self, indices: np.ndarray) -> TokenBatch:
+    """[examples, query_length] the questions of training examples `indices`."""
+    return self.tokenizer.pack([self.question_ids[index] for index in indices],
                                max_length=self.config.retriever.query_length)
 
   def train_batch(self, step: int, context: StepContext) -> DPRInputs:
-    del context  # DPR batches depend on the step only
-    rows, examples = self.step_examples(step)
-    return self.inputs(self.query_tokens(rows), examples)
+    indices, examples = self.step_examples(step, context.rows)  # a function of the step alone
+    return self.inputs(self.query_tokens(indices), examples)
 
   def inputs(self, queries: TokenBatch, examples: list[DPRExample]) -> DPRInputs:
     """The batch of `queries` and their `examples` (with the negatives to use)."""
@@ -183,6 +142,3 @@ class DPRTask(Task):
     result = in_batch_softmax_loss(query_embeddings, block_embeddings,
                                    self.config.retriever.score_scale, batch.block_ids)
     return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
-
-  def evaluate(self, params, mesh) -> dict[str, float]:
-    return self.recall(params, mesh)

@@ -9,24 +9,19 @@ current model (exact search): whether pretraining is helping retrieval.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.data.ict import ICTSampler
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.encode import runs
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.losses import in_batch_softmax_loss
-from orqa_realm.tasks.base import StepContext, Task, TaskContext
-from orqa_realm.tasks.common import StoreAndBert, own_retriever
-from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluator
+from orqa_realm.tasks.base import StepContext, TaskContext
+from orqa_realm.tasks.common import DualEncoderTask, StoreAndBert
 
 
 class ICTInputs(NamedTuple):
@@ -52,53 +47,33 @@ class ICTConfig:
   evaluation: QAEvaluation = nested(QAEvaluation(questions=300))
 
 
-def split_blocks(num_blocks: int, heldout_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_blocks(num_blocks: int, heldout_fraction: float,
+                 seed: int) -> tuple[np.ndarray, np.ndarray]:
   """(training blocks, held-out blocks), a seeded random split."""
   order = np.random.default_rng([seed, 1 << 20]).permutation(num_blocks)
   num_heldout = int(round(num_blocks * heldout_fraction))
   return np.sort(order[num_heldout:]), np.sort(order[:num_heldout])
 
 
-class ICTTask(Task):
+class ICTTask(DualEncoderTask):
   name = "ict"
   config_class = ICTConfig
 
   def __init__(self, config: ICTConfig, context: TaskContext):
-    self.store, self.tokenizer = config.source.open_store()
-    self.config = dataclasses.replace(config,
-                                      retriever=own_retriever(config.retriever, config.source))
-    self.context = context
-    self.model = retriever.DualEncoder(self.config.retriever, jnp.dtype(context.dtype),
-                                       context.remat)
+    super().__init__(config, context)
+    retriever_config = self.config.retriever
     train_blocks, self.heldout_blocks = split_blocks(len(self.store), config.heldout_fraction,
                                                      context.seed)
     sampler = lambda blocks, seed: ICTSampler(
-        self.store, batch_size=context.batch_size,
-        query_length=self.config.retriever.query_length,
-        block_length=self.config.retriever.block_length, remove_prob=config.remove_prob,
-        seed=seed, candidate_blocks=blocks, block_format=self.config.retriever.block_format)
+        self.store, batch_size=context.batch_size, query_length=retriever_config.query_length,
+        block_length=retriever_config.block_length, remove_prob=config.remove_prob, seed=seed,
+        candidate_blocks=blocks, block_format=retriever_config.block_format)
     self.train_sampler = sampler(train_blocks, context.seed)
     self.eval_sampler = (sampler(self.heldout_blocks, context.seed + 1)
                          if config.eval_batches and len(self.heldout_blocks) else None)
-    self.recall = StoreRecallEvaluator(self.store, self.tokenizer, config.evaluation.examples(),
-                                       config.evaluation.recall_ks, self.config.retriever,
-                                       context.dtype)
-
-  @functools.cached_property
-  def pretrained(self):
-    """--bert's weights (None with --from_scratch), read when first needed."""
-    return self.config.source.pretrained()
-
-  def run_model(self) -> dict[str, Any]:
-    return runs.retriever_model(self.config.retriever, self.tokenizer.fingerprint)
-
-  def init_params(self, rng: jax.Array) -> Any:
-    return retriever.init_params(self.config.retriever, rng,
-                                 self.pretrained.params if self.pretrained else None)
 
   def train_batch(self, step: int, context: StepContext) -> ICTInputs:
-    del context  # ICT batches depend on the step only
-    batch = self.train_sampler.batch(step)
+    batch = self.train_sampler.batch(step, context.rows)  # a function of the step alone
     return ICTInputs(batch.queries, batch.blocks)
 
   def loss(self, params, batch: ICTInputs, rng, deterministic: bool):
@@ -114,6 +89,3 @@ class ICTTask(Task):
     for step in range(self.config.eval_batches):
       batch = self.eval_sampler.batch(step)
       yield ICTInputs(batch.queries, batch.blocks)
-
-  def evaluate(self, params, mesh) -> dict[str, float]:
-    return self.recall(params, mesh)

@@ -40,8 +40,8 @@ from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import BlockAnswerMatcher, continuation_mask
-from orqa_realm.data.qa import QAEvaluation, load_qa_dataset, question_indices
-from orqa_realm.data.reader_inputs import reader_batch
+from orqa_realm.data.qa import load_qa_dataset, question_indices
+from orqa_realm.data.reader_inputs import LENGTH_MULTIPLE, reader_batch
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
 from orqa_realm.encode.predict import OpenQAPredictor, ReaderSettings, qa_metrics
@@ -50,7 +50,7 @@ from orqa_realm.modeling import mlm, reader, retriever
 from orqa_realm.modeling.losses import early_loss, full_loss
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import StoreAndBert
+from orqa_realm.tasks.common import QuestionTaskConfig, batch_length_multiple
 
 
 class ORQABatch(NamedTuple):
@@ -64,25 +64,16 @@ class ORQABatch(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class ORQAConfig:
+class ORQAConfig(QuestionTaskConfig):
   """The settings of ORQA fine-tuning. The retriever's are the index's (the run it was embedded
   from, or --bert's weights), whose input settings (query length, score scale) may be set."""
-  source: StoreAndBert = nested(StoreAndBert())
   index_dir: str = setting(
       "", "Index root directory: versions published by `python -m orqa_realm.embed` or the "
       "refresher, the newest named by its LATEST file.")
-  retriever_workdir: str = setting(
-      "", "A run (ICT, DPR, REALM, ...) whose latest checkpoint the retriever starts from, with "
-      "that run's retriever settings; empty: --bert's weights.")
-  train_qa_dataset: str = setting(
-      "", "Training questions as FORMAT:PATH (nq_open, webquestions, curatedtrec, triviaqa, "
-      "squad, or tfds:NAME@SPLIT).")
-  retriever: retriever.RetrieverConfig = nested(retriever.RetrieverConfig())
   reader: ReaderConfig = nested(ReaderConfig())
   reader_settings: ReaderSettings = nested(ReaderSettings())
   retriever_beam_size: int = setting(
       5000, "c: blocks retrieved per question for the early loss (at most the corpus size).")
-  evaluation: QAEvaluation = nested(QAEvaluation())
   predict_batch_size: int = setting(8, "Questions read per reader call when predicting.")
 
 
@@ -132,11 +123,11 @@ class ORQATask(Task):
     embedding.check_query_encoder(version, self.config.retriever, self.tokenizer.fingerprint,
                                   fields=retriever.ARCHITECTURE_FIELDS)
     if workdir:
-      run = runs.open_retriever_run(workdir)
-      indexed = embedding.indexed_retriever(version)
-      if run.retriever != indexed:
-        raise InputError(f"the index was embedded with retriever {indexed}, the run holds "
-                         f"{run.retriever}", path=workdir, field="retriever_workdir")
+      # The run's input lengths may differ from the index's (blocks embedded longer than they
+      # were trained): its architecture may not.
+      embedding.check_query_encoder(version, runs.open_retriever_run(workdir).retriever,
+                                    self.tokenizer.fingerprint,
+                                    fields=retriever.ARCHITECTURE_FIELDS)
       if step is None:
         raise InputError("the index was embedded from pretrained weights, not from a checkpoint "
                          "of this run: drop --retriever_workdir", path=version.directory)
@@ -191,27 +182,29 @@ class ORQATask(Task):
   def train_batch(self, step: int, context: StepContext) -> ORQABatch:
     config, mesh = self.config, context.mesh
     questions = question_indices(len(self.train_examples), self.context.batch_size,
-                                 seed=self.context.seed, step=step)
+                                 seed=self.context.seed, step=step)[context.rows]
     examples = [self.train_examples[q] for q in questions]
     # The questions' wordpieces are tokenized once, at start-up.
     question_tokens = self.tokenizer.pack([self.train_question_ids[q] for q in questions],
                                           max_length=config.retriever.query_length)
     embed_queries = embedding.make_tower_embedder(config.retriever, jnp.dtype(self.context.dtype),
                                                   mesh, retriever.DualEncoder.embed_queries)
+    # Every host's questions are searched together on the devices.
     query_embeddings = embed_queries(context.params["retriever"],
-                                     parallel.to_global(question_tokens, mesh))
+                                     parallel.global_from_local(question_tokens, mesh))
     _, block_ids = self.index.searcher.search_on_device(query_embeddings, self.beam_size)
-    block_embeddings = self.index.searcher.rows_on_device(block_ids)  # [batch, c, dim]
-    block_ids = parallel.fetch_replicated(block_ids)  # [batch, c]
+    block_embeddings = self.index.searcher.rows_on_device(block_ids)  # [batch, c, dim] global
+    block_ids = parallel.fetch_replicated(block_ids)[context.rows]  # [rows, c]
     has_answer = np.stack([self.matcher.has_answer(ids, example.answers, example.kind)
                            for ids, example in zip(block_ids, examples)])
+    reader_length = config.reader_settings.reader_length
     read = reader_batch(
         self.store, [self.train_question_ids[q] for q in questions],
-        block_ids[:, :self.reader_beam_size],
-        max_length=config.reader_settings.reader_length,
+        block_ids[:, :self.reader_beam_size], max_length=reader_length,
         max_question_length=config.reader_settings.reader_question_length,
         max_span_width=config.reader.max_span_width, continuation=self.continuation,
-        answers=[(example.answers, example.kind) for example in examples])
+        answers=[(example.answers, example.kind) for example in examples],
+        length_multiple=batch_length_multiple(LENGTH_MULTIPLE, reader_length))
     return ORQABatch(question_tokens, block_ids, block_embeddings, has_answer, read.inputs,
                      read.block_mask, read.span_is_answer)
 

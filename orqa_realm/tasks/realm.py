@@ -43,7 +43,8 @@ from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.masking import Masking
-from orqa_realm.data.realm import REALMExamples, REALMQuery, knowledge_inputs
+from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMExamples, REALMQuery,
+                                   knowledge_inputs)
 from orqa_realm.data.salient_spans import SalientSpans
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
@@ -52,7 +53,8 @@ from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.losses import realm_loss
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import StoreAndBert, own_retriever, warm_start_retriever
+from orqa_realm.tasks.common import (RetrieverTaskConfig, batch_length_multiple, own_retriever,
+                                     saved_retriever_of)
 
 
 class REALMBatch(NamedTuple):
@@ -66,14 +68,10 @@ class REALMBatch(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class REALMConfig:
+class REALMConfig(RetrieverTaskConfig):
   """The settings of REALM pretraining."""
-  source: StoreAndBert = nested(StoreAndBert())
   # REALM's queries are sentences with a masked span: 96 wordpieces in the reference.
   retriever: retriever.RetrieverConfig = nested(retriever.RetrieverConfig(query_length=96))
-  retriever_workdir: str = setting(
-      "", "A run (ICT, DPR, REALM, ...) whose latest checkpoint the retriever starts from, with "
-      "that run's retriever settings; empty: --bert's weights.")
   masking: Masking = setting(
       "salient", "What REALM masks in a query sentence: one salient span (named entity or "
       "date), random wordpieces, or a random span of whole words.", flag="realm_masking")
@@ -141,9 +139,7 @@ class REALMTask(Task):
 
   @classmethod
   def saved_retriever(cls, config: REALMConfig) -> SavedRetriever | None:
-    if not config.retriever_workdir:
-      return None
-    return warm_start_retriever(config.retriever_workdir, config.source)
+    return saved_retriever_of(config)
 
   def run_model(self) -> dict[str, Any]:
     return dict(runs.retriever_model(self.config.retriever, self.tokenizer.fingerprint),
@@ -182,12 +178,13 @@ class REALMTask(Task):
     return dict(warm, **{KNOWLEDGE_ENCODER: params[KNOWLEDGE_ENCODER]})
 
   def candidates(self, queries: list[REALMQuery], query_embeddings: np.ndarray,
-                 index: LoadedIndex) -> np.ndarray:
-    """[batch, k] int32: the null document (-1), then the best k - 1 blocks of `index` outside
-    each query's document."""
+                 index: LoadedIndex, rows: slice = slice(None)) -> np.ndarray:
+    """[rows, k] int32: the null document (-1), then the best k - 1 blocks of `index` outside
+    each query's document, for `queries`, rows `rows` of the global batch whose embeddings are
+    `query_embeddings` ([batch, dim]: the search takes every host's queries)."""
     count = self.config.num_candidates - 1
     depth = min(count + self.max_document_blocks, index.searcher.num_rows)
-    rankings = index.searcher.search(query_embeddings, depth).ids  # [batch, depth]
+    rankings = index.searcher.search(query_embeddings, depth).ids[rows]  # [rows, depth]
     retrieved = np.stack([remove_source_document(ranking, self.block_documents, query.document,
                                                  count)
                           for query, ranking in zip(queries, rankings)])
@@ -195,19 +192,21 @@ class REALMTask(Task):
 
   def train_batch(self, step: int, context: StepContext) -> REALMBatch:
     config = self.config.retriever
-    queries = self.examples.batch(step, self.context.batch_size)
+    queries = self.examples.batch(step, self.context.batch_size, context.rows)
     query_tokens = self.store.pack([query.masked.token_ids for query in queries],
                                    max_length=config.query_length)
     query_embeddings = embedding.embed_query_tokens(
         retriever_params(context.params), query_tokens, config,
         dtype=jnp.dtype(self.context.dtype), mesh=context.mesh)  # [batch, dim]
-    candidates = self.candidates(queries, query_embeddings, context.index)  # [batch, k]
+    candidates = self.candidates(queries, query_embeddings, context.index,
+                                 context.rows)  # [rows, k]
     retrieved = self.store.encode(candidates[:, 1:].ravel(), max_length=config.block_length,
                                   block_format=config.block_format)
-    knowledge = knowledge_inputs(self.store, queries, candidates,
-                                 max_query_length=config.query_length,
-                                 max_document_length=self.config.document_length,
-                                 max_masks=self.config.max_masks)
+    knowledge_length = config.query_length + self.config.document_length
+    knowledge = knowledge_inputs(
+        self.store, queries, candidates, max_query_length=config.query_length,
+        max_document_length=self.config.document_length, max_masks=self.config.max_masks,
+        length_multiple=batch_length_multiple(KNOWLEDGE_LENGTH_MULTIPLE, knowledge_length))
     per_query = lambda array: array.reshape(len(queries), -1, *array.shape[1:])
     return REALMBatch(query_tokens, TokenBatch(*(per_query(array) for array in retrieved)),
                       knowledge.tokens, knowledge.mask_positions, knowledge.targets,

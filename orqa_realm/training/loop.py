@@ -20,8 +20,10 @@ from typing import Any, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tqdm
+from jax.experimental import multihost_utils
 
 from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core.config import nested, setting
@@ -180,10 +182,22 @@ def wait_for_first_index(task: Task, index_handle: IndexHandle | None,
   index_handle.wait_for_version(timeout)
 
 
-def step_context(task: Task, mesh, params, index: LoadedIndex | None) -> StepContext:
-  """What step's batch may depend on: what `task` declared it needs."""
-  return StepContext(mesh, params=params if Need.PARAMS in task.needs else None,
+def step_context(task: Task, mesh, rows: slice, params,
+                 index: LoadedIndex | None) -> StepContext:
+  """What a step's batch may depend on: this host's rows, and what `task` declared it needs."""
+  return StepContext(mesh, rows, params=params if Need.PARAMS in task.needs else None,
                      index=index if Need.INDEX in task.needs else None)
+
+
+def agreed_index(index_handle: IndexHandle) -> LoadedIndex | None:
+  """The index version a step uses, the same on every host: the first host's newest loaded
+  one, broadcast (hosts load versions at their own pace)."""
+  index = index_handle.current()
+  if jax.process_count() == 1:
+    return index
+  version = int(multihost_utils.broadcast_one_to_all(
+      np.int32(index.version.version if index is not None else -1)))
+  return index_handle.take(version) if version >= 0 else None
 
 
 def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshConfig(),
@@ -204,7 +218,7 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   run_directory.start_run(
       config.workdir, task=task.name, model=task.run_model(),
       settings=settings if settings is not None else dict(train=dataclasses.asdict(config)),
-      flags_text=flags_text)
+      flags_text=flags_text, write=jax.process_index() == 0)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   optimizer = make_optimizer(config)
   schedule = learning_rate_schedule(config)
@@ -265,11 +279,12 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
     evaluate_and_log(state.params, 0)
   # Throughput counts training only: time spent evaluating and saving is taken out of the window.
   window_start, window_steps, window_pauses = time.perf_counter(), 0, 0.0
+  rows = parallel.host_local_rows(config.batch_size)
   with StopOnSigterm() as stop:
     for step in range(start_step, config.num_train_steps):
-      index = index_handle.current() if index_handle is not None else None
-      batch = parallel.to_global(
-          task.train_batch(step, step_context(task, mesh, state.params, index)), mesh)
+      index = agreed_index(index_handle) if index_handle is not None else None
+      batch = parallel.global_from_local(
+          task.train_batch(step, step_context(task, mesh, rows, state.params, index)), mesh)
       state, metrics = train_step(state, batch)
       completed = step + 1
       window_steps += 1

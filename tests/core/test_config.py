@@ -68,9 +68,10 @@ def test_fields_given_to_build_are_not_replaced_by_flags(binder):
 
 
 def test_help_shows_each_groups_default(binder):
-  assert binder._flags["size"].help == "A size. [default: 8; other: 3]"  # pylint: disable=protected-access
-  assert binder._flags["ks"].help == "Cut-offs. [default: 1,5]"  # pylint: disable=protected-access
-  assert binder._flags["name"].help == "A name. [default: '']"  # pylint: disable=protected-access
+  defined = binder._flags  # pylint: disable=protected-access
+  assert defined["size"].help == "A size. [default: 8; other: 3]"
+  assert defined["ks"].help == "Cut-offs. [default: 1,5]"
+  assert defined["name"].help == "A name. [default: '']"
 
 
 def test_a_flag_no_read_group_declares_is_refused(binder):

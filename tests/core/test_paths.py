@@ -31,7 +31,8 @@ class InMemoryGCS(MemoryFileSystem):
 @pytest.fixture
 def bucket(monkeypatch):
   """A fresh in-memory gs:// filesystem for the test; fsspec's registry is restored after."""
-  registry = importlib.import_module("fsspec.registry")._registry  # pylint: disable=protected-access
+  # pylint: disable-next=protected-access
+  registry = importlib.import_module("fsspec.registry")._registry
   for protocol in ("gs", "gcs"):
     monkeypatch.setitem(registry, protocol, InMemoryGCS)
   InMemoryGCS.store.clear()
@@ -92,7 +93,8 @@ def test_a_block_store_index_and_bm25_index_in_the_bucket(bucket, tokenizer, tmp
                  storage_dtype="int8" if step == 2 else "float32")
   assert root.versions() == [2] and root.latest_version() == 2
   loaded = open_index(root.latest(), again)
-  np.testing.assert_allclose(loaded.embeddings, 2 * embeddings, atol=0.02 * np.abs(embeddings).max())
+  np.testing.assert_allclose(loaded.embeddings, 2 * embeddings,
+                             atol=0.02 * np.abs(embeddings).max())
   np.testing.assert_allclose(load_embeddings(root.latest()), loaded.embeddings)
 
   bm25_dir = f"{bucket}/bm25"

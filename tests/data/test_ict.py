@@ -23,6 +23,13 @@ def test_batches_are_a_function_of_seed_and_step(squad_block_store, sampler):
   assert not np.array_equal(other_seed.batch(0).block_indices, sampler.batch(0).block_indices)
 
 
+def test_a_hosts_rows_are_those_rows_of_the_whole_batch(sampler):
+  whole, rows = sampler.batch(30), sampler.batch(30, slice(32, 64))
+  np.testing.assert_array_equal(rows.block_indices, whole.block_indices[32:])
+  np.testing.assert_array_equal(rows.queries.token_ids, whole.queries.token_ids[32:])
+  np.testing.assert_array_equal(rows.blocks.token_ids, whole.blocks.token_ids[32:])
+
+
 def sentences_of(store, block):
   token_ids, starts = store.token_ids(block), store.sentence_token_starts(block)
   ends = list(starts[1:]) + [len(token_ids)]

@@ -8,21 +8,24 @@ from orqa_realm.modeling import losses
 
 
 def numpy_in_batch_softmax(queries, blocks):
+  """Query i's positive is block i x (blocks per query)."""
   logits = queries.astype(np.float64) @ blocks.astype(np.float64).T
+  group = len(blocks) // len(queries)
   total = 0.0
   correct = 0
   for i, row in enumerate(logits):
-    total += np.log(np.exp(row - row.max()).sum()) + row.max() - row[i]
-    correct += int(np.argmax(row) == i)
+    total += np.log(np.exp(row - row.max()).sum()) + row.max() - row[i * group]
+    correct += int(np.argmax(row) == i * group)
   return total / len(logits), correct / len(logits)
 
 
-@pytest.mark.parametrize("num_queries, num_blocks", [(6, 6), (4, 9)])
+@pytest.mark.parametrize("num_queries, num_blocks", [(6, 6), (4, 12)])
 def test_in_batch_softmax_matches_numpy(num_queries, num_blocks):
   rng = np.random.default_rng(0)
   queries = rng.normal(size=(num_queries, 5)).astype(np.float32)
   blocks = rng.normal(size=(num_blocks, 5)).astype(np.float32)
-  blocks[:2] = queries[:2] * 3  # two queries whose positive clearly wins
+  group = num_blocks // num_queries
+  blocks[0], blocks[group] = queries[0] * 3, queries[1] * 3  # positives that clearly win
   result = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks))
   expected_loss, expected_accuracy = numpy_in_batch_softmax(queries, blocks)
   np.testing.assert_allclose(result.loss, expected_loss, rtol=1e-5)
@@ -32,17 +35,17 @@ def test_in_batch_softmax_matches_numpy(num_queries, num_blocks):
 def test_in_batch_softmax_scales_scores():
   rng = np.random.default_rng(1)
   queries = rng.normal(size=(4, 5)).astype(np.float32)
-  blocks = rng.normal(size=(6, 5)).astype(np.float32)
+  blocks = rng.normal(size=(8, 5)).astype(np.float32)
   result = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 20.0)
   expected_loss, _ = numpy_in_batch_softmax(queries * 20.0, blocks)
   np.testing.assert_allclose(result.loss, expected_loss, rtol=1e-5)
 
 
 def test_dpr_loss_leaves_out_copies_of_a_querys_positive():
-  # 3 questions (two share paragraph 7) with 2 hard negatives each; question 2's first negative
-  # is block 5, question 0's positive.
+  # 3 questions with 2 hard negatives each, in groups [positive, negative, negative]: questions
+  # 0 and 1 share paragraph 7, and question 2's first negative is block 7 too.
   rng = np.random.default_rng(2)
-  block_ids = np.array([7, 7, 3, 5, 8, 9, 10, 5, 11])
+  block_ids = np.array([7, 8, 9, 7, 10, 11, 3, 7, 12])
   queries = rng.normal(size=(3, 5)).astype(np.float32)
   blocks = rng.normal(size=(9, 5)).astype(np.float32)
   result = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 2.0,
@@ -50,13 +53,14 @@ def test_dpr_loss_leaves_out_copies_of_a_querys_positive():
   logits = 2.0 * queries.astype(np.float64) @ blocks.astype(np.float64).T
   losses_by_hand, correct = [], 0
   for i in range(3):
-    kept = [j for j in range(9) if j == i or block_ids[j] != block_ids[i]]
+    positive = 3 * i
+    kept = [j for j in range(9) if j == positive or block_ids[j] != block_ids[positive]]
     row = logits[i, kept]
-    losses_by_hand.append(np.log(np.exp(row).sum()) - logits[i, i])
-    correct += int(kept[int(np.argmax(row))] == i)
+    losses_by_hand.append(np.log(np.exp(row).sum()) - logits[i, positive])
+    correct += int(kept[int(np.argmax(row))] == positive)
   np.testing.assert_allclose(result.loss, np.mean(losses_by_hand), rtol=1e-5)
   np.testing.assert_allclose(result.accuracy, correct / 3)
-  # Without ids the copy of block 7 counts as a negative for questions 0 and 1: a larger loss.
+  # Without ids the copies of block 7 count as negatives for questions 0 and 1: a larger loss.
   plain = losses.in_batch_softmax_loss(jnp.asarray(queries), jnp.asarray(blocks), 2.0)
   assert plain.loss > result.loss
 
@@ -64,6 +68,8 @@ def test_dpr_loss_leaves_out_copies_of_a_querys_positive():
 def test_every_query_needs_a_positive():
   with pytest.raises(ValueError, match="every query needs its positive"):
     losses.in_batch_softmax_loss(jnp.ones((4, 3)), jnp.ones((3, 3)))
+  with pytest.raises(ValueError, match="the same number of hard negatives"):
+    losses.in_batch_softmax_loss(jnp.ones((4, 3)), jnp.ones((6, 3)))
 
 
 def numpy_marginal(logits, correct):

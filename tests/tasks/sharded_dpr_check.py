@@ -18,7 +18,8 @@ from tests.tasks.tiny_dpr import tiny_dpr_task
 def main(block_store, bert_dir):
   assert jax.device_count() == 4, jax.devices()
   task = tiny_dpr_task(block_store, bert_dir, batch_size=8)
-  found = one_device_against_all(task, task.init_params(jax.random.key(0)), task.train_batch(0, StepContext(parallel.make_mesh())))
+  batch = task.train_batch(0, StepContext(parallel.make_mesh()))
+  found = one_device_against_all(task, task.init_params(jax.random.key(0)), batch)
   print(json.dumps(dict(loss_one=found["loss_one"], loss_four=found["loss_four"],
                         grad_scale=found["grad_scale"], grad_difference=found["grad_difference"],
                         accuracy_one=float(found["metrics_one"]["accuracy"]),

@@ -39,8 +39,8 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
   batch = task.train_batch(5, StepContext(MESH, params=params, index=newer))
   queries = np.asarray(retriever.DualEncoder(task.config.retriever).apply(
       {"params": params}, batch.queries, method=retriever.DualEncoder.embed_queries))
-  negatives = batch.block_ids[8:].reshape(8, 2)
-  for query, positive, pair in zip(queries, batch.block_ids[:8], negatives):
+  groups = batch.block_ids.reshape(8, 3)  # per question: its positive, then 2 negatives
+  for query, positive, pair in zip(queries, groups[:, 0], groups[:, 1:]):
     top = np.argsort(-(newer.embeddings @ query), kind="stable")[:10]
     assert set(pair) <= set(top.tolist()), (pair, top)  # from the newest version's top 10
     example = next(e for e in task.examples if e.positive == positive)
@@ -50,8 +50,9 @@ def test_negatives_come_from_the_index_version_handed_over(tiny_task, tmp_path):
       assert int(store.document_index(int(negative))) not in example.excluded_documents
   # Another version gives other negatives for the same questions and positives.
   other = task.train_batch(5, StepContext(MESH, params=params, index=older))
-  np.testing.assert_array_equal(other.block_ids[:8], batch.block_ids[:8])
-  assert not np.array_equal(other.block_ids[8:], batch.block_ids[8:])
+  other_groups = other.block_ids.reshape(8, 3)
+  np.testing.assert_array_equal(other_groups[:, 0], groups[:, 0])
+  assert not np.array_equal(other_groups[:, 1:], groups[:, 1:])
   with pytest.raises(RuntimeError, match="did not declare Need.INDEX"):
     task.train_batch(5, StepContext(MESH, params=params))
 

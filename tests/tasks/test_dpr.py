@@ -22,23 +22,25 @@ from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task
 from tests.tasks.tiny_ict import tiny_ict_task
 
+MESH = parallel.make_mesh()
+
 
 @pytest.fixture(scope="module")
 def tiny_task(squad_block_store, tiny_bert_dir):
   return tiny_dpr_task(squad_block_store.directory, tiny_bert_dir)
 
 
-def test_batch_holds_positives_then_hard_negatives(tiny_task):
-  batch = tiny_task.train_batch(3, StepContext(parallel.make_mesh()))
+def test_batch_holds_each_positive_then_its_hard_negatives(tiny_task):
+  batch = tiny_task.train_batch(3, StepContext(MESH))
   store, config = tiny_task.store, tiny_task.config
   assert batch.queries.token_ids.shape == (8, 16)
   assert batch.blocks.token_ids.shape == (8 * 3, 48) and batch.block_ids.shape == (24,)
   expected = store.encode(batch.block_ids, max_length=48,
                           block_format=config.retriever.block_format)
   np.testing.assert_array_equal(batch.blocks.token_ids, expected.token_ids)
-  # Each example's negatives follow all positives, in example order.
-  negatives = batch.block_ids[8:].reshape(8, 2)
-  for row, (positive, pair) in enumerate(zip(batch.block_ids[:8], negatives)):
+  # Each example's blocks are its positive, then its negatives, in example order.
+  groups = batch.block_ids.reshape(8, 3)
+  for row, (positive, pair) in enumerate(zip(groups[:, 0], groups[:, 1:])):
     matching = [example for example in tiny_task.examples
                 if example.positive == positive and tuple(pair) == example.hard_negatives]
     assert matching, (positive, pair)
@@ -46,20 +48,27 @@ def test_batch_holds_positives_then_hard_negatives(tiny_task):
     assert any(np.array_equal(batch.queries.token_ids[row], tiny_task.tokenizer.encode_queries(
         [example.question], 16).token_ids[0]) for example in matching)
   # The same step gives the same batch (a resumed run reads the same data).
-  np.testing.assert_array_equal(tiny_task.train_batch(3, StepContext(parallel.make_mesh())).block_ids, batch.block_ids)
+  np.testing.assert_array_equal(tiny_task.train_batch(3, StepContext(MESH)).block_ids,
+                                batch.block_ids)
+  # A host's rows of the batch are those rows of the whole batch, built alone.
+  half = tiny_task.train_batch(3, StepContext(MESH, slice(4, 8)))
+  np.testing.assert_array_equal(half.queries.token_ids, batch.queries.token_ids[4:])
+  np.testing.assert_array_equal(half.block_ids, batch.block_ids[12:])
 
 
 def test_loss_equals_numpy_on_a_real_batch(tiny_task):
   params = tiny_task.init_params(jax.random.key(0))
-  batch = tiny_task.train_batch(0, StepContext(parallel.make_mesh()))
+  batch = tiny_task.train_batch(0, StepContext(MESH))
   loss, metrics = tiny_task.loss(params, batch, jax.random.key(1), deterministic=True)
   queries, blocks = retriever.DualEncoder(tiny_task.config.retriever).apply(
       {"params": params}, batch.queries, batch.blocks, True)
   logits = np.asarray(queries, np.float64) @ np.asarray(blocks, np.float64).T  # [8, 24]
   expected = []
   for i, row in enumerate(logits):
-    kept = [j for j in range(len(row)) if j == i or batch.block_ids[j] != batch.block_ids[i]]
-    expected.append(np.log(np.exp(row[kept]).sum()) - row[i])
+    positive = 3 * i  # each question's group: its positive, then its 2 negatives
+    kept = [j for j in range(len(row))
+            if j == positive or batch.block_ids[j] != batch.block_ids[positive]]
+    expected.append(np.log(np.exp(row[kept]).sum()) - row[positive])
   np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
   assert 0.0 <= metrics["accuracy"] <= 1.0
 
@@ -88,8 +97,8 @@ def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path
   assert sorted((e.question[:8], e.positive) for e in task.examples) == [
       ("Does asp", 0), ("Does asp", 2), ("Does vit", 3)]
   for step in range(3):
-    batch = task.train_batch(step, StepContext(parallel.make_mesh()))
-    for positive, negative in zip(batch.block_ids[:2], batch.block_ids[2:]):
+    batch = task.train_batch(step, StepContext(MESH))
+    for positive, negative in batch.block_ids.reshape(2, 2):
       judged = {0, 2} if positive in (0, 2) else {3, 4}
       assert negative not in judged
 

@@ -11,10 +11,8 @@ import time
 import numpy as np
 import pytest
 
-from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.qa import QAEvaluation
-from orqa_realm.tasks.base import StepContext
 from orqa_realm.training import loop
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
