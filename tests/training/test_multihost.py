@@ -3,7 +3,6 @@ parameters of 1 process x 4 devices, each building only its own rows; and across
 every step of ANCE uses the index version the first process chose."""
 
 import json
-import os
 import socket
 import subprocess
 import sys
