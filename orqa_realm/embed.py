@@ -70,6 +70,9 @@ def main() -> None:
   store, tokenizer = source.open_store()
   if not index.index_dir:
     raise InputError("--index_dir is required", field="index_dir")
+  if SETTINGS.given("checkpoint_step") and not run.workdir:
+    raise InputError("--checkpoint_step names a checkpoint of --workdir, which is not given",
+                     field="checkpoint_step")
   mesh = parallel.make_mesh()
   if run.workdir:
     config, params, step = run_retriever(run, mesh)

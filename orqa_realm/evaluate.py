@@ -125,6 +125,9 @@ def check_flags() -> EvaluateCommand:
     raise InputError("pass exactly one of --eval_qa_dataset and --eval_beir_queries (with "
                      "--eval_beir_qrels)")
   SETTINGS.check_read(read_groups(command, qa), f"evaluate --retrieval={command.retrieval}")
+  if SETTINGS.given("checkpoint_step") and not SETTINGS.build("dense retrieval").workdir:
+    raise InputError("--checkpoint_step names a checkpoint of --workdir, which is not given",
+                     field="checkpoint_step")
   return command
 
 

@@ -23,7 +23,6 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.data import tfds_input
 from orqa_realm.encode import embedding, refresher, runs
 from orqa_realm.index.handle import IndexHandle
-from orqa_realm.modeling.retriever import ARCHITECTURE_FIELDS
 from orqa_realm.tasks.base import Need, Task
 from orqa_realm.tasks.registry import TASKS
 from orqa_realm.training import loop
@@ -45,7 +44,8 @@ SETTINGS = settings_lib.FlagBinder("train")
 SETTINGS.bind("train", TrainCommand)
 SETTINGS.bind("loop", loop.TrainConfig)
 SETTINGS.bind("index refresher", loop.RefreshConfig)
-SETTINGS.bind("index", embedding.IndexConfig)
+SETTINGS.bind("index", embedding.IndexSearch)
+SETTINGS.bind("index publishing", embedding.IndexConfig)
 SETTINGS.bind("tfds", tfds_input.TFDSSettings)
 for _name, _task in TASKS.items():
   SETTINGS.bind(f"task {_name}", _task.config_class)
@@ -60,8 +60,8 @@ def task_settings(task_class: type[Task]):
   if saved is None:
     return task_config
   return dataclasses.replace(task_config, retriever=settings_lib.settle(
-      saved.config, SETTINGS.given_settings(group, "retriever"), fixed=ARCHITECTURE_FIELDS,
-      source=saved.source))
+      saved.config, SETTINGS.given_settings(group, "retriever"),
+      fixed=task_class.fixed_retriever_fields, source=saved.source))
 
 
 def uses_index(command: TrainCommand) -> bool:
@@ -73,8 +73,12 @@ def check_flags() -> TrainCommand:
   """The command's settings, once every given flag is known to be read by this run: the loop's,
   the task's and, with an index, the refresher's and the index's."""
   command = SETTINGS.build("train")
+  if command.refresh_index and not TASKS[command.task].trains_block_tower:
+    raise InputError(f"--task={command.task} trains no block tower: a refresher would have "
+                     "nothing to index", field="refresh_index")
   groups = ["train", "loop", "tfds", f"task {command.task}"]
   groups += ["index refresher", "index"] if uses_index(command) else []
+  groups += ["index publishing"] if command.refresh_index else []
   SETTINGS.check_read(groups, f"train --task={command.task}")
   return command
 
@@ -89,13 +93,16 @@ def main() -> None:
     parallel.initialize_multihost()
   tfds_input.use_settings(SETTINGS.build("tfds"))
   refresh = SETTINGS.build("index refresher")
-  index_config = SETTINGS.build("index")
+  index_config = SETTINGS.build("index publishing")
   task = task_class(task_settings(task_class), config.task_context())
   print(f"task {task.name} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} host(s); global batch {config.batch_size}", flush=True)
   settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
   if uses_index(command):
-    settings.update(refresh=dataclasses.asdict(refresh), index=dataclasses.asdict(index_config))
+    settings.update(refresh=dataclasses.asdict(refresh),
+                    index=dataclasses.asdict(SETTINGS.build("index")))
+  if command.refresh_index:
+    settings.update(index=dataclasses.asdict(index_config))
   refresher_thread, index_handle = None, None
   poll_seconds = refresh.refresher.poll_seconds
   try:

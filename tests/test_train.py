@@ -52,14 +52,20 @@ def test_every_task_refuses_a_flag_it_does_not_read():
   assert set(UNREAD) == set(TASKS)
   lines = [[f"--task={task}", "--workdir=/nonexistent/run", f"--{flag}"]
            for task, flag in UNREAD.items()]
-  lines += [["--task=ict", "--workdir=/nonexistent/run", f"--{REFRESHER_FLAG}"]]
+  lines += [["--task=ict", "--workdir=/nonexistent/run", f"--{REFRESHER_FLAG}"],
+            ["--task=ance", "--workdir=/nonexistent/run", "--index_storage_dtype=int8"],
+            ["--task=orqa", "--workdir=/nonexistent/run", "--refresh_index"]]
   messages = refusals(lines)
   for (task, flag), message in zip(UNREAD.items(), messages):
     name = flag.partition("=")[0]
     assert message is not None, task
     assert f"--{name} is not read by `train --task={task}`" in message, message
-  assert "--index_backend is not read by `train --task=ict`" in messages[-1]
-  assert "(it is read by: index)" in messages[-1]
+  index_flag, publishing_flag, orqa_refresh = messages[-3:]
+  assert "--index_backend is not read by `train --task=ict`" in index_flag
+  assert "(it is read by: index, index publishing)" in index_flag
+  # ANCE reads the refreshed index; how versions are published is read only with a refresher.
+  assert "--index_storage_dtype is not read by `train --task=ance`" in publishing_flag
+  assert "trains no block tower" in orqa_refresh
 
 
 def test_helpfull_lists_the_flags_of_each_task_in_its_group():

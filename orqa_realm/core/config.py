@@ -248,11 +248,6 @@ class FlagBinder:
     return "\n".join(lines) + "\n"
 
 
-def to_dict(instance: Any) -> dict[str, Any]:
-  """A settings dataclass as JSON-ready data (tuples as lists)."""
-  return dataclasses.asdict(instance)
-
-
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                 prefix: str = "") -> list[str]:
   """'key: saved X, now Y' for each (nested) key whose values differ."""

@@ -114,7 +114,8 @@ def dense_searcher(store: BlockStore, tokenizer: Tokenizer, index: embedding.Ind
 
   def embed_texts(texts: Sequence[str]) -> np.ndarray:
     return embedding.embed_queries(list(texts), encoder.params, encoder.config, tokenizer,
-                                   dtype=embed.dtype, mesh=mesh)
+                                   batch_size=embed.embed_batch_size, dtype=embed.dtype,
+                                   mesh=mesh)
 
   return DenseTextSearcher(embed_texts, searcher), dict(
       index_version=version.version, index_checkpoint_step=version.checkpoint_step,

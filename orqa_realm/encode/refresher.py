@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import jax
 from absl import logging
 
 from orqa_realm.core import checkpoints, parallel, run_directory
@@ -41,7 +42,8 @@ class Refresher:
     store: the block store to embed.
     config: the run's retriever (its block tower embeds, at its block length).
     index: where and how versions are published.
-    mesh: the devices that embed.
+    mesh: the devices that embed (default: this host's: the refresher runs on one host, and a
+      computation over other hosts' devices would need them to join it).
     on_publish: called with each published version (e.g. `IndexHandle.notify`).
   """
 
@@ -53,7 +55,7 @@ class Refresher:
     self.config = config
     self.index = index
     self.index_root = index.root()
-    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    self.mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
     self.on_publish = on_publish
     self.failures = 0
     latest = self.index_root.latest()

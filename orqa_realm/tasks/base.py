@@ -11,7 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 
 from orqa_realm.index.handle import LoadedIndex
-from orqa_realm.modeling.retriever import RetrieverConfig
+from orqa_realm.modeling.retriever import ARCHITECTURE_FIELDS, RetrieverConfig
 
 Params = Any
 Batch = Any  # a pytree of arrays whose leading axis is the batch (or a host's rows of it)
@@ -84,6 +84,10 @@ class Task(abc.ABC):
   name: ClassVar[str]
   config_class: ClassVar[type]  # the frozen settings dataclass the task is built from
   needs: ClassVar[frozenset[Need]] = frozenset()
+  # What of a saved retriever (`saved_retriever`) the task must keep; the rest it may set.
+  fixed_retriever_fields: ClassVar[tuple[str, ...]] = ARCHITECTURE_FIELDS
+  # Whether the task trains the block tower (whose checkpoints a refresher can index).
+  trains_block_tower: ClassVar[bool] = True
   config: Any  # the task's settings (an instance of `config_class`), as the task uses them
 
   @classmethod

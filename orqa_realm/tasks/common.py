@@ -13,12 +13,13 @@ import jax.numpy as jnp
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.blocks import StoreSource
+from orqa_realm.data.blocks import BlockStore, StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.encode import runs
 from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.data.qa import QAEvaluation
+from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.retriever import RetrieverConfig
 from orqa_realm.tasks.base import SavedRetriever, Task, TaskContext
@@ -42,6 +43,21 @@ class StoreAndBert(StoreSource):
     return None if self.from_scratch else load_hf_bert(self.bert_dir())
 
 
+def with_store_path(config: Any, store: BlockStore) -> Any:
+  """`config` with its block store named by the opened store's absolute path (or URI), as the
+  run records it: a refresher or warm start elsewhere then finds it."""
+  return dataclasses.replace(config, source=dataclasses.replace(config.source,
+                                                                block_store=store.directory))
+
+
+def check_warm_start(config: RetrieverTaskConfig) -> None:
+  """Refuses --from_scratch with --retriever_workdir: the run's weights would replace the random
+  ones."""
+  if config.source.from_scratch and config.retriever_workdir:
+    raise InputError("--from_scratch and --retriever_workdir both say where the retriever "
+                     "starts: pass one", field="from_scratch")
+
+
 def own_retriever(retriever: RetrieverConfig, source: StoreAndBert) -> RetrieverConfig:
   """`retriever` with its BERT architecture: already there (taken from a saved run or index),
   or --bert's."""
@@ -53,8 +69,9 @@ def warm_start_retriever(workdir: str, source: StoreAndBert) -> SavedRetriever:
   BERT is not --bert's, whose tokenizer reads the task's queries."""
   run = runs.open_retriever_run(workdir)
   if run.retriever.bert != source.bert_config():
-    raise InputError("the run's BERT is not --bert's, whose tokenizer would read the queries",
-                     path=workdir, field="retriever_workdir")
+    raise InputError("the run's BERT architecture is not --bert's", path=workdir,
+                     field="retriever_workdir")
+  runs.check_tokenizer(run, Tokenizer(source.bert_dir()).fingerprint, f"--bert={source.bert}")
   return SavedRetriever(run.retriever, f"--retriever_workdir={workdir}")
 
 
@@ -99,8 +116,10 @@ class DualEncoderTask(Task):
   `evaluation` and, where the task reads it, `retriever_workdir`."""
 
   def __init__(self, config: Any, context: TaskContext):
+    if getattr(config, "retriever_workdir", ""):
+      check_warm_start(config)
     self.store, self.tokenizer = config.source.open_store()
-    self.config = dataclasses.replace(config,
+    self.config = dataclasses.replace(with_store_path(config, self.store),
                                       retriever=own_retriever(config.retriever, config.source))
     self.context = context
     self.model = retriever.DualEncoder(self.config.retriever, jnp.dtype(context.dtype),

@@ -50,7 +50,7 @@ from orqa_realm.modeling import mlm, reader, retriever
 from orqa_realm.modeling.losses import early_loss, full_loss
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import QuestionTaskConfig, batch_length_multiple
+from orqa_realm.tasks.common import QuestionTaskConfig, batch_length_multiple, with_store_path
 
 
 class ORQABatch(NamedTuple):
@@ -81,12 +81,19 @@ class ORQATask(Task):
   name = runs.ORQA_TASK
   config_class = ORQAConfig
   needs = frozenset({Need.PARAMS})
+  # ORQA embeds no block: the index's block length stays (its queries' length may change).
+  fixed_retriever_fields = retriever.ARCHITECTURE_FIELDS + ("block_length",)
+  trains_block_tower = False
 
   def __init__(self, config: ORQAConfig, context: TaskContext):
     for name in ("train_qa_dataset", "index_dir"):
       if not getattr(config, name):
         raise InputError(f"--task=orqa needs --{name}", field=name)
+    if config.source.from_scratch and not config.retriever_workdir:
+      raise InputError("--from_scratch would start the question encoder at random, but it must "
+                       "start from the weights the index was embedded with", field="from_scratch")
     self.store, self.tokenizer = config.source.open_store()
+    config = with_store_path(config, self.store)
     self.index = open_index(embedding.latest_version(config.index_dir), self.store,
                             backend="exact")
     if config.retriever.bert is None:

@@ -53,8 +53,9 @@ from orqa_realm.modeling import mlm, retriever
 from orqa_realm.modeling.losses import realm_loss
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import (RetrieverTaskConfig, batch_length_multiple, own_retriever,
-                                     saved_retriever_of)
+from orqa_realm.tasks.common import (RetrieverTaskConfig, batch_length_multiple,
+                                     check_warm_start, own_retriever, saved_retriever_of,
+                                     with_store_path)
 
 
 class REALMBatch(NamedTuple):
@@ -112,8 +113,9 @@ class REALMTask(Task):
     if config.num_candidates < 2:
       raise InputError("REALM needs the null document and at least one retrieved one: "
                        "--realm_num_candidates >= 2", field="realm_num_candidates")
+    check_warm_start(config)
     self.store, self.tokenizer = config.source.open_store()
-    self.config = dataclasses.replace(config,
+    self.config = dataclasses.replace(with_store_path(config, self.store),
                                       retriever=own_retriever(config.retriever, config.source))
     self.context = context
     self.knowledge_config = mlm.KnowledgeEncoderConfig(config.source.bert_config())

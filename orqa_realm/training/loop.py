@@ -71,10 +71,6 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class RefreshConfig:
   """The index refresher beside training (the tasks that mine the refreshed index need one)."""
-  refresh_index: bool = setting(
-      False, "Run the index refresher as a thread of the trainer: each committed checkpoint is "
-      "embedded and published under --index_dir; the index version in use and its staleness "
-      "are logged. (Or run `python -m orqa_realm.refresh` beside it.)")
   refresh_every_steps: int = setting(
       0, "Also checkpoint every N steps so that the refresher has a new checkpoint to index "
       "that often; 0: checkpoints only every --checkpoint_every_steps.")

@@ -4,6 +4,7 @@ plotted against the step (`python -m orqa_realm.plot_metrics`)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 
@@ -20,8 +21,9 @@ METRICS_FILE = "metrics.jsonl"
 class MetricsLog:
   """Metrics to `metrics.jsonl` and TensorBoard (first host only).
 
-  With a remote workdir the TensorBoard events are written locally and copied to
-  `workdir/tensorboard` at each flush (tensorboardX writes local files only here).
+  With a remote workdir the records are rewritten whole at each write (object stores such as
+  GCS have no append: gcsfs would overwrite), and the TensorBoard events are written locally and
+  their changed files copied to `workdir/tensorboard` (tensorboardX writes local files only).
   """
 
   def __init__(self, workdir: str, resumed_step: int):
@@ -29,34 +31,53 @@ class MetricsLog:
     self.path = paths.resolve(workdir) / METRICS_FILE
     if not self._enabled:
       return
+    self._lines: list[str] = []
     if self.path.exists():
       # Steps past the checkpoint we resume from will be run (and logged) again.
-      kept = [line for line in self.path.read_text(encoding="utf-8").splitlines(keepends=True)
-              if json.loads(line)["step"] <= resumed_step]
-      self.path.write_text("".join(kept), encoding="utf-8")
+      self._lines = [line for line in self.path.read_text(encoding="utf-8").splitlines(True)
+                     if json.loads(line)["step"] <= resumed_step]
+      self.path.write_text("".join(self._lines), encoding="utf-8")
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
 
     self._tensorboard = paths.resolve(workdir) / "tensorboard"
     self._local_events = (tempfile.mkdtemp(prefix="tensorboard-")
                           if paths.is_remote(self._tensorboard) else None)
     self._writer = SummaryWriter(self._local_events or str(self._tensorboard))
+    self._copied_sizes: dict[str, int] = {}
 
   def write(self, step: int, metrics: dict[str, float]) -> None:
     if not self._enabled:
       return
-    with self.path.open("a", encoding="utf-8") as f:
-      f.write(json.dumps({"step": step, **metrics}) + "\n")
+    line = json.dumps({"step": step, **metrics}) + "\n"
+    self._lines.append(line)
+    if paths.is_remote(self.path):
+      self.path.write_text("".join(self._lines), encoding="utf-8")
+    else:
+      with self.path.open("a", encoding="utf-8") as f:
+        f.write(line)
     for name, value in metrics.items():
       self._writer.add_scalar(name, value, step)
     self._writer.flush()
-    if self._local_events is not None:
-      paths.copy_tree(self._local_events, self._tensorboard)
+    self._copy_events()
+
+  def _copy_events(self) -> None:
+    """Copies the local event files that grew since the last copy to the remote workdir."""
+    if self._local_events is None:
+      return
+    self._tensorboard.mkdir(parents=True, exist_ok=True)
+    for name in os.listdir(self._local_events):
+      local = os.path.join(self._local_events, name)
+      size = os.path.getsize(local)
+      if self._copied_sizes.get(name) != size:
+        with open(local, "rb") as f:
+          (self._tensorboard / name).write_bytes(f.read())
+        self._copied_sizes[name] = size
 
   def close(self) -> None:
     if self._enabled:
       self._writer.close()
+      self._copy_events()
       if self._local_events is not None:
-        paths.copy_tree(self._local_events, self._tensorboard)
         shutil.rmtree(self._local_events, ignore_errors=True)
 
 

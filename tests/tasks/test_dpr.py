@@ -20,7 +20,7 @@ from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task
-from tests.tasks.tiny_ict import tiny_ict_task
+from tests.tasks.tiny_ict import tiny_ict_task, tiny_source
 
 MESH = parallel.make_mesh()
 
@@ -139,7 +139,9 @@ def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_ber
   earlier = runs.restore_retriever(reader, 2, ict.config.retriever, parallel.make_mesh())
   reader.close()
   task = tiny_dpr_task(squad_block_store.directory, tiny_bert_dir,
-                       retriever_workdir=str(tmp_path / "ict"))
+                       retriever_workdir=str(tmp_path / "ict"),
+                       source=tiny_source(squad_block_store.directory, tiny_bert_dir,
+                                          from_scratch=False))
   params = task.warm_start(task.init_params(jax.random.key(1)), parallel.make_mesh())
   assert _same(params, latest) and not _same(params, earlier)
   empty = runs.RetrieverRun(str(tmp_path / "none"), "ict", ict.config.retriever, "", {})

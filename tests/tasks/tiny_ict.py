@@ -44,9 +44,10 @@ def tiny_context(batch_size: int = 8, seed: int = 0) -> TaskContext:
   return TaskContext(batch_size=batch_size, seed=seed, dtype="float32", remat=False)
 
 
-def tiny_source(block_store: str, bert_dir: str) -> StoreAndBert:
-  """The store, and the tiny BERT directory (random weights: it holds none)."""
-  return StoreAndBert(block_store=block_store, bert=bert_dir, from_scratch=True)
+def tiny_source(block_store: str, bert_dir: str, from_scratch: bool = True) -> StoreAndBert:
+  """The store and the tiny BERT directory: freshly initialised layers (`from_scratch`), or the
+  directory's own random weights."""
+  return StoreAndBert(block_store=block_store, bert=bert_dir, from_scratch=from_scratch)
 
 
 def tiny_ict_task(block_store: str, bert_dir: str, batch_size: int = 8, seed: int = 0,

@@ -37,7 +37,9 @@ def tiny_orqa_task(block_store: str, bert_dir: str, index_dir: str, batch_size: 
   """`overrides`: ORQAConfig fields. The retriever is the index's unless overridden."""
   publish_tiny_index(block_store, index_dir)
   config = ORQAConfig(
-      source=tiny_source(block_store, bert_dir), index_dir=index_dir,
+      # The question encoder starts from the weights the index was embedded from (a random
+      # tower here, which ORQA cannot tell from --bert's): not from scratch.
+      source=tiny_source(block_store, bert_dir, from_scratch=False), index_dir=index_dir,
       train_qa_dataset=f"squad:{DEMO_SQUAD}",
       reader=ReaderConfig(span_hidden_size=8, max_span_width=4),
       reader_settings=ReaderSettings(reader_length=96, reader_question_length=12,
