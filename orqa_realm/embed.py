@@ -40,10 +40,13 @@ SETTINGS.bind("retriever", retriever.RetrieverConfig)
 SETTINGS.bind("index", embedding.IndexConfig)
 
 
-def run_retriever(run: runs.RunCheckpoint, mesh) -> tuple[retriever.RetrieverConfig, dict, int]:
+def run_retriever(run: runs.RunCheckpoint, tokenizer_fingerprint: str, store_directory: str,
+                  mesh) -> tuple[retriever.RetrieverConfig, dict, int]:
   """(the run's retriever: its architecture, and its input settings unless given; its block
-  tower's params at the checkpoint; the checkpoint step)."""
+  tower's params at the checkpoint; the checkpoint step), refused when the run trained with
+  another tokenizer than the store's."""
   saved = runs.open_retriever_run(run.workdir)
+  runs.check_tokenizer(saved, tokenizer_fingerprint, store_directory)
   config = settings_lib.settle(saved.retriever, SETTINGS.given_settings("retriever"),
                                fixed=retriever.ARCHITECTURE_FIELDS,
                                source=f"the run {saved.workdir}")
@@ -75,9 +78,7 @@ def main() -> None:
                      field="checkpoint_step")
   mesh = parallel.make_mesh()
   if run.workdir:
-    config, params, step = run_retriever(run, mesh)
-    runs.check_tokenizer(runs.open_retriever_run(run.workdir), tokenizer.fingerprint,
-                         store.directory)
+    config, params, step = run_retriever(run, tokenizer.fingerprint, store.directory, mesh)
   else:
     config, params, step = pretrained_retriever(source.bert)
   version = embedding.embed_and_publish(store, params, config, index, checkpoint_step=step,

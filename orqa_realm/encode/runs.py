@@ -115,18 +115,19 @@ def restore_latest_retriever(run: RetrieverRun, mesh) -> dict[str, Any]:
                              run.retriever, mesh)
 
 
-def restore_knowledge_encoder_bert(run: RetrieverRun, step: int, mesh) -> Any:
-  """The BERT of a REALM run's knowledge-augmented encoder at checkpoint `step` (REALM's
-  fine-tuning starts the reader from it), or None for a run without one."""
+def restore_knowledge_encoder_bert(run: RetrieverRun,
+                                   checkpoint_reader: checkpoints.CheckpointReader, step: int,
+                                   mesh) -> Any:
+  """The BERT of a REALM run's knowledge-augmented encoder at checkpoint `step`, read through
+  `checkpoint_reader` (the run's checkpoints; REALM's fine-tuning starts the reader from it), or
+  None for a run without one."""
   if mlm.KNOWLEDGE_ENCODER not in run.model:
     return None
   knowledge_config = mlm.KnowledgeEncoderConfig.from_dict(run.model[mlm.KNOWLEDGE_ENCODER])
   shapes = jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0)))
   target = {mlm.KNOWLEDGE_ENCODER: {"bert": checkpoints.abstract_with_sharding(
       shapes["bert"], parallel.replicated(mesh))}}
-  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(run.workdir)) as checkpoint_reader:
-    restored = checkpoint_reader.restore_params(step, target)
-  return restored[mlm.KNOWLEDGE_ENCODER]["bert"]
+  return checkpoint_reader.restore_params(step, target)[mlm.KNOWLEDGE_ENCODER]["bert"]
 
 
 def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,

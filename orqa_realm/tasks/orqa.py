@@ -174,10 +174,11 @@ class ORQATask(Task):
       return params
     run = runs.open_retriever_run(workdir)
     step = self.index.version.checkpoint_step
+    # One reader of the run's checkpoints for both parts.
     with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as source:
       retriever_params = runs.restore_retriever(source, step, run.retriever, mesh, tower="query")
+      knowledge_bert = runs.restore_knowledge_encoder_bert(run, source, step, mesh)
     reader_params = params["reader"]
-    knowledge_bert = runs.restore_knowledge_encoder_bert(run, step, mesh)
     if knowledge_bert is not None:
       if run.model[mlm.KNOWLEDGE_ENCODER]["bert"] != self.config.reader.bert.to_dict():
         raise InputError("the REALM run's knowledge encoder is not the reader's --bert",
