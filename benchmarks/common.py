@@ -80,6 +80,28 @@ def measured_peak_flops(size: int = 2048, iterations: int = 10,
   return peaks
 
 
+def machine_description() -> str:
+  """The CPU model, its cores and the vector extensions that decide matmul speed (AVX-512,
+  AVX-512 BF16, AMX), for a benchmark's title: machines vary, so only ratios within one run
+  compare."""
+  model, flags = "unknown CPU", set()
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        name, _, value = line.partition(":")
+        if name.strip() == "model name":
+          model = value.strip()
+        elif name.strip() == "flags":
+          flags = set(value.split())
+          break
+  except OSError:
+    pass
+  extensions = [label for flag, label in [("avx2", "AVX2"), ("avx512f", "AVX-512"),
+                                          ("avx512_bf16", "AVX-512 BF16"), ("amx_bf16", "AMX")]
+                if flag in flags]
+  return f"{model}, {os.cpu_count()} cores, {'/'.join(extensions) or 'no AVX2'}"
+
+
 def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
   """A Markdown table, ready to paste into the README."""
   print(title)

@@ -59,7 +59,7 @@ def main():
   from orqa_realm.data.documents import load_documents
   from orqa_realm.data.pretrained import resolve_model_dir
   from orqa_realm.data.tokenization import Tokenizer
-  from orqa_realm.modeling import retriever
+  from orqa_realm.modeling import partitioning, retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
 
   model_dir = resolve_model_dir(SETTINGS.build("store").bert)
@@ -67,7 +67,7 @@ def main():
   hf = load_hf_bert(model_dir)
   config = SETTINGS.build("retriever", bert=hf.config)
   block_length = config.block_length
-  params = retriever.init_params(config, jax.random.key(0), hf.params)
+  params = partitioning.unbox(retriever.init_params(config, jax.random.key(0), hf.params))
   batch_size = -(-batch_size // jax.device_count()) * jax.device_count()
 
   with tempfile.TemporaryDirectory() as scratch:

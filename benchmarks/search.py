@@ -95,7 +95,7 @@ def scifact_vectors(index_root: str, scifact_dir: str):
   from orqa_realm.data.tokenization import Tokenizer
   from orqa_realm.encode.embedding import embed_queries, indexed_retriever
   from orqa_realm.index.storage import IndexRoot, load_embeddings
-  from orqa_realm.modeling import retriever
+  from orqa_realm.modeling import partitioning, retriever
   from orqa_realm.modeling.hf_import import load_hf_bert
 
   version = IndexRoot(index_root).latest()
@@ -108,7 +108,8 @@ def scifact_vectors(index_root: str, scifact_dir: str):
   except InputError as e:
     raise SystemExit(f"error: {e}") from e
   model_dir = resolve_model_dir("minilm")
-  params = retriever.init_params(config, jax.random.key(0), load_hf_bert(model_dir).params)
+  params = partitioning.unbox(retriever.init_params(config, jax.random.key(0),
+                                                   load_hf_bert(model_dir).params))
   questions = []
   for split in ("test", "train"):
     path = os.path.join(scifact_dir, f"queries.{split}.tsv")

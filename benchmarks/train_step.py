@@ -22,6 +22,7 @@ from common import (DEMO_SQUAD, bert_forward_flops, measured_peak_flops, print_t
                     refuse_flags, time_calls)
 from orqa_realm import cli
 from orqa_realm.core.config import FlagBinder
+from orqa_realm.modeling import partitioning
 from orqa_realm.modeling.retriever import RetrieverConfig
 from orqa_realm.tasks.ict import ICTConfig
 from orqa_realm.training import loop
@@ -51,9 +52,9 @@ def flax_step_seconds(store_dir: str, task_config: ICTConfig, train_config: loop
       task_config, source=dataclasses.replace(task_config.source, block_store=store_dir),
       heldout_fraction=0.0, eval_batches=0)
   task = ICTTask(task_config, TaskContext(train_config.batch_size, train_config.seed, dtype_name,
-                                          remat=False))
+                                          remat="none"))
   optimizer = loop.make_optimizer(train_config)
-  params = jax.device_put(task.init_params(jax.random.key(0)))
+  params = jax.device_put(partitioning.unbox(task.init_params(jax.random.key(0))))
   state = loop.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
   step = jax.jit(loop.make_train_step(task, optimizer, loop.learning_rate_schedule(train_config),
                                       jax.random.key(1)), donate_argnums=(0,))

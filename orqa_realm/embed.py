@@ -30,7 +30,7 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.encode import embedding, runs
-from orqa_realm.modeling import retriever
+from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 
 SETTINGS = settings_lib.FlagBinder("embed")
@@ -63,8 +63,8 @@ def pretrained_retriever(bert: str) -> tuple[retriever.RetrieverConfig, dict, No
     raise InputError("without --workdir the model is --bert's weights, which have no projection; "
                      "pass --projection_size=0 (a fresh projection would be random)",
                      field="projection_size")
-  params = retriever.init_params(config, jax.random.key(0),
-                                 load_hf_bert(resolve_model_dir(bert)).params)
+  params = partitioning.unbox(retriever.init_params(
+      config, jax.random.key(0), load_hf_bert(resolve_model_dir(bert)).params))
   return config, retriever.tower_params(params, config, "block"), None
 
 

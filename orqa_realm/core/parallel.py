@@ -1,7 +1,11 @@
-"""Data parallelism: one ("data",) mesh over all devices, batches sharded, parameters replicated.
+"""The device mesh: a ("data", "fsdp") grid over all devices.
 
-Losses are written over the global batch and jitted with these shardings; XLA inserts the
-collectives (gradient all-reduce, the all-gather of embeddings for in-batch negatives).
+Batches are split over both axes, so every device holds its own rows. Parameters and optimizer
+state may be split over "fsdp" (fully sharded data parallelism: each device keeps a slice of
+each matrix and XLA all-gathers a layer's weights where it is used, reduce-scattering its
+gradients); with fsdp of size 1 (the default) they are replicated and this is plain data
+parallelism. Losses are written over the global batch and jitted with these shardings; XLA
+inserts the collectives.
 """
 
 from __future__ import annotations
@@ -14,6 +18,10 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
+# The batch is split over every device: over both axes of the mesh.
+BATCH_AXES = MESH_AXES
 
 
 def initialize_multihost(coordinator_address: str | None = None,
@@ -28,14 +36,53 @@ def initialize_multihost(coordinator_address: str | None = None,
                              num_processes=num_processes, process_id=process_id)
 
 
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh named "data" over `devices` (default: every device of every host)."""
-  return Mesh(np.asarray(devices if devices is not None else jax.devices()), (DATA_AXIS,))
+def parse_mesh_shape(text: str, device_count: int) -> dict[str, int]:
+  """The axis sizes `text` names, e.g. "data:2,fsdp:2" or "fsdp:4" (an axis left out, or given
+  as -1, takes the devices the others leave); "" is all devices on "data"."""
+  sizes: dict[str, int] = {}
+  for item in filter(None, (part.strip() for part in text.split(","))):
+    name, _, size = item.partition(":")
+    if name not in MESH_AXES or name in sizes:
+      raise ValueError(f"mesh shape {text!r}: {name!r} is not one of the axes {MESH_AXES} (each "
+                       "named once)")
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      raise ValueError(f"mesh shape {text!r}: the size of {name!r} is not an integer") from None
+    if sizes[name] == 0 or sizes[name] < -1:
+      raise ValueError(f"mesh shape {text!r}: the size of {name!r} must be positive (or -1)")
+  if not sizes:
+    sizes = {FSDP_AXIS: 1}
+  unknown = [name for name in MESH_AXES if sizes.get(name, -1) == -1]
+  known = int(np.prod([sizes[name] for name in MESH_AXES if name not in unknown]))
+  if len(unknown) > 1 or device_count % known:
+    raise ValueError(f"mesh shape {text!r} does not divide the {device_count} devices "
+                     f"(e.g. data:{device_count // 2},fsdp:2)")
+  for name in unknown:
+    sizes[name] = device_count // known
+  if int(np.prod(list(sizes.values()))) != device_count:
+    raise ValueError(f"mesh shape {text!r} has {int(np.prod(list(sizes.values())))} devices, "
+                     f"not the {device_count} there are")
+  return {name: sizes[name] for name in MESH_AXES}
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None, shape: str = "") -> Mesh:
+  """The ("data", "fsdp") mesh over `devices` (default: every device of every host), shaped as
+  `shape` says (`parse_mesh_shape`; default: all on "data"). Devices keep their order, so that
+  each host's devices are consecutive rows of the batch."""
+  devices = np.asarray(devices if devices is not None else jax.devices())
+  sizes = parse_mesh_shape(shape, devices.size)
+  return Mesh(devices.reshape([sizes[name] for name in MESH_AXES]), MESH_AXES)
+
+
+def data_mesh(mesh: Mesh) -> Mesh:
+  """The same devices all on "data" (what sharded search splits its corpus over)."""
+  return make_mesh(mesh.devices.flat)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over the mesh."""
-  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+  """Leading (batch) axis split over every device of the mesh."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -25,7 +25,8 @@ RUN_FILE = "run.json"
 FLAGS_FILE = "flags.txt"
 CHECKPOINTS = "checkpoints"
 FORMAT = "orqa_realm.run"
-FORMAT_VERSION = 1
+# 2: BERT layers stacked under nn.scan (version 1 checkpoints hold one entry per layer).
+FORMAT_VERSION = 2
 # The file runs of earlier layouts wrote instead of run.json.
 _OLD_MODEL_CONFIG = "model_config.json"
 
@@ -63,9 +64,13 @@ def read_run(workdir: paths.PathLike) -> RunDescription:
     saved = paths.read_json(path)
   except ValueError as e:
     raise InputError(f"malformed run description: {e}", path=str(path)) from e
-  if saved.get("format") != FORMAT or saved.get("format_version") != FORMAT_VERSION:
-    raise InputError(f"expected format {FORMAT!r} version {FORMAT_VERSION}", path=str(path),
-                     field="format")
+  if saved.get("format") != FORMAT:
+    raise InputError(f"expected format {FORMAT!r}", path=str(path), field="format")
+  if saved.get("format_version") != FORMAT_VERSION:
+    raise InputError(f"this run was written by another orqa_realm (run format version "
+                     f"{saved.get('format_version')}, this one reads {FORMAT_VERSION}): its "
+                     "checkpoints are laid out otherwise; retrain it (or re-embed from a new run)",
+                     path=str(path), field="format_version")
   return RunDescription(str(directory), saved["task"], saved["model"], saved["settings"])
 
 

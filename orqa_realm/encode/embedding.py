@@ -102,7 +102,8 @@ def length_batches(input_lengths: np.ndarray, *, batch_size: int, max_length: in
 def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
   """Jitted (params, TokenBatch [batch, length]) -> [batch, embedding_size] float32 for one
   tower (`method`: `DualEncoder.embed_blocks` or `.embed_queries`), the batch split over `mesh`
-  and the result replicated.
+  and the result replicated; the params stay where they are (replicated, or split over "fsdp"
+  by training).
 
   Cached, so that repeated embeddings (an evaluation every N training steps) reuse the compiled
   shapes; params are arguments, so no weights are kept alive by the cache."""
@@ -112,7 +113,7 @@ def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
   def embed(params, inputs: TokenBatch) -> jax.Array:
     return model.apply({"params": params}, inputs, method=method)
 
-  return jax.jit(embed, in_shardings=(replicated, parallel.batch_sharding(mesh)),
+  return jax.jit(embed, in_shardings=(None, parallel.batch_sharding(mesh)),
                  out_shardings=replicated)
 
 

@@ -29,7 +29,7 @@ from orqa_realm.encode.predict import BlockReader, Prediction, exact_match_rate
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.searcher import DenseTextSearcher, SearchResult
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import retriever
+from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 
 Given = Mapping[str, tuple[str, Any]]  # settings given on the command line: {field: (flag, value)}
@@ -87,7 +87,8 @@ def _pretrained_query_encoder(bert: str, version: IndexVersion, tokenizer: Token
     raise InputError("the index was embedded with another BERT than --bert",
                      path=version.directory, field="bert")
   embedding.check_query_encoder(version, encoder, tokenizer.fingerprint)
-  params = retriever.init_params(encoder, jax.random.key(0), load_hf_bert(model_dir).params)
+  params = partitioning.unbox(
+      retriever.init_params(encoder, jax.random.key(0), load_hf_bert(model_dir).params))
   return QueryEncoder(encoder, retriever.tower_params(params, encoder, "query"), None, None)
 
 

@@ -48,14 +48,15 @@ TOP_SPANS = 5  # spans listed per prediction
 @functools.lru_cache(maxsize=8)
 def make_span_scorer(config: ReaderConfig, dtype, mesh):
   """Jitted (reader params, inputs [n, length], block_mask [n, length]) -> [n, spans] span logits,
-  the rows split over `mesh`; cached so that repeated evaluations reuse compiled shapes."""
+  the rows split over `mesh` and the params where they are; cached so that repeated evaluations
+  reuse compiled shapes."""
   model = SpanReader(config, dtype)
 
   def score(params, inputs: TokenBatch, block_mask: jax.Array) -> jax.Array:
     return model.apply({"params": params}, inputs, block_mask).logits
 
   batch = parallel.batch_sharding(mesh)
-  return jax.jit(score, in_shardings=(parallel.replicated(mesh), batch, batch),
+  return jax.jit(score, in_shardings=(None, batch, batch),
                  out_shardings=parallel.replicated(mesh))
 
 

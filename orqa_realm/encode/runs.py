@@ -19,7 +19,7 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import mlm, reader, retriever
+from orqa_realm.modeling import mlm, partitioning, reader, retriever
 
 ORQA_TASK = "orqa"
 
@@ -100,7 +100,8 @@ def restore_retriever(checkpoint_reader: checkpoints.CheckpointReader, step: int
                       tower: retriever.Tower | None = None) -> dict[str, Any]:
   """The retriever params (or one tower's) of checkpoint `step`, replicated over `mesh`; the
   optimizer state is not read."""
-  shapes = jax.eval_shape(lambda: retriever.init_params(config, jax.random.key(0)))
+  shapes = partitioning.unbox(
+      jax.eval_shape(lambda: retriever.init_params(config, jax.random.key(0))))
   if tower is not None:
     shapes = retriever.tower_params(shapes, config, tower)
   return checkpoint_reader.restore_params(
@@ -124,7 +125,8 @@ def restore_knowledge_encoder_bert(run: RetrieverRun,
   if mlm.KNOWLEDGE_ENCODER not in run.model:
     return None
   knowledge_config = mlm.KnowledgeEncoderConfig.from_dict(run.model[mlm.KNOWLEDGE_ENCODER])
-  shapes = jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0)))
+  shapes = partitioning.unbox(
+      jax.eval_shape(lambda: mlm.init_params(knowledge_config, jax.random.key(0))))
   target = {mlm.KNOWLEDGE_ENCODER: {"bert": checkpoints.abstract_with_sharding(
       shapes["bert"], parallel.replicated(mesh))}}
   return checkpoint_reader.restore_params(step, target)[mlm.KNOWLEDGE_ENCODER]["bert"]
@@ -144,10 +146,10 @@ def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
 def orqa_params_shapes(config: retriever.RetrieverConfig, reader_config: reader.ReaderConfig
                        ) -> dict[str, Any]:
   """The shapes of ORQA's params: {"retriever": the query tower's, "reader": the reader's}."""
-  return jax.eval_shape(lambda: dict(
+  return partitioning.unbox(jax.eval_shape(lambda: dict(
       retriever=retriever.tower_params(retriever.init_params(config, jax.random.key(0)), config,
                                        "query"),
-      reader=reader.init_params(reader_config, jax.random.key(0))))
+      reader=reader.init_params(reader_config, jax.random.key(0)))))
 
 
 class ORQARun(NamedTuple):

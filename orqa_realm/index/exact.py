@@ -79,7 +79,8 @@ class ExactSearcher:
 
   Args:
     embeddings: [num_rows, dim] block embeddings.
-    mesh: the ("data",) mesh whose devices hold the shards (default: all devices).
+    mesh: the mesh whose devices hold the shards, one per device whatever its shape (default:
+      all devices).
     chunk_size: rows scored at once per device; bounds memory at [query_batch, chunk_size].
     query_batch_size: most queries per device call; query batches are padded to a power of two
       so that few shapes are compiled.
@@ -92,7 +93,7 @@ class ExactSearcher:
     embeddings = np.asarray(embeddings)
     if embeddings.ndim != 2 or not len(embeddings):
       raise ValueError(f"expected [num_rows, dim] embeddings, got shape {embeddings.shape}")
-    self.mesh = mesh if mesh is not None else parallel.make_mesh()
+    self.mesh = parallel.data_mesh(mesh) if mesh is not None else parallel.make_mesh()
     self._num_rows, self.dim = embeddings.shape
     self.dtype = jnp.dtype(dtype)
     self.query_batch_size = query_batch_size

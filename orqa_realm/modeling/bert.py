@@ -5,8 +5,15 @@ kernels are cast to bfloat16 and products accumulate in float32 (`preferred_elem
 both keeps accuracy and runs fastest on CPUs with AVX-512 BF16 and on accelerators. The residual
 stream, LayerNorm and softmax stay in float32; parameters are always float32.
 
-Parameter names follow Hugging Face's layout closely enough that `hf_import.py` maps them with a
-short table: `embeddings/word_embeddings/embedding`, `layer_3/attention/query/kernel`, ...
+Layers run under `nn.scan` (`BertConfig.scan_layers`, the default): one layer is compiled
+whatever the depth, and the parameters of all layers are stacked on a leading `layers` axis,
+`layers/attention/query/kernel` [layers, hidden, hidden]. Without it a Python loop builds
+`layer_0/...`, `layer_1/...`, the layout Hugging Face checkpoints map onto (`hf_import.py`);
+`stack_layers` and `unstack_layers` convert between the two. Either way each layer may be
+rematerialised in the backward pass by one of `REMAT_POLICIES`.
+
+Every parameter names its axes (`partitioning`), so that `param_shardings` can split it over
+the mesh's "fsdp" axis.
 """
 
 from __future__ import annotations
@@ -14,18 +21,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from orqa_realm.modeling import partitioning
+from orqa_realm.modeling.partitioning import EMBED, HEADS, LAYERS, MLP, VOCAB, logical
+
 ACTIVATIONS = {
     "gelu": functools.partial(jax.nn.gelu, approximate=False),
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
     "relu": jax.nn.relu,
+}
+
+# What each layer keeps for the backward pass; the rest is recomputed there. "none" keeps
+# everything (fastest, most memory), "full" only the layer's input, "minimal" also the results
+# of matmuls with weights (recomputing attention and elementwise work, MaxText's "minimal"), and
+# "dots" every matmul's result, attention's included.
+RematPolicy = Literal["none", "full", "minimal", "dots"]
+REMAT_POLICIES: dict[RematPolicy, Callable[..., bool] | None] = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "minimal": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": jax.checkpoint_policies.checkpoint_dots,
 }
 
 
@@ -44,6 +66,9 @@ class BertConfig:
   type_vocab_size: int = 2
   initializer_range: float = 0.02
   layer_norm_eps: float = 1e-12
+  # Ours, not Hugging Face's: layers under nn.scan, their parameters stacked (see the module's
+  # docstring). It fixes the layout of the parameters, so runs record it with the architecture.
+  scan_layers: bool = True
 
   def __post_init__(self):
     if self.hidden_size % self.num_attention_heads:
@@ -75,17 +100,22 @@ def _dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None,
                              preferred_element_type=jnp.float32)
 
 
-def dense(features: int, config: BertConfig, dtype, name: str) -> nn.Dense:
-  """A Dense layer with BERT's initialisation, `dtype` inputs and float32 accumulation."""
+def dense(features: int, config: BertConfig, dtype, name: str,
+          axes: tuple[str, str | None] = (EMBED, MLP)) -> nn.Dense:
+  """A Dense layer with BERT's initialisation, `dtype` inputs and float32 accumulation; `axes`:
+  the logical names of its input and output features."""
   return nn.Dense(features, dtype=dtype, dot_general=_dot_general_f32_accumulation,
-                  kernel_init=nn.initializers.normal(config.initializer_range), name=name)
+                  kernel_init=logical(nn.initializers.normal(config.initializer_range), *axes),
+                  bias_init=logical(nn.initializers.zeros_init(), axes[1]), name=name)
 
 
-def layer_norm(config: BertConfig, name: str) -> nn.LayerNorm:
-  """LayerNorm computed in float32 whatever the compute dtype."""
+def layer_norm(config: BertConfig, name: str, axis: str = EMBED) -> nn.LayerNorm:
+  """LayerNorm computed in float32 whatever the compute dtype; `axis`: the logical name of the
+  features it normalises."""
   # Two-pass variance, as PyTorch: E[x^2] - E[x]^2 loses precision when the mean is large.
   return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=jnp.float32, use_fast_variance=False,
-                      name=name)
+                      scale_init=logical(nn.initializers.ones_init(), axis),
+                      bias_init=logical(nn.initializers.zeros_init(), axis), name=name)
 
 
 def dot_product_attention(query, key, value, mask,
@@ -125,7 +155,7 @@ class BertEmbeddings(nn.Module):
     if length > config.max_position_embeddings:
       raise ValueError(f"sequence length {length} exceeds max_position_embeddings "
                        f"{config.max_position_embeddings}")
-    init = nn.initializers.normal(config.initializer_range)
+    init = logical(nn.initializers.normal(config.initializer_range), VOCAB, EMBED)
     words = nn.Embed(config.vocab_size, config.hidden_size, embedding_init=init,
                      name="word_embeddings")(token_ids)  # [batch, length, hidden]
     positions = nn.Embed(config.max_position_embeddings, config.hidden_size, embedding_init=init,
@@ -148,7 +178,7 @@ class BertSelfAttention(nn.Module):
     head_dim = config.hidden_size // heads
 
     def project(name):  # [batch, length, hidden] -> [batch, heads, length, head_dim]
-      projected = dense(config.hidden_size, config, self.dtype, name)(hidden)
+      projected = dense(config.hidden_size, config, self.dtype, name, (EMBED, HEADS))(hidden)
       projected = projected.reshape(*projected.shape[:-1], heads, head_dim)
       return jnp.swapaxes(projected, -3, -2).astype(self.dtype)
 
@@ -158,7 +188,7 @@ class BertSelfAttention(nn.Module):
                           deterministic=deterministic))
     context = jnp.swapaxes(context, -3, -2)  # [batch, length, heads, head_dim]
     context = context.reshape(*context.shape[:-2], config.hidden_size)  # [batch, length, hidden]
-    return dense(config.hidden_size, config, self.dtype, "output")(context)
+    return dense(config.hidden_size, config, self.dtype, "output", (HEADS, EMBED))(context)
 
 
 class BertLayer(nn.Module):
@@ -176,22 +206,27 @@ class BertLayer(nn.Module):
         hidden + dropout(attended, deterministic=deterministic))
     intermediate = ACTIVATIONS[config.hidden_act](
         dense(config.intermediate_size, config, self.dtype, "intermediate")(hidden))
-    output = dense(config.hidden_size, config, self.dtype, "output")(intermediate)
+    output = dense(config.hidden_size, config, self.dtype, "output", (MLP, EMBED))(intermediate)
     return layer_norm(config, "output_layer_norm")(
         hidden + dropout(output, deterministic=deterministic))
+
+
+def _layer_step(layer: BertLayer, hidden, attention_mask, deterministic):
+  """One iteration of the scan over layers: (carry, broadcast inputs) -> (carry, no output)."""
+  return layer(hidden, attention_mask, deterministic), None
 
 
 class BertModel(nn.Module):
   """The BERT encoder with its pooler.
 
   Attributes:
-    config: the architecture.
+    config: the architecture (and the layout of its layers, `config.scan_layers`).
     dtype: compute dtype of matrix multiplications (float32 or bfloat16).
-    remat: recompute each layer's activations in the backward pass (saves memory).
+    remat: what each layer keeps for the backward pass, one of `REMAT_POLICIES`.
   """
   config: BertConfig
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: RematPolicy = "none"
 
   @nn.compact
   def __call__(self, token_ids, segment_ids, input_mask, deterministic: bool = True) -> BertOutput:
@@ -203,17 +238,37 @@ class BertModel(nn.Module):
       input_mask: [batch, length], nonzero on real tokens and 0 on padding.
       deterministic: disables dropout (evaluation); training passes False and a 'dropout' rng.
     """
-    hidden = BertEmbeddings(self.config, name="embeddings")(
+    config = self.config
+    hidden = BertEmbeddings(config, name="embeddings")(
         token_ids, segment_ids, deterministic)  # [batch, length, hidden]
     attention_mask = (input_mask != 0)[:, None, None, :]  # [batch, 1, 1, length]
-    # `self` counts as argument 0 of the lifted __call__, so `deterministic` is argument 3.
-    layer = nn.remat(BertLayer, static_argnums=(3,)) if self.remat else BertLayer
-    for index in range(self.config.num_hidden_layers):
-      hidden = layer(self.config, self.dtype, name=f"layer_{index}")(
-          hidden, attention_mask, deterministic)
-    pooled = jnp.tanh(dense(self.config.hidden_size, self.config, self.dtype, "pooler")(
+    layer = remat_layer(self.remat, scanned=config.scan_layers)
+    if config.scan_layers:
+      scan = nn.scan(_layer_step, variable_axes={"params": 0},
+                     split_rngs={"params": True, "dropout": True},
+                     in_axes=(nn.broadcast, nn.broadcast), length=config.num_hidden_layers,
+                     metadata_params={nn.PARTITION_NAME: LAYERS})
+      hidden, _ = scan(layer(config, self.dtype, name="layers"), hidden, attention_mask,
+                       deterministic)
+    else:
+      for index in range(config.num_hidden_layers):
+        hidden = layer(config, self.dtype, name=f"layer_{index}")(
+            hidden, attention_mask, deterministic)
+    pooled = jnp.tanh(dense(config.hidden_size, config, self.dtype, "pooler")(
         hidden[:, 0]))  # [batch, hidden]
     return BertOutput(sequence_output=hidden, pooled_output=pooled)
+
+
+def remat_layer(policy: RematPolicy, *, scanned: bool) -> type[BertLayer]:
+  """`BertLayer`, rematerialised in the backward pass by `REMAT_POLICIES[policy]`."""
+  if policy not in REMAT_POLICIES:
+    raise ValueError(f"remat policy {policy!r} is not one of {sorted(REMAT_POLICIES)}")
+  if policy == "none":
+    return BertLayer
+  # `self` counts as argument 0 of the lifted __call__, so `deterministic` is argument 3. A
+  # scan already keeps XLA from merging the recomputation into the forward pass.
+  return nn.remat(BertLayer, policy=REMAT_POLICIES[policy], static_argnums=(3,),
+                  prevent_cse=not scanned)
 
 
 def mean_pool(sequence_output: jax.Array, input_mask: jax.Array) -> jax.Array:
@@ -223,7 +278,47 @@ def mean_pool(sequence_output: jax.Array, input_mask: jax.Array) -> jax.Array:
 
 
 def parameter_shapes(config: BertConfig) -> dict[str, Any]:
-  """The params pytree of `BertModel(config)` as ShapeDtypeStructs, without allocating it."""
+  """The params pytree of `BertModel(config)` as ShapeDtypeStructs (unboxed), without
+  allocating it."""
   dummy = jnp.zeros((1, 2), jnp.int32)
-  return jax.eval_shape(
-      lambda: BertModel(config).init(jax.random.key(0), dummy, dummy, dummy))["params"]
+  return nn.unbox(jax.eval_shape(
+      lambda: initial_params(BertModel(config), jax.random.key(0), dummy, dummy, dummy)))
+
+
+def initial_params(module: nn.Module, rng: jax.Array, *inputs: Any) -> Any:
+  """`module.init(rng, *inputs)["params"]` (boxed), jitted and cached per module: run eagerly,
+  the scan over layers would be compiled anew on every call."""
+  return _jitted_init(module)(rng, *inputs)
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(module: nn.Module) -> Callable[..., Any]:
+  return jax.jit(lambda rng, *inputs: module.init(rng, *inputs)["params"])
+
+
+def stack_layers(params: dict[str, Any], num_layers: int) -> dict[str, Any]:
+  """BERT params with `layer_0` ... `layer_{n-1}` (the loop's layout) as one `layers` entry
+  whose leaves are stacked on a leading axis (the scan's layout)."""
+  layers = [params[f"layer_{index}"] for index in range(num_layers)]
+  stacked = jax.tree.map(lambda *leaves: np.stack([np.asarray(leaf) for leaf in leaves]),
+                         *layers)
+  rest = {name: value for name, value in params.items() if not name.startswith("layer_")}
+  return dict(rest, layers=stacked)
+
+
+def unstack_layers(params: dict[str, Any]) -> dict[str, Any]:
+  """The inverse of `stack_layers`: the scan's `layers` as `layer_0` ... `layer_{n-1}`."""
+  num_layers = len(jax.tree.leaves(params["layers"])[0])
+  rest = {name: value for name, value in params.items() if name != "layers"}
+  return dict(rest, **{f"layer_{index}": jax.tree.map(lambda leaf, i=index: leaf[i],
+                                                      params["layers"])
+                       for index in range(num_layers)})
+
+
+def with_bert_params(boxed: Any, bert_params: Any, bert_config: BertConfig) -> Any:
+  """A model's boxed BERT params (`boxed`) holding the arrays of `bert_params`, after checking
+  that they fit its architecture."""
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  if shapes(bert_params) != shapes(partitioning.unbox(boxed)):
+    raise ValueError(f"the BERT params do not fit the BERT architecture {bert_config}")
+  return partitioning.with_values(boxed, jax.tree.map(jnp.asarray, bert_params))

@@ -3,11 +3,13 @@
 Weights are read from `model.safetensors` with the safetensors NumPy API, or from
 `pytorch_model.bin` when PyTorch is installed. Every tensor name is mapped through a short table;
 anything missing, unexpected or of the wrong shape is reported together in one error naming the
-file and the tensors.
+file and the tensors. Tensors map onto the loop's layout (`layer_3/...`), then are stacked when
+the config scans its layers (`bert.stack_layers`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -17,7 +19,7 @@ import numpy as np
 from flax import traverse_util
 
 from orqa_realm.core.errors import InputError
-from orqa_realm.modeling.bert import BertConfig, parameter_shapes
+from orqa_realm.modeling.bert import BertConfig, parameter_shapes, stack_layers
 
 # Heads of BertFor* models (MLM, NSP): not part of the encoder, returned separately.
 _HEAD_PREFIXES = ("cls.",)
@@ -119,8 +121,9 @@ def read_tensors(model_dir: str) -> tuple[str, dict[str, np.ndarray]]:
 def convert_tensors(config: BertConfig, tensors: dict[str, np.ndarray],
                     source: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
   """Maps Hugging Face tensors onto `BertModel(config)` params; returns (params, head tensors)."""
+  loop_shapes = parameter_shapes(dataclasses.replace(config, scan_layers=False))
   expected = {path: shape.shape
-              for path, shape in traverse_util.flatten_dict(parameter_shapes(config)).items()}
+              for path, shape in traverse_util.flatten_dict(loop_shapes).items()}
   converted: dict[tuple[str, ...], np.ndarray] = {}
   heads: dict[str, np.ndarray] = {}
   unexpected, misshaped = [], []
@@ -156,7 +159,10 @@ def convert_tensors(config: BertConfig, tensors: dict[str, np.ndarray],
   if problems:
     raise InputError("; ".join(problems) + f" (for the architecture in config.json: {config})",
                      path=source)
-  return traverse_util.unflatten_dict(converted), heads
+  params = traverse_util.unflatten_dict(converted)
+  if config.scan_layers:
+    params = stack_layers(params, config.num_hidden_layers)
+  return params, heads
 
 
 def load_hf_bert(model_dir: str | os.PathLike) -> HFBert:

@@ -19,9 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.core.errors import InputError
-from orqa_realm.modeling.bert import ACTIVATIONS, BertConfig, BertModel, dense, layer_norm
+from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.modeling import partitioning
+from orqa_realm.modeling.bert import (ACTIVATIONS, BertConfig, BertModel, RematPolicy, dense,
+                                      initial_params, layer_norm, with_bert_params)
+from orqa_realm.modeling.partitioning import MLP, VOCAB, logical
 
 
 # Where a REALM run keeps the knowledge-augmented encoder's params, beside the retriever's.
@@ -45,7 +48,7 @@ class KnowledgeAugmentedEncoder(nn.Module):
   'mlm_output_bias'."""
   config: KnowledgeEncoderConfig
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: RematPolicy = "none"
 
   @nn.compact
   def __call__(self, inputs: TokenBatch, mask_positions: jax.Array,
@@ -60,10 +63,11 @@ class KnowledgeAugmentedEncoder(nn.Module):
     hidden = jnp.take_along_axis(hidden, mask_positions[..., None], axis=1)
     hidden = ACTIVATIONS[bert_config.hidden_act](
         dense(bert_config.hidden_size, bert_config, self.dtype, "mlm_transform")(hidden))
-    hidden = layer_norm(bert_config, "mlm_layer_norm")(hidden)
-    word_embeddings = bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"]
-    bias = self.param("mlm_output_bias", nn.initializers.zeros, (bert_config.vocab_size,),
-                      jnp.float32)
+    hidden = layer_norm(bert_config, "mlm_layer_norm", MLP)(hidden)
+    word_embeddings = nn.unbox(
+        bert.variables["params"]["embeddings"]["word_embeddings"]["embedding"])
+    bias = self.param("mlm_output_bias", logical(nn.initializers.zeros, VOCAB),
+                      (bert_config.vocab_size,), jnp.float32)
     return jnp.einsum("bmh,vh->bmv", hidden.astype(self.dtype), word_embeddings.astype(self.dtype),
                       preferred_element_type=jnp.float32) + bias  # [batch, masks, vocab]
 
@@ -71,15 +75,16 @@ class KnowledgeAugmentedEncoder(nn.Module):
 def init_params(config: KnowledgeEncoderConfig, rng: jax.Array,
                 bert_params: dict[str, Any] | None = None,
                 head_params: dict[str, Any] | None = None) -> dict[str, Any]:
-  """The encoder's params: BERT from `bert_params` and the head from `head_params` (e.g.
-  `mlm_head_params`) where given, freshly initialised otherwise."""
+  """The encoder's params, boxed with their logical axes: BERT from `bert_params` and the head
+  from `head_params` (e.g. `mlm_head_params`) where given, freshly initialised otherwise."""
   dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
-  params = dict(KnowledgeAugmentedEncoder(config).init(
-      rng, dummy, jnp.zeros((1, 1), jnp.int32))["params"])
+  params = dict(initial_params(KnowledgeAugmentedEncoder(config), rng, dummy,
+                               jnp.zeros((1, 1), jnp.int32)))
   if bert_params is not None:
-    params["bert"] = jax.tree.map(jnp.asarray, bert_params)
+    params["bert"] = with_bert_params(params["bert"], bert_params, config.bert)
   if head_params is not None:
-    params.update(jax.tree.map(jnp.asarray, head_params))
+    params.update({name: partitioning.with_values(params[name], jax.tree.map(jnp.asarray, value))
+                   for name, value in head_params.items()})
   return params
 
 

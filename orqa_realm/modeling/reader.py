@@ -19,7 +19,9 @@ import jax.numpy as jnp
 from orqa_realm.core.config import setting
 from orqa_realm.data.reader_inputs import Spans, enumerate_spans
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm
+from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
+                                      layer_norm, with_bert_params)
+from orqa_realm.modeling.partitioning import MLP
 
 # The logit of a span outside the block: exp() of it is 0, and adding a retrieval logit to it stays
 # finite.
@@ -74,8 +76,9 @@ class SpanHead(nn.Module):
                       "span_projection")(hidden)  # [batch, length, 2 * span_hidden]
     start_part, end_part = jnp.split(projected, 2, axis=-1)  # each [batch, length, span_hidden]
     span_hidden = nn.relu(start_part[:, spans.starts] + end_part[:, spans.ends])
-    span_hidden = layer_norm(config.bert, "span_layer_norm")(span_hidden)  # [batch, spans, S]
-    return dense(1, config.bert, self.dtype, "span_logit")(span_hidden)[..., 0].astype(jnp.float32)
+    span_hidden = layer_norm(config.bert, "span_layer_norm", MLP)(span_hidden)  # [batch, spans, S]
+    return dense(1, config.bert, self.dtype, "span_logit", (MLP, None))(
+        span_hidden)[..., 0].astype(jnp.float32)
 
 
 class ReaderOutput(NamedTuple):
@@ -88,7 +91,7 @@ class SpanReader(nn.Module):
   """BERT over question + block, then a logit for each span of the block."""
   config: ReaderConfig
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: RematPolicy = "none"
 
   @nn.compact
   def __call__(self, inputs: TokenBatch, block_mask: jax.Array,
@@ -110,9 +113,10 @@ class SpanReader(nn.Module):
 
 def init_params(config: ReaderConfig, rng: jax.Array,
                 bert_params: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Reader params: the span head freshly initialised, BERT from `bert_params` if given."""
+  """Reader params, boxed with their logical axes: the span head freshly initialised, BERT from
+  `bert_params` if given."""
   dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
-  params = SpanReader(config).init(rng, dummy, jnp.ones((1, 8), bool))["params"]
+  params = initial_params(SpanReader(config), rng, dummy, jnp.ones((1, 8), bool))
   if bert_params is not None:
-    params = dict(params, bert=jax.tree.map(jnp.asarray, bert_params))
+    params = dict(params, bert=with_bert_params(params["bert"], bert_params, config.bert))
   return params

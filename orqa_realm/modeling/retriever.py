@@ -17,7 +17,9 @@ import jax.numpy as jnp
 from orqa_realm.core.config import setting
 from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.modeling.bert import BertConfig, BertModel, dense, layer_norm, mean_pool
+from orqa_realm.modeling import partitioning
+from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
+                                      layer_norm, mean_pool, with_bert_params)
 
 Pooling = Literal["pooled", "cls", "mean"]
 Tower = Literal["query", "block"]
@@ -97,7 +99,7 @@ class EncoderTower(nn.Module):
   """One tower: BERT, pooling and the optional projection with LayerNorm."""
   config: RetrieverConfig
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: RematPolicy = "none"
 
   @nn.compact
   def __call__(self, batch: TokenBatch, deterministic: bool = True) -> jax.Array:
@@ -114,7 +116,8 @@ class EncoderTower(nn.Module):
     if self.config.projection_size:
       projected = dense(self.config.projection_size, self.config.bert, self.dtype,
                         "projection")(pooled)
-      projected = layer_norm(self.config.bert, "projection_layer_norm")(projected)
+      projected = layer_norm(self.config.bert, "projection_layer_norm",
+                             partitioning.MLP)(projected)
       embeddings = nn.Dropout(self.config.bert.hidden_dropout_prob)(
           projected, deterministic=deterministic)
     if self.config.normalize:
@@ -128,7 +131,7 @@ class DualEncoder(nn.Module):
   'encoder' when shared."""
   config: RetrieverConfig
   dtype: Any = jnp.float32
-  remat: bool = False
+  remat: RematPolicy = "none"
 
   def setup(self):
     make = lambda name: EncoderTower(self.config, self.dtype, self.remat, name=name)
@@ -167,21 +170,17 @@ def tower_params(params: dict[str, Any], config: RetrieverConfig, tower: Tower) 
 
 def init_params(config: RetrieverConfig, rng: jax.Array,
                 bert_params: dict[str, Any] | None = None) -> dict[str, Any]:
-  """Retriever params, each tower's BERT taken from `bert_params` (e.g. `load_hf_bert`) if given.
+  """Retriever params, boxed with their logical axes (`partitioning.unbox` for the arrays), each
+  tower's BERT taken from `bert_params` (e.g. `load_hf_bert`) if given.
 
   The projection is always freshly initialised: pretrained checkpoints have none.
   """
   dummy = TokenBatch(*(jnp.zeros((1, 8), jnp.int32) for _ in range(3)))
-  params = DualEncoder(config).init(rng, dummy, dummy)["params"]
+  params = initial_params(DualEncoder(config), rng, dummy, dummy)
   if bert_params is not None:
-    shapes = lambda tree: jax.tree.map(jnp.shape, tree)
-    expected = shapes(params[tower_names(config)[0]]["bert"])
-    if shapes(bert_params) != expected:
-      raise ValueError("the BERT params do not fit the retriever's BERT architecture "
-                       f"{config.bert}")
     params = dict(params)
     for name in tower_names(config):
-      tower = dict(params[name])
-      tower["bert"] = jax.tree.map(jnp.asarray, bert_params)
-      params[name] = tower
+      params[name] = dict(params[name], bert=with_bert_params(params[name]["bert"], bert_params,
+                                                              config.bert))
   return params
+

@@ -11,6 +11,7 @@ from typing import Any, ClassVar, NamedTuple
 import jax
 
 from orqa_realm.index.handle import LoadedIndex
+from orqa_realm.modeling.bert import RematPolicy
 from orqa_realm.modeling.retriever import ARCHITECTURE_FIELDS, RetrieverConfig
 
 Params = Any
@@ -44,7 +45,8 @@ class StepContext:
 
   @property
   def params(self) -> Params:
-    """The parameters the step starts from, replicated over `mesh`."""
+    """The parameters the step starts from, on `mesh` as training holds them (split over
+    "fsdp" by their logical axes)."""
     if self._params is None:
       raise RuntimeError("the task did not declare Need.PARAMS")
     return self._params
@@ -62,7 +64,7 @@ class TaskContext(NamedTuple):
   batch_size: int  # global, over all devices and hosts
   seed: int  # seeds initialisation, dropout and the data order
   dtype: str  # matmul compute dtype ("float32" or "bfloat16")
-  remat: bool  # recompute each BERT layer in the backward pass
+  remat: RematPolicy  # what each BERT layer keeps for its backward pass
 
 
 class SavedRetriever(NamedTuple):
@@ -105,15 +107,16 @@ class Task(abc.ABC):
 
   @abc.abstractmethod
   def init_params(self, rng: jax.Array) -> Params:
-    """Initial parameters (from pretrained weights where the task says so). It reads no
-    checkpoint: a resumed run takes its shapes with `jax.eval_shape`, under which a restore
-    cannot run."""
+    """Initial parameters (from pretrained weights where the task says so), boxed with their
+    logical axes as `Module.init` returns them (`modeling.partitioning`): the loop shards them
+    by those and unboxes them. It reads no checkpoint: the loop takes the shapes with
+    `jax.eval_shape`, under which a restore cannot run."""
 
   def warm_start(self, params: Params, mesh: jax.sharding.Mesh) -> Params:
-    """The parameters a fresh run starts from: `params` (from `init_params`) with the parts that
-    another run trained (`--retriever_workdir`) read from its checkpoint, on `mesh`. The loop
-    calls it once, outside any trace, and only when the run has no checkpoint of its own.
-    Identity by default."""
+    """The parameters a fresh run starts from: `params` (from `init_params`, unboxed) with the
+    parts that another run trained (`--retriever_workdir`) read from its checkpoint, on `mesh`.
+    The loop calls it once, outside any trace, and only when the run has no checkpoint of its
+    own. Identity by default."""
     del mesh
     return params
 
@@ -135,6 +138,6 @@ class Task(abc.ABC):
 
   def evaluate(self, params: Params, mesh: jax.sharding.Mesh) -> dict[str, float]:
     """Metrics that batched losses cannot give (e.g. retrieval over the whole corpus), computed
-    at each evaluation with `params` replicated over `mesh`; none by default."""
+    at each evaluation with `params` on `mesh` as training holds them; none by default."""
     del params, mesh
     return {}

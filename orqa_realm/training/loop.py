@@ -1,8 +1,9 @@
 """The training loop every objective plugs into.
 
 A task (`orqa_realm.tasks`) provides parameters, the global batch of each step and a loss; the
-loop owns the rest: the mesh over all devices, the jitted step (batch sharded, params
-replicated, state donated), AdamW with linear warmup and decay and gradient clipping, orbax
+loop owns the rest: the ("data", "fsdp") mesh over all devices, the jitted step (batch split
+over every device, parameters and Adam moments split over "fsdp" by their logical axes, state
+donated), AdamW with linear warmup and decay and gradient clipping, orbax
 checkpoints (async, keep-N, automatic resume from the workdir, save on SIGTERM), evaluation every
 N steps, metrics to stdout, `workdir/metrics.jsonl` and TensorBoard (`workdir/tensorboard`), and
 the run's description (`run.json`).
@@ -30,6 +31,8 @@ from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.encode.refresher import RefresherConfig
 from orqa_realm.index.handle import IndexHandle, LoadedIndex
+from orqa_realm.modeling import partitioning
+from orqa_realm.modeling.bert import RematPolicy
 from orqa_realm.tasks.base import Need, StepContext, Task, TaskContext
 from orqa_realm.training.metrics_log import MetricsLog
 
@@ -54,7 +57,14 @@ class TrainConfig:
   dtype: Literal["float32", "bfloat16"] = setting(
       "float32", "Matmul compute dtype; bfloat16 accumulates in float32. Parameters stay "
       "float32.")
-  remat: bool = setting(False, "Recompute each BERT layer in the backward pass.")
+  remat: RematPolicy = setting(
+      "none", "What each BERT layer keeps for its backward pass, the rest being recomputed: "
+      "none (everything), full (only its input), minimal (also its matmuls with weights), dots "
+      "(every matmul, attention's too).")
+  mesh_shape: str = setting(
+      "", "Device mesh as data:N,fsdp:M (an axis left out or -1 takes the remaining devices). "
+      "fsdp > 1 splits parameters and Adam moments over that many devices (fully sharded data "
+      "parallelism); the batch is split over all. Default: every device on data.")
   checkpoint_every_steps: int = setting(500, "Save interval.")
   keep_checkpoints: int = setting(3, "Checkpoints kept on disk.")
   log_every_steps: int = setting(10, "Metrics logging interval.")
@@ -66,6 +76,13 @@ class TrainConfig:
 
   def task_context(self) -> TaskContext:
     return TaskContext(self.batch_size, self.seed, self.dtype, self.remat)
+
+  def mesh(self) -> jax.sharding.Mesh:
+    """The mesh of all devices of all hosts, shaped by `mesh_shape`."""
+    try:
+      return parallel.make_mesh(shape=self.mesh_shape)
+    except ValueError as e:
+      raise InputError(str(e), field="mesh_shape") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,9 +120,14 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
       boundaries=[warmup])
 
 
+DECAYED_PARAMETERS = ("kernel", "embedding")
+
+
 def weight_decay_mask(params: Any) -> Any:
-  """Decay matrices (kernels, embeddings), as BERT does; not LayerNorm scales or biases."""
-  return jax.tree.map(lambda leaf: jnp.ndim(leaf) >= 2, params)
+  """Decay matrices (kernels, embeddings), as BERT does; not LayerNorm scales or biases. By
+  name, since a scanned BERT's stacked biases have two axes too."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], "key", None) in DECAYED_PARAMETERS, params)
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
@@ -131,6 +153,17 @@ class StopOnSigterm:
 
   def __exit__(self, *exc_info):
     signal.signal(signal.SIGTERM, self._previous)
+
+
+def train_state_shardings(optimizer: optax.GradientTransformation, params: Any,
+                          param_shardings: Any, mesh) -> TrainState:
+  """Where each part of the train state lives: the parameters and every optimizer state that
+  mirrors them (Adam's moments) as `param_shardings`; the step and counters replicated."""
+  replicated = parallel.replicated(mesh)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  return TrainState(replicated, param_shardings, optax.tree_map_params(
+      optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
+      transform_non_params=lambda _: replicated))
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -209,7 +242,7 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   """
   if not config.workdir:
     raise InputError("a run needs its directory", field="workdir")
-  mesh = mesh if mesh is not None else parallel.make_mesh()
+  mesh = mesh if mesh is not None else config.mesh()
   parallel.check_batch_size(config.batch_size, mesh)
   if settings is None:
     settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
@@ -221,6 +254,11 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   schedule = learning_rate_schedule(config)
 
   init_rng = jax.random.key(config.seed)
+  # The parameters' logical axes, from their shapes: nothing is initialised on the devices.
+  boxed_shapes = jax.eval_shape(task.init_params, init_rng)
+  param_shardings = partitioning.param_shardings(boxed_shapes, mesh)
+  state_shardings = train_state_shardings(optimizer, partitioning.unbox(boxed_shapes),
+                                          param_shardings, mesh)
 
   def state_from(params) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -231,12 +269,14 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
       on_commit=on_checkpoint_commit)
   latest = checkpointer.latest_step()
   if latest is None:
-    params = jax.device_put(task.warm_start(task.init_params(init_rng), mesh), replicated)
-    state = jax.jit(state_from, out_shardings=replicated)(params)
+    params = task.warm_start(partitioning.unbox(task.init_params(init_rng)), mesh)
+    state = jax.jit(state_from, out_shardings=state_shardings)(
+        jax.device_put(params, param_shardings))
   else:
-    # A restore needs only shapes and shardings: nothing is initialised on the devices.
-    shapes = jax.eval_shape(lambda: state_from(task.init_params(init_rng)))
-    state = checkpointer.restore(latest, checkpoints.abstract_with_sharding(shapes, replicated))
+    # A restore needs only shapes and shardings, on whatever mesh this run has now.
+    shapes = jax.eval_shape(state_from, partitioning.unbox(boxed_shapes))
+    state = checkpointer.restore(latest,
+                                 checkpoints.abstract_with_sharding(shapes, state_shardings))
     if jax.process_index() == 0:
       print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
   start_step = int(state.step)
@@ -246,10 +286,10 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key),
-                       in_shardings=(replicated, batch_sharding),
-                       out_shardings=(replicated, replicated), donate_argnums=(0,))
+                       in_shardings=(state_shardings, batch_sharding),
+                       out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],
-                      in_shardings=(replicated, batch_sharding), out_shardings=replicated)
+                      in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
 
   def evaluate(params) -> dict[str, float]:
     totals, count = {}, 0

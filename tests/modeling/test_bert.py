@@ -1,8 +1,11 @@
 """The Flax BERT against PyTorch `transformers.BertModel` on the real MiniLM weights."""
 
+import dataclasses
+import functools
 import gzip
 import json
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -107,23 +110,86 @@ def test_bfloat16_within_stated_tolerance(minilm, real_batch, torch_outputs):
   assert pooled_cosine.min() >= 0.9999
 
 
-def test_remat_gives_same_outputs_and_gradients(minilm, real_batch):
-  def loss(params, remat):
-    model = bert.BertModel(minilm.config, remat=remat)
-    output = model.apply({"params": params}, real_batch["input_ids"],
-                         real_batch["token_type_ids"], real_batch["attention_mask"],
-                         deterministic=False, rngs={"dropout": jax.random.key(0)})
-    return (output.pooled_output ** 2).sum()
+# A tiny random BERT for the layout and rematerialisation tests (parity with PyTorch on real
+# weights is the tests above).
+TINY = bert.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+                       intermediate_size=64, max_position_embeddings=32)
 
-  plain_loss, plain_grads = jax.value_and_grad(loss)(minilm.params, False)
-  remat_loss, remat_grads = jax.value_and_grad(loss)(minilm.params, True)
-  np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
-  # Recomputation reorders float32 rounding, so differences are measured against the gradient's
-  # global norm: per tensor, the attention key biases have an exactly-zero gradient (softmax is
-  # invariant to q.b added to a whole row of logits) and hold only rounding noise.
+
+@pytest.fixture(scope="module")
+def tiny_batch():
+  token_ids = jax.random.randint(jax.random.key(1), (3, 12), 0, TINY.vocab_size)
+  input_mask = jnp.arange(12)[None, :] < jnp.array([[12], [7], [3]])  # padded rows
+  return token_ids, jnp.zeros_like(token_ids), input_mask.astype(jnp.int32)
+
+
+def tiny_loss(config, params, batch, remat="none", deterministic=True):
+  """A scalar of every output, so that each parameter gets a gradient."""
+  output = bert.BertModel(config, remat=remat).apply(
+      {"params": params}, *batch, deterministic=deterministic, rngs={"dropout": jax.random.key(0)})
+  return (output.sequence_output ** 2).mean() + (output.pooled_output ** 2).sum()
+
+
+def test_scan_equals_the_loop(tiny_batch):
+  """The scanned layers compute what the Python loop does, with the loop's parameters stacked:
+  outputs and gradients alike (the loop's rematerialised, so that its remat is checked too)."""
+  loop_config = dataclasses.replace(TINY, scan_layers=False)
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  loop_params = nn.unbox(bert.initial_params(bert.BertModel(loop_config), jax.random.key(0),
+                                             dummy, dummy, dummy))
+  scan_params = bert.stack_layers(loop_params, TINY.num_hidden_layers)
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  assert shapes(scan_params) == shapes(bert.parameter_shapes(TINY))
+  assert scan_params["layers"]["attention"]["query"]["kernel"].shape == (3, 32, 32)
+
+  loop_output = bert.BertModel(loop_config).apply({"params": loop_params}, *tiny_batch)
+  scan_output = bert.BertModel(TINY).apply({"params": scan_params}, *tiny_batch)
+  np.testing.assert_allclose(scan_output.sequence_output, loop_output.sequence_output, atol=1e-5)
+  np.testing.assert_allclose(scan_output.pooled_output, loop_output.pooled_output, atol=1e-5)
+
+  loop_grads = bert.stack_layers(jax.jit(jax.grad(functools.partial(
+      tiny_loss, loop_config, remat="full")))(loop_params, tiny_batch), TINY.num_hidden_layers)
+  scan_grads = jax.jit(jax.grad(functools.partial(tiny_loss, TINY)))(scan_params, tiny_batch)
+  for loop_grad, scan_grad in zip(jax.tree.leaves(loop_grads), jax.tree.leaves(scan_grads)):
+    np.testing.assert_allclose(scan_grad, loop_grad, atol=1e-5)
+  unstacked = bert.unstack_layers(scan_params)
+  assert jax.tree.structure(unstacked) == jax.tree.structure(loop_params)
+  for back, original in zip(jax.tree.leaves(unstacked), jax.tree.leaves(loop_params)):
+    np.testing.assert_array_equal(back, original)
+
+
+def test_remat_policies_give_same_outputs_and_gradients(tiny_batch):
+  """Each policy recomputes what it does not keep: same loss and gradients (dropout on, the
+  same masks), up to float32 reordering."""
+  config = TINY
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  params = nn.unbox(bert.initial_params(bert.BertModel(config), jax.random.key(0), dummy, dummy,
+                                        dummy))
+  loss = functools.partial(tiny_loss, config, batch=tiny_batch, deterministic=False)
+  plain_loss, plain_grads = jax.jit(jax.value_and_grad(loss))(params)
   scale = optax.global_norm(plain_grads)
-  for plain, remat in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(remat_grads)):
-    assert np.linalg.norm(remat - plain) <= 1e-5 * scale
+  for policy in ("full", "minimal", "dots"):
+    remat_loss, remat_grads = jax.jit(jax.value_and_grad(functools.partial(loss, remat=policy)))(
+        params)
+    np.testing.assert_allclose(remat_loss, plain_loss, rtol=1e-6)
+    for plain, remat in zip(jax.tree.leaves(plain_grads), jax.tree.leaves(remat_grads)):
+      assert np.linalg.norm(remat - plain) <= 1e-5 * scale
+  with pytest.raises(ValueError, match="remat policy 'some'"):
+    loss(params, remat="some")
+
+
+def test_parameters_name_their_logical_axes():
+  """Every BERT parameter is annotated, the scanned ones with a leading "layers" axis."""
+  dummy = jnp.zeros((1, 4), jnp.int32)
+  boxed = jax.eval_shape(lambda: bert.BertModel(TINY).init(jax.random.key(0), dummy, dummy,
+                                                           dummy)["params"])
+  boxes = jax.tree.leaves(boxed, is_leaf=lambda leaf: isinstance(leaf, nn.Partitioned))
+  assert all(isinstance(box, nn.Partitioned) for box in boxes)
+  assert all(len(box.names) == len(box.value.shape) for box in boxes)
+  layers = boxed["layers"]
+  assert layers["attention"]["query"]["kernel"].names == ("layers", "embed", "heads")
+  assert layers["output"]["kernel"].names == ("layers", "mlp", "embed")
+  assert boxed["embeddings"]["word_embeddings"]["embedding"].names == ("vocab", "embed")
 
 
 def test_training_mode_applies_dropout(minilm, real_batch):

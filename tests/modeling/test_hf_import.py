@@ -26,7 +26,10 @@ def test_every_tensor_maps_to_a_parameter(minilm_dir):
   loaded = hf_import.load_hf_bert(minilm_dir)
   tensors = load_file(os.path.join(minilm_dir, "model.safetensors"))
   kernel = tensors["encoder.layer.2.attention.self.query.weight"]
-  np.testing.assert_array_equal(loaded.params["layer_2"]["attention"]["query"]["kernel"], kernel.T)
+  # The scanned layout: layer 2 is row 2 of the stacked layers.
+  assert loaded.config.scan_layers
+  np.testing.assert_array_equal(loaded.params["layers"]["attention"]["query"]["kernel"][2],
+                                kernel.T)
   np.testing.assert_array_equal(loaded.params["embeddings"]["layer_norm"]["scale"],
                                 tensors["embeddings.LayerNorm.weight"])
   assert loaded.head_tensors == {}
@@ -66,7 +69,7 @@ def test_prefixed_checkpoint_with_heads(minilm_dir, tmp_path):
 
   loaded = hf_import.load_hf_bert(copy_model(minilm_dir, tmp_path, add_prefix_and_head))
   assert list(loaded.head_tensors) == ["cls.predictions.bias"]
-  assert loaded.params["layer_5"]["output_layer_norm"]["bias"].shape == (384,)
+  assert loaded.params["layers"]["output_layer_norm"]["bias"].shape == (6, 384)
 
 
 def test_pytorch_bin_gives_the_same_params(minilm_dir, tmp_path):
@@ -79,8 +82,8 @@ def test_pytorch_bin_gives_the_same_params(minilm_dir, tmp_path):
              target / "pytorch_model.bin")
   from_bin = hf_import.load_hf_bert(target)
   from_safetensors = hf_import.load_hf_bert(minilm_dir)
-  np.testing.assert_array_equal(from_bin.params["layer_1"]["intermediate"]["kernel"],
-                                from_safetensors.params["layer_1"]["intermediate"]["kernel"])
+  np.testing.assert_array_equal(from_bin.params["layers"]["intermediate"]["kernel"],
+                                from_safetensors.params["layers"]["intermediate"]["kernel"])
 
 
 def test_directory_errors(minilm_dir, tmp_path):

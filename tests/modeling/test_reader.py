@@ -1,5 +1,6 @@
 """The span reader: span enumeration, block boundaries, and the span head against NumPy."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,7 +56,7 @@ def test_span_head_matches_numpy():
   hidden = rng.normal(size=(2, 7, TINY.hidden_size)).astype(np.float32)
   spans = reader.enumerate_spans(7, 3)
   head = reader.SpanHead(CONFIG)
-  params = head.init(jax.random.key(1), jnp.asarray(hidden), spans)["params"]
+  params = nn.unbox(head.init(jax.random.key(1), jnp.asarray(hidden), spans)["params"])
   found = np.asarray(head.apply({"params": params}, jnp.asarray(hidden), spans))
 
   p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)

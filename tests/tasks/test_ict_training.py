@@ -109,6 +109,12 @@ def test_a_run_of_an_earlier_layout_is_refused(squad_block_store, tiny_bert_dir,
   task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
   with pytest.raises(InputError, match="written by an earlier orqa_realm.*retrain"):
     loop.train(task, loop.TrainConfig(workdir=str(tmp_path), num_train_steps=1, batch_size=8))
+  # A run of format version 1, whose checkpoints hold one entry per BERT layer.
+  (tmp_path / "model_config.json").unlink()
+  (tmp_path / "run.json").write_text(json.dumps(
+      dict(format="orqa_realm.run", format_version=1, task="ict", model={}, settings={})))
+  with pytest.raises(InputError, match=r"run format version 1, this one reads 2.*retrain"):
+    loop.train(task, loop.TrainConfig(workdir=str(tmp_path), num_train_steps=1, batch_size=8))
 
 
 def test_learning_rate_schedule_and_weight_decay_mask():
@@ -120,9 +126,14 @@ def test_learning_rate_schedule_and_weight_decay_mask():
   assert loop.default_warmup_steps(100_000) == 10_000
   assert loop.default_warmup_steps(500) == 100
   assert loop.default_warmup_steps(30_000) == 3_000
-  params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)}}
+  # By name: a scanned BERT's stacked biases and scales have two axes, and are not decayed.
+  params = {"dense": {"kernel": np.ones((2, 3)), "bias": np.ones(3)}, "norm": {"scale": np.ones(3)},
+            "layers": {"norm": {"scale": np.ones((4, 3))}, "dense": {"bias": np.ones((4, 3))}},
+            "embeddings": {"embedding": np.ones((5, 3))}, "mlm_output_bias": np.ones(5)}
   assert loop.weight_decay_mask(params) == {
-      "dense": {"kernel": True, "bias": False}, "norm": {"scale": False}}
+      "dense": {"kernel": True, "bias": False}, "norm": {"scale": False},
+      "layers": {"norm": {"scale": False}, "dense": {"bias": False}},
+      "embeddings": {"embedding": True}, "mlm_output_bias": False}
 
 
 def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store, tiny_bert_dir,

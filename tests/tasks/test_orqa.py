@@ -139,7 +139,7 @@ def test_orqa_learns_on_squad(squad_block_store, squad_minilm_embeddings, minilm
       reader_settings=ReaderSettings(reader_length=128, reader_question_length=24,
                                      reader_beam_size=2),
       evaluation=QAEvaluation(qa_dataset=questions)),
-      TaskContext(batch_size=4, seed=0, dtype="float32", remat=False))
+      TaskContext(batch_size=4, seed=0, dtype="float32", remat="none"))
   config = loop.TrainConfig(
       workdir=str(tmp_path / "run"), num_train_steps=24, batch_size=4, learning_rate=1e-4,
       warmup_steps=2, log_every_steps=1, eval_every_steps=24, checkpoint_every_steps=1000,

@@ -41,7 +41,7 @@ TINY_RETRIEVER = RetrieverConfig(TINY_BERT, projection_size=16, query_length=16,
 
 
 def tiny_context(batch_size: int = 8, seed: int = 0) -> TaskContext:
-  return TaskContext(batch_size=batch_size, seed=seed, dtype="float32", remat=False)
+  return TaskContext(batch_size=batch_size, seed=seed, dtype="float32", remat="none")
 
 
 def tiny_source(block_store: str, bert_dir: str, from_scratch: bool = True) -> StoreAndBert:
