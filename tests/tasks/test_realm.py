@@ -16,6 +16,7 @@ from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.encode.embedding import EmbedSettings, IndexConfig, embed_and_publish
 from orqa_realm.index.handle import IndexHandle, open_index
 from orqa_realm.index.storage import IndexRoot
+from orqa_realm.modeling import partitioning
 from orqa_realm.modeling import reader as reader_lib
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
@@ -124,7 +125,7 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
                                     learning_rate=1e-3, warmup_steps=1), index_handle=handle)
   handle.close()
   reader = checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir))
-  shapes = jax.eval_shape(lambda: task.init_params(jax.random.key(0)))
+  shapes = partitioning.unbox(jax.eval_shape(lambda: task.init_params(jax.random.key(0))))
   realm_params = reader.restore_params(1, checkpoints.abstract_with_sharding(
       shapes, jax.sharding.SingleDeviceSharding(jax.devices()[0])))
   reader.close()
