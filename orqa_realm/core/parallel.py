@@ -56,8 +56,8 @@ def parse_mesh_shape(text: str, device_count: int) -> dict[str, int]:
   unknown = [name for name in MESH_AXES if sizes.get(name, -1) == -1]
   known = int(np.prod([sizes[name] for name in MESH_AXES if name not in unknown]))
   if len(unknown) > 1 or device_count % known:
-    raise ValueError(f"mesh shape {text!r} does not divide the {device_count} devices "
-                     f"(e.g. data:{device_count // 2},fsdp:2)")
+    example = f" (e.g. data:{device_count // 2},fsdp:2)" if device_count % 2 == 0 else ""
+    raise ValueError(f"mesh shape {text!r} does not divide the {device_count} devices{example}")
   for name in unknown:
     sizes[name] = device_count // known
   if int(np.prod(list(sizes.values()))) != device_count:
