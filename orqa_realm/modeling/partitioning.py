@@ -15,7 +15,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from orqa_realm.core.parallel import FSDP_AXIS

@@ -254,11 +254,6 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   schedule = learning_rate_schedule(config)
 
   init_rng = jax.random.key(config.seed)
-  # The parameters' logical axes, from their shapes: nothing is initialised on the devices.
-  boxed_shapes = jax.eval_shape(task.init_params, init_rng)
-  param_shardings = partitioning.param_shardings(boxed_shapes, mesh)
-  state_shardings = train_state_shardings(optimizer, partitioning.unbox(boxed_shapes),
-                                          param_shardings, mesh)
 
   def state_from(params) -> TrainState:
     return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -268,13 +263,20 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
       keep=config.keep_checkpoints, async_save=config.async_checkpoints,
       on_commit=on_checkpoint_commit)
   latest = checkpointer.latest_step()
+  # The parameters with their logical axes, which say how they are sharded: initialised for a
+  # fresh run, only their shapes for a restore (nothing is initialised on the devices).
+  boxed = (task.init_params(init_rng) if latest is None
+           else jax.eval_shape(task.init_params, init_rng))
+  param_shardings = partitioning.param_shardings(boxed, mesh)
+  state_shardings = train_state_shardings(optimizer, partitioning.unbox(boxed), param_shardings,
+                                          mesh)
   if latest is None:
-    params = task.warm_start(partitioning.unbox(task.init_params(init_rng)), mesh)
+    params = task.warm_start(partitioning.unbox(boxed), mesh)
     state = jax.jit(state_from, out_shardings=state_shardings)(
         jax.device_put(params, param_shardings))
   else:
     # A restore needs only shapes and shardings, on whatever mesh this run has now.
-    shapes = jax.eval_shape(state_from, partitioning.unbox(boxed_shapes))
+    shapes = jax.eval_shape(state_from, partitioning.unbox(boxed))
     state = checkpointer.restore(latest,
                                  checkpoints.abstract_with_sharding(shapes, state_shardings))
     if jax.process_index() == 0:
