@@ -1,6 +1,7 @@
-"""What every command (`python -m orqa_realm.NAME`) does around its main function: bad input
-becomes a one-line error instead of a traceback, stray positional arguments are refused, and the
-log stays quiet unless --verbosity asks (orbax logs every checkpoint step at INFO)."""
+"""What every command (`python -m orqa_realm.NAME`) does around its main function: bad input,
+and the file system's refusals (permissions, a read-only or full disk), become a one-line error
+naming the path instead of a traceback; stray positional arguments are refused; and the log
+stays quiet unless --verbosity asks (orbax logs every checkpoint step at INFO)."""
 
 from __future__ import annotations
 
@@ -27,5 +28,11 @@ def run(main: Callable[[], None], settings: FlagBinder) -> None:
       main()
     except InputError as e:
       sys.exit(f"error: {e}")
+    except OSError as e:
+      # The file system's refusals (permissions, a read-only or full disk) name their path;
+      # an OSError without an errno is a program's, and keeps its traceback.
+      if e.errno is None:
+        raise
+      sys.exit(f"error: {e.filename or ''}: {e.strerror}")
 
   app.run(entry)

@@ -81,8 +81,10 @@ def main() -> None:
     config, params, step = run_retriever(run, tokenizer.fingerprint, store.directory, mesh)
   else:
     config, params, step = pretrained_retriever(source.bert)
-  version = embedding.embed_and_publish(store, params, config, index, checkpoint_step=step,
-                                        mesh=mesh, show_progress=sys.stderr.isatty())
+  version = embedding.embed_and_publish(
+      store, params, config, index, checkpoint_step=step,
+      run=runs.run_identity(run.workdir) if run.workdir else None, mesh=mesh,
+      show_progress=sys.stderr.isatty())
   summary = dict(version=version.version, checkpoint_step=version.checkpoint_step,
                  num_blocks=version.num_rows, embedding_size=version.embedding_size,
                  blocks_per_second=version.metadata["blocks_per_second"])

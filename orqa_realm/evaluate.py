@@ -139,13 +139,9 @@ def main() -> None:
   if command.reader_workdir and not qa.qa_dataset:
     raise InputError("--reader_workdir answers the questions of an --eval_qa_dataset",
                      field="reader_workdir")
+  paths.check_writable(command.output_dir)  # before the evaluation, not after it
   tfds_input.use_settings(SETTINGS.build("tfds"))
-  mesh = parallel.make_mesh()
-  source = SETTINGS.build("store")
-  store, tokenizer = source.open_store()
-  searcher, searcher_info = text_searcher(command, source, store, tokenizer, mesh)
-  reader_run = (runs.restore_orqa_run(command.reader_workdir, None, mesh)
-                if command.reader_workdir else None)
+  # The questions first: a bad file is reported before any model is loaded.
   if qa.qa_dataset:
     examples = qa.examples()
     texts, where = [example.question for example in examples], qa.qa_dataset
@@ -155,7 +151,16 @@ def main() -> None:
       raise InputError("--eval_beir_queries needs --eval_beir_qrels", field="eval_beir_qrels")
     queries, qrels = beir.read_queries(beir_set.queries), beir.read_qrels(beir_set.qrels)
     query_ids = [qid for qid in queries if qid in qrels]
+    if not query_ids:
+      raise InputError(f"no query of {beir_set.queries} is judged in {beir_set.qrels}",
+                       path=beir_set.qrels)
     texts, where = [queries[qid] for qid in query_ids], beir_set.queries
+  mesh = parallel.make_mesh()
+  source = SETTINGS.build("store")
+  store, tokenizer = source.open_store()
+  searcher, searcher_info = text_searcher(command, source, store, tokenizer, mesh)
+  reader_run = (runs.restore_orqa_run(command.reader_workdir, None, mesh)
+                if command.reader_workdir else None)
   depth = min(len(store), max(ks) if qa.qa_dataset else beir_set.block_depth)
   if reader_run is not None:
     depth = min(len(store), max(depth, reader_run.settings.reader_beam_size))

@@ -40,6 +40,7 @@ def main() -> None:
   command = SETTINGS.build("split")
   if not (command.squad and command.output_dir):
     raise InputError("--squad and --output_dir are required")
+  paths.check_writable(command.output_dir)
   train, test = split_squad_by_article(files.read_json(command.squad), command.test_fraction,
                                       command.split_seed)
   output_dir = paths.resolve(command.output_dir)

@@ -4,17 +4,70 @@ Asynchronous saves every N steps, keep-N, and restores onto the current mesh by 
 abstract state that carries the shardings. `CheckpointReader` is the read-only view of another
 process or thread (the refresher, a warm start, evaluation). Directories are local paths or URIs
 (`gs://...`), passed to orbax unchanged.
+
+A checkpoint that does not restore (a file deleted or truncated by a crash of the storage, not of
+the writer: orbax commits a checkpoint by renaming it complete) is never overwritten and never
+silently skipped: a resuming run moves it aside to `broken_checkpoints/` beside the checkpoint
+directory, with a warning naming it, and resumes from the newest one that restores; readers
+refuse it with a message naming it and the checkpoints there are.
 """
 
 from __future__ import annotations
 
+import sys
+import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
 
 from orqa_realm.core import paths
+from orqa_realm.core.errors import InputError
+
+BROKEN_CHECKPOINTS = "broken_checkpoints"
+
+
+class Restored(NamedTuple):
+  """The newest checkpoint that restored, and where the newer broken ones were moved."""
+  step: int
+  state: Any
+  moved_aside: list[str]  # the broken checkpoints' new paths, newest first
+
+
+def _is_abandoned_read(unraisable) -> bool:
+  """Whether a `sys.unraisablehook` report comes from orbax's reads abandoned by a failed
+  restore: when one array fails, its siblings' tensorstore reads complete later, into a closed
+  asyncio loop ("Event loop is closed"), and their coroutines are collected unfinished."""
+  if isinstance(unraisable.exc_value, RuntimeError) and str(
+      unraisable.exc_value) == "Event loop is closed":
+    return True
+  code = getattr(unraisable.object, "cr_code", None)
+  return code is not None and "orbax" in code.co_filename
+
+
+def _quiet_abandoned_reads() -> None:
+  """Drops the reports of `_is_abandoned_read` from now on (dozens of tracebacks that would
+  bury a failed restore's own message); every other report still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "drops_abandoned_reads", False):
+    return
+
+  def hook(unraisable) -> None:
+    if not _is_abandoned_read(unraisable):
+      previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
+def describe_failure(error: Exception) -> str:
+  """The first line of a restore error (tensorstore's run to pages), with its type."""
+  lines = str(error).strip().splitlines()
+  return f"{type(error).__name__}: {lines[0][:300] if lines else ''}"
 
 
 class Checkpointer:
@@ -32,7 +85,9 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(
             max_to_keep=keep, save_interval_steps=save_every_steps,
             enable_async_checkpointing=async_save, create=True,
-            async_options=ocp.AsyncOptions(post_finalization_callback=on_commit)))
+            # Orbax refuses a callback without asynchronous saves; `save` calls it then.
+            async_options=ocp.AsyncOptions(
+                post_finalization_callback=on_commit if async_save else None)))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -50,6 +105,46 @@ class Checkpointer:
   def restore(self, step: int, abstract_state: Any) -> Any:
     """Restores checkpoint `step` into the structure, dtypes and shardings of `abstract_state`."""
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def restore_newest(self, abstract_state: Any) -> Restored:
+    """The newest checkpoint that restores into `abstract_state`. Newer ones that fail are moved
+    aside (by the first process) once an older one has restored, each with a warning; when none
+    restores, nothing is moved and the error names every failure."""
+    failures = []
+    _quiet_abandoned_reads()  # they are reported while the failing restore unwinds, and after
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        state = self.restore(step, abstract_state)
+      # Whatever made it unreadable (a missing file, a truncated array, a corrupt manifest:
+      # orbax and tensorstore raise ValueError, OSError, KeyError...), the next older one is
+      # tried; the failures are reported below.
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        failures.append((step, describe_failure(e)))
+        logging.warning("checkpoint %d in %s does not restore: %s", step, self.directory,
+                        failures[-1][1])
+        continue
+      return Restored(step, state, self._move_aside([step for step, _ in failures]))
+    raise InputError("no checkpoint restores (" + "; ".join(
+        f"{step}: {failure}" for step, failure in failures) + "): if the model's code or "
+        "settings changed, train in a new --workdir", path=self.directory)
+
+  def _move_aside(self, steps: list[int]) -> list[str]:
+    """Moves broken checkpoints `steps` to BROKEN_CHECKPOINTS beside the checkpoint directory
+    (the step is saved again as training goes on; the broken copy is kept for inspection)."""
+    moved = []
+    broken_dir = epath.Path(self.directory).parent / BROKEN_CHECKPOINTS
+    for step in steps:
+      target = broken_dir / f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
+      if jax.process_index() == 0:
+        broken_dir.mkdir(parents=True, exist_ok=True)
+        (epath.Path(self.directory) / str(step)).rename(target)
+        logging.warning("moved the broken checkpoint %d aside to %s", step, target)
+      moved.append(str(target))
+    if steps:
+      if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("broken checkpoints moved aside")
+      self._manager.reload()
+    return moved
 
   def wait(self) -> None:
     """Blocks until asynchronous saves have been committed."""
@@ -84,6 +179,7 @@ class CheckpointReader:
     """The `params` subtree named by `abstract_params` (shapes with shardings) of checkpoint
     `step`; the rest of the train state is not read."""
     target = {"params": abstract_params}
+    _quiet_abandoned_reads()  # they are reported while a failing restore unwinds, and after
     restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target)
     # A manager of its own: one opened before the first checkpoint existed does not know the
     # directory holds a single item and refuses a non-Composite restore.
@@ -92,6 +188,13 @@ class CheckpointReader:
     try:
       restored = manager.restore(step, args=ocp.args.PyTreeRestore(
           item=target, restore_args=restore_args, partial_restore=True))
+    # Any failure to read it is the checkpoint's (see `Checkpointer.restore_newest`).
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      others = [other for other in manager.all_steps() if other != step]
+      raise InputError(f"checkpoint {step} does not restore ({describe_failure(e)}); the run's "
+                       f"other checkpoints are {others}: choose one (--checkpoint_step), or "
+                       "resume training, which moves broken checkpoints aside",
+                       path=str(epath.Path(self.directory) / str(step))) from e
     finally:
       manager.close()
     return restored["params"]

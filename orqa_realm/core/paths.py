@@ -17,6 +17,8 @@ from typing import Any
 
 from etils import epath
 
+from orqa_realm.core.errors import InputError
+
 PathLike = str | os.PathLike
 
 
@@ -30,6 +32,22 @@ def resolve(path: PathLike) -> epath.Path:
   if is_remote(path):
     return epath.Path(os.fspath(path))
   return epath.Path(os.path.abspath(os.fspath(path)))
+
+
+def check_writable(directory: PathLike) -> None:
+  """Creates `directory` if needed and writes and removes a file in it, so that a command finds a
+  path it cannot write (permissions, a read-only file system, a file in the way) before its
+  work rather than after; an InputError naming the path otherwise."""
+  directory = resolve(directory)
+  if directory.exists() and not directory.is_dir():
+    raise InputError("cannot write here: a file, not a directory", path=str(directory))
+  probe = directory / f".write-check-{uuid.uuid4().hex[:8]}"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_text("", encoding="utf-8")
+    probe.unlink()
+  except OSError as e:
+    raise InputError(f"cannot write here: {e.strerror or e}", path=str(directory)) from e
 
 
 def read_json(path: PathLike) -> Any:

@@ -6,8 +6,11 @@
       checkpoints/    orbax, one directory per step
       metrics.jsonl, tensorboard/
 
-`model` is compared on every start: resuming a run with another model is refused (its
-checkpoints would not fit, or, worse, would silently mean another model). `settings` records
+`run_id`, drawn when the run is created, tells two runs apart wherever their checkpoints are used
+(an index records the run it was embedded from, so that another run's query encoder, even of the
+same architecture and step, is refused). `model` is compared on every start: resuming a run with
+another model is refused (its checkpoints would not fit, or, worse, would silently mean another
+model). `settings` records
 the task's and the loop's settings of the latest start. Commands that use a run's checkpoints
 (embed, evaluate, refresh, warm starts) read `model` instead of asking for it again.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from typing import Any
 
 from orqa_realm.core import config, paths
@@ -38,6 +42,7 @@ class RunDescription:
   task: str
   model: dict[str, Any]  # JSON data: what the checkpoints need to be used
   settings: dict[str, Any]  # JSON data: the task's and the loop's settings
+  run_id: str | None  # None for a run created before runs had ids (until it is resumed)
 
 
 def checkpoint_dir(workdir: paths.PathLike) -> str:
@@ -71,7 +76,8 @@ def read_run(workdir: paths.PathLike) -> RunDescription:
                      f"{saved.get('format_version')}, this one reads {FORMAT_VERSION}): its "
                      "checkpoints are laid out otherwise; retrain it (or re-embed from a new run)",
                      path=str(path), field="format_version")
-  return RunDescription(str(directory), saved["task"], saved["model"], saved["settings"])
+  return RunDescription(str(directory), saved["task"], saved["model"], saved["settings"],
+                        saved.get("run_id"))
 
 
 def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
@@ -81,8 +87,10 @@ def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
   hosts other than the first of a multi-host run)."""
   directory = paths.resolve(workdir)
   model, settings = _json_round_trip(model), _json_round_trip(settings)
+  run_id = None
   if (directory / RUN_FILE).exists() or (directory / _OLD_MODEL_CONFIG).exists():
     saved = read_run(directory)
+    run_id = saved.run_id
     if saved.task != task:
       raise InputError(f"this workdir holds a run of task {saved.task!r}, not {task!r}; use a new "
                        "--workdir", path=str(directory / RUN_FILE), field="task")
@@ -94,6 +102,7 @@ def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
     return
   directory.mkdir(parents=True, exist_ok=True)
   paths.write_json_atomic(directory / RUN_FILE, dict(
-      format=FORMAT, format_version=FORMAT_VERSION, task=task, model=model, settings=settings))
+      format=FORMAT, format_version=FORMAT_VERSION, task=task, model=model, settings=settings,
+      run_id=run_id or uuid.uuid4().hex))
   if flags_text:
     (directory / FLAGS_FILE).write_text(flags_text, encoding="utf-8")

@@ -26,16 +26,15 @@ class BEIREvaluation:
 def read_queries(path) -> dict[str, str]:
   """{query id: text}."""
   queries = {}
-  with files.open_text(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      fields = line.rstrip("\n").split("\t")
-      if len(fields) < 2 or not fields[0] or not fields[1].strip():
-        raise InputError("expected 'id<TAB>text'", path=path, line=line_number, field="text")
-      if fields[0] == "query-id" or fields[0] == "_id":
-        continue
-      queries[fields[0]] = fields[1]
+  for line_number, line in files.read_lines(path):
+    if not line.strip():
+      continue
+    fields = line.rstrip("\n").split("\t")
+    if len(fields) < 2 or not fields[0] or not fields[1].strip():
+      raise InputError("expected 'id<TAB>text'", path=path, line=line_number, field="text")
+    if fields[0] == "query-id" or fields[0] == "_id":
+      continue
+    queries[fields[0]] = fields[1]
   return queries
 
 
@@ -43,18 +42,17 @@ def read_qrels(path) -> dict[str, dict[str, int]]:
   """{query id: {document id: relevance}} from TREC (`qid 0 docid rel`) or BEIR TSV
   (`qid docid rel`) lines."""
   qrels: dict[str, dict[str, int]] = {}
-  with files.open_text(path) as f:
-    for line_number, line in enumerate(f, start=1):
-      fields = line.split()
-      if not fields or fields[0] == "query-id":
-        continue
-      if len(fields) not in (3, 4):
-        raise InputError(f"expected 'qid 0 docid relevance', got {len(fields)} fields",
-                         path=path, line=line_number)
-      qid, docid, relevance = fields[0], fields[-2], fields[-1]
-      try:
-        qrels.setdefault(qid, {})[docid] = int(relevance)
-      except ValueError as e:
-        raise InputError(f"relevance {relevance!r} is not an integer", path=path,
-                         line=line_number, field="relevance") from e
+  for line_number, line in files.read_lines(path):
+    fields = line.split()
+    if not fields or fields[0] == "query-id":
+      continue
+    if len(fields) not in (3, 4):
+      raise InputError(f"expected 'qid 0 docid relevance', got {len(fields)} fields",
+                       path=path, line=line_number)
+    qid, docid, relevance = fields[0], fields[-2], fields[-1]
+    try:
+      qrels.setdefault(qid, {})[docid] = int(relevance)
+    except ValueError as e:
+      raise InputError(f"relevance {relevance!r} is not an integer", path=path,
+                       line=line_number, field="relevance") from e
   return qrels

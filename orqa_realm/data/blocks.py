@@ -30,13 +30,14 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import columns
 from orqa_realm.data.documents import Document
-from orqa_realm.data.files import atomic_directory
+from orqa_realm.data.files import Owner, atomic_directory, check_replaceable
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
 
 FORMAT = "orqa_realm.block_store"
 VERSION = 2  # 2: wordpiece character spans (block_token_char_spans)
 MANIFEST = "manifest.json"
+OWNER = Owner(MANIFEST, FORMAT)
 
 BlockFormat = Literal["pair", "joined"]
 # How a block becomes model input:
@@ -339,7 +340,9 @@ def build_block_store(
   if epath.Path(output_dir).exists() and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
-  with atomic_directory(output_dir) as partial_dir:
+  check_replaceable(output_dir, OWNER)  # before the work, not only at its end
+  paths.check_writable(epath.Path(output_dir).parent)
+  with atomic_directory(output_dir, OWNER) as partial_dir:
     _write_store(documents, tokenizer, partial_dir, max_block_length=max_block_length,
                  max_title_length=max_title_length, source=source, chunk_size=chunk_size,
                  show_progress=show_progress)
@@ -412,6 +415,10 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
         counts["num_tokens"] += len(token_ids)
     progress.update(len(chunk))
   progress.close()
+  if not counts["num_blocks"]:
+    documents = counts["num_documents"]
+    raise InputError(f"no blocks: the corpus has {documents} document{'s' * (documents != 1)}"
+                     + (", none with text" if documents else ""), path=source)
 
   column_entries: dict[str, Any] = {}
   for writer in (block_token_ids, block_token_char_spans, block_text, sentence_token_starts,

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable, Iterator
 
 from orqa_realm.data import files, tfds_input
-from orqa_realm.data.qa import split_spec, squad_paragraph_id
+from orqa_realm.data.qa import split_spec, squad_paragraph_id, squad_paragraphs
 from orqa_realm.core.errors import InputError
 
 
@@ -44,11 +44,10 @@ def read_squad_documents(path) -> Iterator[Document]:
   dataset = files.read_json(path)
   if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
     raise InputError("expected a SQuAD object with a 'data' list", path=path, field="data")
-  for article in dataset["data"]:
-    title = files.required_string(article, "title", path=path, line=None)
-    for paragraph_index, paragraph in enumerate(article.get("paragraphs", [])):
-      context = files.required_string(
-          paragraph, "context", path=f"{path} [{title}, paragraph {paragraph_index}]", line=None)
+  for article_index, article in enumerate(dataset["data"]):
+    for paragraph_index, paragraph, where in squad_paragraphs(article, article_index, path):
+      title = article["title"]
+      context = files.required_string(paragraph, "context", **where)
       yield Document(doc_id=squad_paragraph_id(title, paragraph_index),
                      title=title.replace("_", " "), text=context)
 

@@ -48,6 +48,15 @@ def plan_epoch(candidate_blocks: np.ndarray, sentence_counts: np.ndarray, *, see
                    removed=removed[keep])
 
 
+class TooFewExamples(ValueError):
+  """An epoch of the candidate blocks holds fewer ICT examples than one batch."""
+
+  def __init__(self, num_blocks: int, num_examples: int, batch_size: int):
+    self.num_blocks, self.num_examples, self.batch_size = num_blocks, num_examples, batch_size
+    super().__init__(f"an epoch of {num_blocks} blocks has {num_examples} ICT examples, fewer "
+                     f"than one batch of {batch_size}")
+
+
 class ICTSampler:
   """Global ICT batches from a block store, deterministic in (seed, step)."""
 
@@ -67,8 +76,7 @@ class ICTSampler:
     self._epoch_sizes: list[int] = []  # examples per epoch, filled in as epochs are planned
     self._plans: dict[int, EpochPlan] = {}
     if len(self.plan(0).blocks) < batch_size:
-      raise ValueError(f"an epoch has {len(self.plan(0).blocks)} ICT examples, fewer than one "
-                       f"batch of {batch_size}")
+      raise TooFewExamples(len(self._candidates), len(self.plan(0).blocks), batch_size)
 
   def plan(self, epoch: int) -> EpochPlan:
     """The plan of one epoch (the last two are cached: a batch spans at most two epochs)."""

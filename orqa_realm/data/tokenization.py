@@ -95,11 +95,15 @@ class Tokenizer:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     """WordPiece ids of each text, without special tokens."""
+    if not texts:  # transformers fails on an empty batch
+      return []
     return self.hf_tokenizer(list(texts), add_special_tokens=False)["input_ids"]
 
   def tokenize_with_offsets(
       self, texts: Sequence[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
     """WordPiece ids and the character span of each piece, for each text."""
+    if not texts:  # transformers fails on an empty batch
+      return []
     encoded = self.hf_tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
     return list(zip(encoded["input_ids"], encoded["offset_mapping"]))
 

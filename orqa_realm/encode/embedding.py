@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import json
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -23,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from orqa_realm.core import parallel
-from orqa_realm.core.config import nested, setting
+from orqa_realm.core import parallel, paths
+from orqa_realm.core.config import differences, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
@@ -161,12 +162,22 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
   return embeddings
 
 
+# The index metadata key of the run a version was embedded from (None: pretrained weights).
+INDEXED_RUN = "run"
+
+
 def embed_and_publish(store: BlockStore, params: Any, config: retriever.RetrieverConfig,
-                      index: IndexConfig, *, checkpoint_step: int | None, mesh=None,
+                      index: IndexConfig, *, checkpoint_step: int | None,
+                      run: dict[str, Any] | None, mesh=None,
                       metadata: dict[str, Any] | None = None,
                       show_progress: bool = False) -> IndexVersion:
   """Embeds the store and publishes the embeddings (and a ScaNN index with the scann backend) as
-  a new version of `index.index_dir`, recording the retriever's settings and the tokenizer."""
+  a new version of `index.index_dir`, recording the retriever's settings, the tokenizer and the
+  run (`runs.run_identity`, None for pretrained weights) the params come from.
+
+  Refused before any embedding when the root holds versions of another store or retriever
+  (`check_publishable`)."""
+  check_publishable(index.root(), config, store)
   started = time.time()
   embeddings = embed_blocks(store, params, config, batch_size=index.embedding.embed_batch_size,
                             dtype=index.embedding.dtype, mesh=mesh, show_progress=show_progress)
@@ -174,7 +185,7 @@ def embed_and_publish(store: BlockStore, params: Any, config: retriever.Retrieve
   return index.root().publish(
       embeddings, store_fingerprint=store.fingerprint, checkpoint_step=checkpoint_step,
       storage_dtype=index.storage_dtype, scann_config=index.scann_config(),
-      metadata=dict(metadata or {}, retriever=config.to_dict(),
+      metadata=dict(metadata or {}, retriever=config.to_dict(), **{INDEXED_RUN: run},
                     tokenizer_fingerprint=store.tokenizer_fingerprint,
                     embed_dtype=index.embedding.embed_dtype, embed_seconds=round(embed_seconds, 2),
                     blocks_per_second=round(len(store) / embed_seconds, 1)))
@@ -189,6 +200,36 @@ def latest_version(index_dir: str) -> IndexVersion:
     raise InputError("no index version yet: publish one with python -m orqa_realm.embed",
                      path=index_dir)
   return version
+
+
+def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
+                      store: BlockStore) -> None:
+  """Refuses to publish embeddings of `store` by `config` into a root whose newest version holds
+  another store's blocks or another retriever's embeddings (architecture or tokenizer): readers
+  of the root (evaluation, a trainer's index handle) would find a version they cannot search.
+  Also checks the root is writable, before the embedding work."""
+  paths.check_writable(root.root)
+  latest = root.latest()
+  if latest is None:
+    return
+  if latest.store_fingerprint != store.fingerprint:
+    raise InputError(f"the index root holds embeddings of another block store (fingerprint "
+                     f"{latest.store_fingerprint}, --block_store {store.directory} is "
+                     f"{store.fingerprint}): use another --index_dir", path=root.root,
+                     field="index_dir")
+  indexed = indexed_retriever(latest)
+  architecture = lambda values, tokenizer: dict(
+      {name: values[name] for name in retriever.ARCHITECTURE_FIELDS}, tokenizer=tokenizer)
+  changed = differences(
+      architecture(indexed.to_dict(), latest.metadata["tokenizer_fingerprint"]),
+      architecture(config.to_dict(), store.tokenizer_fingerprint))
+  if changed:
+    raise InputError(
+        f"the index root holds embeddings of another retriever (version {latest.version}: "
+        f"{json.dumps(indexed.to_dict(), sort_keys=True)}; this one: "
+        f"{json.dumps(config.to_dict(), sort_keys=True)}; differing (saved: the root's, now: "
+        f"this one's): {'; '.join(changed)}): "
+        "use another --index_dir", path=root.root, field="index_dir")
 
 
 def indexed_retriever(version: IndexVersion) -> retriever.RetrieverConfig:

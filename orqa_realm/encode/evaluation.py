@@ -60,6 +60,7 @@ def _run_query_encoder(workdir: str, step: int | None, version: IndexVersion,
   """The query tower of the retriever run checkpoint the index was embedded from, reading
   queries as the index records."""
   run = runs.open_retriever_run(workdir)
+  runs.check_embedded_from(version, run)
   embedding.check_query_encoder(version, run.retriever, tokenizer.fingerprint,
                                 fields=retriever.ARCHITECTURE_FIELDS)
   encoder = config.settle(embedding.indexed_retriever(version), given,
@@ -118,9 +119,13 @@ def dense_searcher(store: BlockStore, tokenizer: Tokenizer, index: embedding.Ind
                                    batch_size=embed.embed_batch_size, dtype=embed.dtype,
                                    mesh=mesh)
 
+  # The query encoder's input settings (query_length above all) change recall: recorded.
+  query_settings = {name: getattr(encoder.config, name) for name in retriever.ALL_FIELDS
+                    if name != "bert"}
   return DenseTextSearcher(embed_texts, searcher), dict(
       index_version=version.version, index_checkpoint_step=version.checkpoint_step,
-      query_checkpoint_step=encoder.checkpoint_step)
+      index_run=runs.indexed_run(version), query_checkpoint_step=encoder.checkpoint_step,
+      query_encoder=query_settings)
 
 
 def document_run(query_ids: Sequence[str], block_ids: np.ndarray, block_scores: np.ndarray,

@@ -38,7 +38,7 @@ class Refresher:
   """Builds and publishes index versions from a run's checkpoints.
 
   Args:
-    checkpoint_dir: the run's checkpoint directory.
+    workdir: the run whose checkpoints are indexed.
     store: the block store to embed.
     config: the run's retriever (its block tower embeds, at its block length).
     index: where and how versions are published.
@@ -47,14 +47,17 @@ class Refresher:
     on_publish: called with each published version (e.g. `IndexHandle.notify`).
   """
 
-  def __init__(self, *, checkpoint_dir: str, store: BlockStore, config: RetrieverConfig,
+  def __init__(self, *, workdir: str, store: BlockStore, config: RetrieverConfig,
                index: embedding.IndexConfig, mesh=None,
                on_publish: Callable[[IndexVersion], None] | None = None):
-    self.reader = checkpoints.CheckpointReader(checkpoint_dir)
+    self.workdir = workdir
+    self.reader = checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir))
     self.store = store
     self.config = config
     self.index = index
     self.index_root = index.root()
+    # Refused now rather than at the first refresh, on a thread whose errors are only logged.
+    embedding.check_publishable(self.index_root, config, store)
     self.mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
     self.on_publish = on_publish
     self.failures = 0
@@ -70,8 +73,10 @@ class Refresher:
           f"checkpoint {step} of {self.reader.directory} was deleted before it could be indexed "
           "(the trainer keeps --keep_checkpoints); the newest one will be indexed instead")
     params = runs.restore_retriever(self.reader, step, self.config, self.mesh, tower="block")
+    # The run's description exists once it has a checkpoint (a fresh run writes it first).
     version = embedding.embed_and_publish(self.store, params, self.config, self.index,
-                                          checkpoint_step=step, mesh=self.mesh)
+                                          checkpoint_step=step,
+                                          run=runs.run_identity(self.workdir), mesh=self.mesh)
     logging.info("published index version %d from checkpoint %d in %.1fs", version.version,
                  step, time.time() - started)
     if self.on_publish is not None:
@@ -133,5 +138,5 @@ def refresher_for_run(run: runs.RetrieverRun, store: BlockStore, index: embeddin
   """A refresher of `run`'s checkpoints into `index`, embedding `store` (refused when it was
   tokenized with another vocabulary than the run's)."""
   runs.check_tokenizer(run, store.tokenizer_fingerprint, store.directory)
-  return Refresher(checkpoint_dir=run_directory.checkpoint_dir(run.workdir), store=store,
+  return Refresher(workdir=run.workdir, store=store,
                    config=run.retriever, index=index, mesh=mesh, on_publish=on_publish)

@@ -17,6 +17,7 @@ import jax
 from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import mlm, partitioning, reader, retriever
@@ -50,20 +51,59 @@ class RetrieverRun(NamedTuple):
   retriever: retriever.RetrieverConfig
   tokenizer_fingerprint: str
   model: dict[str, Any]  # the whole model description (REALM's knowledge encoder, ...)
+  run_id: str | None = None  # None: not started yet, or created before runs had ids
 
 
-def retriever_run_of(workdir: str, task: str, model: dict[str, Any]) -> RetrieverRun:
+def retriever_run_of(workdir: str, task: str, model: dict[str, Any],
+                     run_id: str | None = None) -> RetrieverRun:
   """The run of `task` with the model description `model` (its run.json's) in `workdir`."""
   if "retriever" not in model:
     raise InputError(f"a run of task {task!r} holds no retriever", path=workdir)
   return RetrieverRun(workdir, task, retriever.RetrieverConfig.from_dict(model["retriever"]),
-                      model["tokenizer_fingerprint"], model)
+                      model["tokenizer_fingerprint"], model, run_id)
 
 
 def open_retriever_run(workdir: str) -> RetrieverRun:
   """The retriever of the run in `workdir`."""
   description = run_directory.read_run(workdir)
-  return retriever_run_of(description.workdir, description.task, description.model)
+  return retriever_run_of(description.workdir, description.task, description.model,
+                          description.run_id)
+
+
+def run_identity(workdir: str) -> dict[str, Any]:
+  """What an index version records of the run it was embedded from (read from run.json, which
+  exists once the run has a checkpoint)."""
+  description = run_directory.read_run(workdir)
+  return dict(workdir=description.workdir, run_id=description.run_id)
+
+
+def indexed_run(version: IndexVersion) -> dict[str, Any] | None:
+  """The run `version` was embedded from ({workdir, run_id}), None for pretrained weights."""
+  if embedding.INDEXED_RUN not in version.metadata:
+    raise InputError("this index version does not record the run it was embedded from (it was "
+                     "published by an earlier orqa_realm): re-embed it", path=version.directory)
+  return version.metadata[embedding.INDEXED_RUN]
+
+
+def is_same_run(recorded: dict[str, Any], workdir: str, run_id: str | None) -> bool:
+  """Whether `recorded` (an index's `indexed_run`) names the run (`workdir`, `run_id`): by id,
+  which survives moving the run; by directory for runs created before runs had ids."""
+  if recorded.get("run_id") and run_id:
+    return recorded["run_id"] == run_id
+  return recorded["workdir"] == workdir
+
+
+def check_embedded_from(version: IndexVersion, run: RetrieverRun) -> None:
+  """Refuses an index that was not embedded from a checkpoint of `run`: another run's query
+  tower, even of the same architecture and step, was never trained against these blocks."""
+  recorded = indexed_run(version)
+  if recorded is None:
+    raise InputError(f"the index was embedded from pretrained weights, not from a checkpoint of "
+                     f"the run {run.workdir}", path=version.directory)
+  if not is_same_run(recorded, run.workdir, run.run_id):
+    raise InputError(f"the index was embedded from the run {recorded['workdir']} (id "
+                     f"{recorded.get('run_id')}), not from {run.workdir} (id {run.run_id}): "
+                     "pass that run, or re-embed with this one", path=version.directory)
 
 
 def trained_block_store(description: run_directory.RunDescription) -> str:
@@ -140,7 +180,8 @@ def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
   return dict(retriever_model(config, tokenizer_fingerprint), reader=reader_config.to_dict(),
               reader_settings=dataclasses.asdict(settings),
               index=dict(store_fingerprint=version.store_fingerprint, num_rows=version.num_rows,
-                         checkpoint_step=version.checkpoint_step))
+                         checkpoint_step=version.checkpoint_step,
+                         run_id=(indexed_run(version) or {}).get("run_id")))
 
 
 def orqa_params_shapes(config: retriever.RetrieverConfig, reader_config: reader.ReaderConfig
@@ -183,8 +224,11 @@ def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
 def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
   """Refuses an index other than the frozen one the run was trained over: the question encoder
   learned to search those very embeddings."""
-  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"])
-  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step)
+  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"],
+              run.index.get("run_id"))
+  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step,
+           (indexed_run(version) or {}).get("run_id"))
   if expected != found:
-    raise InputError(f"the run was trained over an index of (store, rows, checkpoint) {expected}, "
-                     f"this one is {found}", path=version.directory, field="index_dir")
+    raise InputError(f"the run was trained over an index of (store, rows, checkpoint, run id) "
+                     f"{expected}, this one is {found}", path=version.directory,
+                     field="index_dir")

@@ -27,12 +27,13 @@ from bm25s.tokenization import Tokenizer as WordTokenizer
 from orqa_realm.core import paths
 from orqa_realm.core.config import nested, setting
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.files import atomic_directory
+from orqa_realm.data.files import Owner, atomic_directory, check_replaceable
 from orqa_realm.core.errors import InputError
 from orqa_realm.index.searcher import SearchResult, check_k
 
 FORMAT_VERSION = 1
 META_FILE = "bm25.json"
+OWNER = Owner(META_FILE, "orqa_realm.bm25")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +96,9 @@ class BM25Searcher:
 
   def save(self, directory: str, store: BlockStore) -> None:
     """Writes the index and what it was built from to `directory`, atomically."""
-    with atomic_directory(directory) as partial:
+    with atomic_directory(directory, OWNER) as partial:
       self.retriever.save(partial, show_progress=False)
-      meta = dict(format_version=FORMAT_VERSION, num_rows=self.num_rows,
+      meta = dict(format=OWNER.format, format_version=FORMAT_VERSION, num_rows=self.num_rows,
                   store_fingerprint=store.fingerprint, settings=dataclasses.asdict(self.settings))
       with open(os.path.join(partial, META_FILE), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
@@ -141,6 +142,8 @@ def open_or_build(store: BlockStore, config: BM25Config) -> BM25Searcher:
   settings, directory = config.settings, config.directory
   if directory and (epath.Path(directory) / META_FILE).exists():
     return BM25Searcher.load(directory, store, settings)
+  if directory:  # refused before indexing, not after
+    check_replaceable(directory, OWNER)
   searcher = BM25Searcher.build(store, settings)
   if directory:
     searcher.save(directory, store)

@@ -4,6 +4,11 @@ The configuration follows the REALM reference (13M x 128: 1000 leaves, search 10
 dimensions per block, reorder) with defaults scaled from the corpus size: leaves ~ sqrt(N),
 a tenth of them searched, at least 100 candidates re-scored exactly. Queries go through
 `search_batched_parallel`, which spreads a batch over all cores.
+
+A saved index is read as untrusted input: ScaNN's own `load_searcher` unpickles a doc-id file
+when one is present (a crafted index directory would run code) and follows the asset paths of
+`scann_assets.pbtxt` wherever they point. `ScannSearcher.load` refuses both: this project never
+writes doc ids (rows are block indices), and every asset must be a file inside the directory.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ import os
 import numpy as np
 
 from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.searcher import SearchResult, check_search_args
 
 # Below this many rows, brute-force AH scoring (then exact re-scoring) is used: it is exact-er
 # and fast enough. Measured (benchmarks/search.py): on SciFact's 5,183 MiniLM vectors a tree of
 # sqrt(N) leaves searching a tenth found recall@10 0.79, brute-force AH 1.0 at 25k queries/s.
 MIN_ROWS_FOR_TREE = 16384
+
+# The files ScaNN's serialisation names: the asset list, and the pickled doc ids it writes when a
+# searcher has them (ours never does) and unpickles on load.
+ASSETS_FILE = "scann_assets.pbtxt"
+DOCIDS_FILE = "scann_docids.pkl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +148,45 @@ class ScannSearcher:
 
   @classmethod
   def load(cls, directory: str, config: ScannConfig, num_rows: int, dim: int) -> ScannSearcher:
+    """The index saved in `directory`, read without unpickling anything and only from files
+    inside it (`checked_assets`)."""
     import scann
 
-    searcher = scann.scann_ops_pybind.load_searcher(directory)
+    assets = checked_assets(directory)
+    # What `scann_ops_pybind.load_searcher` does, without its pickle and back-compatibility shim.
+    searcher = scann.scann_ops_pybind.ScannSearcher(
+        scann.scann_ops_pybind.scann_pybind.ScannNumpy(directory, assets))
     return cls(searcher, config, num_rows, dim)
+
+
+def checked_assets(directory: str) -> str:
+  """The text of `directory`'s scann_assets.pbtxt, once every asset it names is known to be a
+  file inside `directory` (no absolute path, no `..` or link leading out) and no pickle is
+  there; otherwise an InputError naming the file and the asset."""
+  from google.protobuf import text_format
+  from scann.scann_ops import scann_assets_pb2
+
+  root = os.path.realpath(directory)
+  if os.path.lexists(os.path.join(root, DOCIDS_FILE)):
+    raise InputError(f"holds {DOCIDS_FILE}, which ScaNN would unpickle (running any code in it); "
+                     "this project never writes one: the directory was not written by it",
+                     path=directory)
+  assets_path = os.path.join(root, ASSETS_FILE)
+  if not os.path.isfile(assets_path):
+    raise InputError(f"no {ASSETS_FILE}: not a ScaNN index saved by this project",
+                     path=directory)
+  with open(assets_path, encoding="utf-8") as f:
+    text = f.read()
+  try:
+    assets = text_format.Parse(text, scann_assets_pb2.ScannAssets())
+  except text_format.ParseError as e:
+    raise InputError(f"malformed ScaNN asset list: {e}", path=assets_path) from e
+  for asset in assets.assets:
+    target = os.path.realpath(os.path.join(root, asset.asset_path))
+    if os.path.isabs(asset.asset_path) or os.path.commonpath([root, target]) != root:
+      raise InputError(f"asset {asset.asset_path!r} lies outside the index directory",
+                       path=assets_path, field="asset_path")
+    if not os.path.isfile(target):
+      raise InputError(f"asset {asset.asset_path!r} is missing", path=assets_path,
+                       field="asset_path")
+  return text

@@ -206,10 +206,15 @@ class IndexRoot:
     paths.write_json_atomic(epath.Path(self.root) / POINTER, {"version": version})
 
   def _remove_abandoned_partials(self) -> None:
-    """A publisher killed mid-write leaves a partial directory; the single writer clears them."""
+    """A publisher killed mid-write leaves a partial directory, or a pointer written under its
+    temporary name (`paths.write_json_atomic`) and never renamed; the single writer clears
+    them."""
     for child in self._versions_dir.iterdir():
       if child.name.startswith(".partial-"):
         child.rmtree()
+    for child in epath.Path(self.root).iterdir():
+      if child.name.startswith(f".{POINTER}."):
+        child.unlink()
 
   def _remove_old_versions(self) -> None:
     for version in self.versions()[:-self.keep]:

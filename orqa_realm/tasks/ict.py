@@ -9,13 +9,15 @@ current model (exact search): whether pretraining is helping retrieval.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterator
 from typing import NamedTuple
 
 import numpy as np
 
 from orqa_realm.core.config import nested, setting
-from orqa_realm.data.ict import ICTSampler
+from orqa_realm.core.errors import InputError
+from orqa_realm.data.ict import ICTSampler, TooFewExamples
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import retriever
@@ -68,9 +70,22 @@ class ICTTask(DualEncoderTask):
         self.store, batch_size=context.batch_size, query_length=retriever_config.query_length,
         block_length=retriever_config.block_length, remove_prob=config.remove_prob, seed=seed,
         candidate_blocks=blocks, block_format=retriever_config.block_format)
-    self.train_sampler = sampler(train_blocks, context.seed)
-    self.eval_sampler = (sampler(self.heldout_blocks, context.seed + 1)
-                         if config.eval_batches and len(self.heldout_blocks) else None)
+    try:
+      self.train_sampler = sampler(train_blocks, context.seed)
+    except TooFewExamples as e:
+      raise InputError(f"{e}: the block store is too small for this batch; pass a smaller "
+                       "--batch_size or a larger --block_store", path=self.store.directory) from e
+    try:
+      self.eval_sampler = (sampler(self.heldout_blocks, context.seed + 1)
+                           if config.eval_batches and len(self.heldout_blocks) else None)
+    except TooFewExamples as e:
+      # Examples grow with the held-out blocks: enough blocks for one batch, as a fraction.
+      blocks_needed = e.batch_size * e.num_blocks / max(e.num_examples, 1)
+      needed = math.ceil(100 * blocks_needed / len(self.store)) / 100
+      raise InputError(f"the held-out split ({e}) cannot fill an evaluation batch: pass "
+                       f"--ict_heldout_fraction={needed} or more, or "
+                       "--ict_eval_batches=0 (no held-out ICT loss), or a smaller --batch_size",
+                       path=self.store.directory, field="ict_heldout_fraction") from e
 
   def train_batch(self, step: int, context: StepContext) -> ICTInputs:
     batch = self.train_sampler.batch(step, context.rows)  # a function of the step alone

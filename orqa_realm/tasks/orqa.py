@@ -132,12 +132,13 @@ class ORQATask(Task):
     if workdir:
       # The run's input lengths may differ from the index's (blocks embedded longer than they
       # were trained): its architecture may not.
-      embedding.check_query_encoder(version, runs.open_retriever_run(workdir).retriever,
-                                    self.tokenizer.fingerprint,
-                                    fields=retriever.ARCHITECTURE_FIELDS)
+      run = runs.open_retriever_run(workdir)
       if step is None:
         raise InputError("the index was embedded from pretrained weights, not from a checkpoint "
                          "of this run: drop --retriever_workdir", path=version.directory)
+      runs.check_embedded_from(version, run)
+      embedding.check_query_encoder(version, run.retriever, self.tokenizer.fingerprint,
+                                    fields=retriever.ARCHITECTURE_FIELDS)
     elif step is not None:
       raise InputError(f"the index was embedded from checkpoint {step} of a training run: pass "
                        "that run as --retriever_workdir", path=version.directory)

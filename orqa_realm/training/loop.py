@@ -26,7 +26,7 @@ import optax
 import tqdm
 from jax.experimental import multihost_utils
 
-from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core import checkpoints, parallel, paths, run_directory
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.encode.refresher import RefresherConfig
@@ -246,6 +246,7 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   parallel.check_batch_size(config.batch_size, mesh)
   if settings is None:
     settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
+  paths.check_writable(config.workdir)
   run_directory.start_run(config.workdir, task=task.name, model=task.run_model(),
                           settings=settings, flags_text=flags_text,
                           write=jax.process_index() == 0)
@@ -277,9 +278,17 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   else:
     # A restore needs only shapes and shardings, on whatever mesh this run has now.
     shapes = jax.eval_shape(state_from, partitioning.unbox(boxed))
-    state = checkpointer.restore(latest,
-                                 checkpoints.abstract_with_sharding(shapes, state_shardings))
+    try:
+      restored = checkpointer.restore_newest(
+          checkpoints.abstract_with_sharding(shapes, state_shardings))
+    except InputError:
+      checkpointer.close()
+      raise
+    latest, state = restored.step, restored.state
     if jax.process_index() == 0:
+      for path in restored.moved_aside:
+        print(f"WARNING: a newer checkpoint does not restore; moved it aside to {path}",
+              flush=True)
       print(f"resumed from checkpoint {latest} in {checkpointer.directory}", flush=True)
   start_step = int(state.step)
   if Need.INDEX in task.needs:

@@ -30,7 +30,7 @@ def options(workdir, **overrides):
 
 
 def refresher_settings(task, workdir, index_dir) -> dict:
-  return dict(checkpoint_dir=run_directory.checkpoint_dir(str(workdir)), store=task.store,
+  return dict(workdir=str(workdir), store=task.store,
               config=task.config.retriever,
               index=IndexConfig(index_dir=str(index_dir),
                                 embedding=EmbedSettings(embed_batch_size=32,

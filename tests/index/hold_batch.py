@@ -5,7 +5,6 @@ short training run through it for the tasks that mine the refreshed index (ANCE,
 import json
 import time
 
-from orqa_realm.core import run_directory
 from orqa_realm.encode.embedding import EmbedSettings, IndexConfig
 from orqa_realm.encode.refresher import Refresher, RefresherThread
 from orqa_realm.index.handle import IndexHandle
@@ -43,8 +42,7 @@ def train_through_a_refresh(task, directory) -> tuple[IndexRoot, list[dict]]:
                       embedding=EmbedSettings(embed_batch_size=64, embed_dtype="float32"))
   root = index.root()
   handle = IndexHandle(root, task.store, poll_seconds=60)
-  refresher = Refresher(checkpoint_dir=run_directory.checkpoint_dir(str(workdir)),
-                        store=task.store, config=task.config.retriever, index=index,
+  refresher = Refresher(workdir=str(workdir), store=task.store, config=task.config.retriever, index=index,
                         on_publish=lambda version: handle.notify())
   thread = RefresherThread(refresher, poll_seconds=60).start()
   config = loop.TrainConfig(workdir=str(workdir), num_train_steps=6, batch_size=8,

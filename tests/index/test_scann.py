@@ -1,8 +1,11 @@
 """ScaNN through our searcher against exact search on real MiniLM embeddings of SQuAD blocks."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
+from orqa_realm.core.errors import InputError
 from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.index.scann_index import MIN_ROWS_FOR_TREE, ScannConfig, ScannSearcher
 
@@ -63,3 +66,58 @@ def test_leaves_to_search_trades_recall_without_a_rebuild(squad_minilm_embedding
   assert searcher.config.num_leaves_to_search == 2  # the original is unchanged
   with pytest.raises(ValueError, match="outside"):
     searcher.with_leaves_to_search(41)
+
+
+@pytest.fixture(scope="module")
+def small_saved_index(tmp_path_factory):
+  """A ScaNN index of 300 random rows saved to a directory: (directory, searcher)."""
+  embeddings = np.random.default_rng(0).normal(size=(300, 8)).astype(np.float32)
+  searcher = ScannSearcher.build(embeddings)
+  directory = tmp_path_factory.mktemp("scann") / "index"
+  searcher.save(str(directory))
+  return directory, searcher
+
+
+def copy_of(saved, tmp_path):
+  import shutil
+
+  return pathlib.Path(shutil.copytree(saved, tmp_path / "copy"))
+
+
+class RunsCode:
+  """Unpickling this creates a file: the proof that a load ran code."""
+
+  def __init__(self, marker):
+    self.marker = marker
+
+  def __reduce__(self):
+    return (open, (self.marker, "w"))
+
+
+def test_load_never_unpickles_the_doc_ids_file(small_saved_index, tmp_path):
+  import pickle
+
+  directory = copy_of(small_saved_index[0], tmp_path)
+  marker = tmp_path / "code_ran"
+  (directory / "scann_docids.pkl").write_bytes(pickle.dumps(RunsCode(str(marker))))
+  with pytest.raises(InputError, match="scann_docids.pkl, which ScaNN would unpickle"):
+    ScannSearcher.load(str(directory), ScannConfig(), 300, 8)
+  assert not marker.exists()
+
+
+@pytest.mark.parametrize("asset_path", ["../outside.npy", "/etc/hostname", "link.npy"])
+def test_load_refuses_an_asset_outside_the_directory(small_saved_index, tmp_path, asset_path):
+  directory = copy_of(small_saved_index[0], tmp_path)
+  (tmp_path / "outside.npy").write_bytes((directory / "dataset.npy").read_bytes())
+  (directory / "link.npy").symlink_to(tmp_path / "outside.npy")
+  assets = directory / "scann_assets.pbtxt"
+  assets.write_text(assets.read_text().replace('"dataset.npy"', f'"{asset_path}"'))
+  with pytest.raises(InputError, match=f"asset '{asset_path}' lies outside the index directory"):
+    ScannSearcher.load(str(directory), ScannConfig(), 300, 8)
+
+
+def test_load_reads_a_saved_index_without_the_pickle_path(small_saved_index):
+  directory, searcher = small_saved_index
+  queries = np.random.default_rng(1).normal(size=(5, 8)).astype(np.float32)
+  loaded = ScannSearcher.load(str(directory), searcher.config, 300, 8)
+  np.testing.assert_array_equal(loaded.search(queries, 5).ids, searcher.search(queries, 5).ids)

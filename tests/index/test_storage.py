@@ -65,9 +65,13 @@ def test_an_abandoned_partial_version_is_never_read_and_is_cleared(tmp_path):
   root.publish(random_embeddings(), store_fingerprint="abc", checkpoint_step=1)
   abandoned = tmp_path / "versions" / ".partial-000002-dead"
   abandoned.mkdir()
-  assert root.versions() == [1]
+  # A pointer written under its temporary name by a publisher killed before the rename.
+  stray_pointer = tmp_path / ".LATEST.0badf00d"
+  stray_pointer.write_text('{"version": 2}')
+  assert root.versions() == [1] and root.latest_version() == 1
   root.publish(random_embeddings(), store_fingerprint="abc", checkpoint_step=2)
-  assert not abandoned.exists()
+  assert not abandoned.exists() and not stray_pointer.exists()
+  assert root.latest_version() == 2
 
 
 def test_exact_and_scann_versions_open_against_their_store(squad_block_store, tmp_path):

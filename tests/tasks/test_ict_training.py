@@ -177,3 +177,53 @@ def test_answer_recall_evaluation_matches_numpy_and_is_logged(squad_block_store,
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     evaluations = [record for record in map(json.loads, f) if "eval_answer_recall@5" in record]
   assert [record["step"] for record in evaluations] == [0, 2]  # the initial model, then step 2
+
+
+def break_checkpoint(directory) -> None:
+  """Loses a checkpoint's tree metadata and its arrays, as a failing disk or bucket might."""
+  (directory / "default" / "_METADATA").unlink()
+  for data_file in (directory / "default" / "ocdbt.process_0" / "d").iterdir():
+    data_file.unlink()
+
+
+def test_a_broken_newest_checkpoint_is_moved_aside_and_the_run_resumes_before_it(
+    squad_block_store, tiny_bert_dir, tmp_path, capsys):
+  """A checkpoint whose files were lost is neither overwritten nor a traceback: the run resumes
+  from the newest one that restores, with the same data order, and the broken one is kept
+  aside; a reader asked for it names it and the way out; when none restores, the error names
+  each and nothing is moved."""
+  from orqa_realm.core import checkpoints, parallel
+  from orqa_realm.encode import runs
+
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir, eval_batches=0)
+  config = loop.TrainConfig(workdir=str(tmp_path), num_train_steps=4, batch_size=8,
+                            checkpoint_every_steps=2, log_every_steps=1, async_checkpoints=False)
+  loop.train(task, config)
+  expected = logged_losses(tmp_path)
+  break_checkpoint(tmp_path / "checkpoints" / "4")
+
+  with checkpoints.CheckpointReader(tmp_path / "checkpoints") as reader:
+    with pytest.raises(InputError, match=r"checkpoints/4: checkpoint 4 does not restore \(.*\); "
+                                         r"the run's other checkpoints are \[(1, )?2\]"):
+      runs.restore_retriever(reader, 4, task.config.retriever, parallel.make_mesh())
+  capsys.readouterr()
+  loop.train(task, config)  # the same settings: the learning rate schedule depends on them
+  printed = capsys.readouterr().out
+  assert "resumed from checkpoint 2" in printed
+  [moved] = os.listdir(tmp_path / "broken_checkpoints")
+  assert moved.startswith("4-") and f"moved it aside to {tmp_path / 'broken_checkpoints' / moved}" in printed
+  assert os.path.isfile(tmp_path / "broken_checkpoints" / moved / "default" / "manifest.ocdbt")
+  assert "4" in os.listdir(tmp_path / "checkpoints")  # saved again by the resumed run
+  losses = logged_losses(tmp_path)
+  assert sorted(losses) == [1, 2, 3, 4]
+  for step in (3, 4):  # re-run from checkpoint 2 on the same batches
+    np.testing.assert_allclose(losses[step], expected[step], rtol=1e-6, err_msg=f"step {step}")
+
+  kept = sorted(os.listdir(tmp_path / "checkpoints"))
+  for step in kept:
+    break_checkpoint(tmp_path / "checkpoints" / step)
+  failures = "; ".join(rf"{step}: .*" for step in sorted(kept, key=int, reverse=True))
+  with pytest.raises(InputError, match=rf"no checkpoint restores \({failures}\): if the model's "
+                                       r"code or settings changed, train in a new --workdir"):
+    loop.train(task, config)
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == kept  # nothing moved

@@ -92,7 +92,7 @@ def test_an_index_from_a_checkpoint_needs_its_run(squad_block_store, tiny_bert_d
       np.zeros((len(squad_block_store), 16), np.float32),
       store_fingerprint=squad_block_store.fingerprint, checkpoint_step=7,
       metadata=dict(retriever=TINY_RETRIEVER.to_dict(),
-                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint))
+                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint, run=None))
   with pytest.raises(InputError, match="checkpoint 7 of a training run"):
     tiny_orqa_task(squad_block_store.directory, tiny_bert_dir, index_dir)
 
@@ -127,7 +127,7 @@ def test_orqa_learns_on_squad(squad_block_store, squad_minilm_embeddings, minilm
   IndexRoot(str(tmp_path / "index")).publish(
       block_embeddings, store_fingerprint=squad_block_store.fingerprint, checkpoint_step=None,
       metadata=dict(retriever=config.to_dict(),
-                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint))
+                    tokenizer_fingerprint=squad_block_store.tokenizer_fingerprint, run=None))
   questions = first_short_paragraph_questions(tmp_path / "train.json", paragraphs=8,
                                               per_paragraph=2)
   assert len(read_squad(questions.partition(":")[2])) == 16
@@ -199,7 +199,8 @@ def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_p
   IndexRoot(str(other_index)).publish(
       tiny_task.index.embeddings, store_fingerprint=tiny_task.store.fingerprint,
       checkpoint_step=3, metadata=dict(retriever=TINY_RETRIEVER.to_dict(),
-                                       tokenizer_fingerprint=tiny_task.tokenizer.fingerprint))
+                                       tokenizer_fingerprint=tiny_task.tokenizer.fingerprint,
+                                       run=None))
   refused = subprocess.run(
       [*command, *dense, f"--index_dir={other_index}", f"--output_dir={tmp_path / 'eval2'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.encode import runs
 from orqa_realm.encode.embedding import EmbedSettings, IndexConfig, embed_and_publish
 from orqa_realm.index.handle import IndexHandle, open_index
 from orqa_realm.index.storage import IndexRoot
@@ -132,7 +133,7 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
   index_dir = str(tmp_path / "orqa_index")
   embed_and_publish(task.store, realm_params, task.config.retriever,
                     IndexConfig(index_dir=index_dir, embedding=EmbedSettings(64, "float32")),
-                    checkpoint_step=1)
+                    checkpoint_step=1, run=runs.run_identity(workdir))
 
   orqa = tiny_orqa_task(task.store.directory, tiny_bert_dir, index_dir, retriever_workdir=workdir)
   params = orqa.warm_start(orqa.init_params(jax.random.key(1)), MESH)

@@ -29,7 +29,7 @@ def publish_tiny_index(block_store: str, index_dir: str) -> None:
                     IndexConfig(index_dir=index_dir,
                                 embedding=EmbedSettings(embed_batch_size=256,
                                                         embed_dtype="float32")),
-                    checkpoint_step=None)
+                    checkpoint_step=None, run=None)
 
 
 def tiny_orqa_task(block_store: str, bert_dir: str, index_dir: str, batch_size: int = 8,

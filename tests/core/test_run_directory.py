@@ -1,0 +1,28 @@
+"""A run's identity: drawn when it is created, kept when it is resumed or moved."""
+
+import json
+import shutil
+
+from orqa_realm.core import run_directory
+
+
+def test_a_run_keeps_its_id_when_resumed_and_moved(tmp_path):
+  run_directory.start_run(tmp_path / "a", task="ict", model={"m": 1}, settings={})
+  first = run_directory.read_run(tmp_path / "a").run_id
+  assert first and len(first) == 32
+  run_directory.start_run(tmp_path / "a", task="ict", model={"m": 1}, settings={"s": 2})
+  assert run_directory.read_run(tmp_path / "a").run_id == first
+  shutil.move(tmp_path / "a", tmp_path / "b")
+  assert run_directory.read_run(tmp_path / "b").run_id == first
+  run_directory.start_run(tmp_path / "c", task="ict", model={"m": 1}, settings={})
+  assert run_directory.read_run(tmp_path / "c").run_id != first
+
+
+def test_a_run_from_before_ids_gets_one_when_resumed(tmp_path):
+  run_file = tmp_path / run_directory.RUN_FILE
+  run_file.write_text(json.dumps(dict(format=run_directory.FORMAT,
+                                      format_version=run_directory.FORMAT_VERSION, task="ict",
+                                      model={"m": 1}, settings={})))
+  assert run_directory.read_run(tmp_path).run_id is None
+  run_directory.start_run(tmp_path, task="ict", model={"m": 1}, settings={})
+  assert run_directory.read_run(tmp_path).run_id
