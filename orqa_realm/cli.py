@@ -33,6 +33,7 @@ def run(main: Callable[[], None], settings: FlagBinder) -> None:
       # an OSError without an errno is a program's, and keeps its traceback.
       if e.errno is None:
         raise
-      sys.exit(f"error: {e.filename or ''}: {e.strerror}")
+      where = ", ".join(str(name) for name in (e.filename, e.filename2) if name)
+      sys.exit(f"error: {where}: {e.strerror}" if where else f"error: {e.strerror}")
 
   app.run(entry)

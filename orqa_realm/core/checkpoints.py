@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
@@ -107,26 +108,62 @@ class Checkpointer:
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
 
   def restore_newest(self, abstract_state: Any) -> Restored:
-    """The newest checkpoint that restores into `abstract_state`. Newer ones that fail are moved
-    aside (by the first process) once an older one has restored, each with a warning; when none
-    restores, nothing is moved and the error names every failure."""
-    failures = []
+    """The newest checkpoint that restores into `abstract_state`.
+
+    A checkpoint that fails is tried again once an older one has restored (the storage and the
+    devices are then known to work: an out-of-memory or network error is not mistaken for a
+    broken checkpoint); one that fails twice is moved aside (by the first process), with a
+    warning. All processes agree on each attempt. When none restores, nothing is moved and the
+    error names every failure."""
     _quiet_abandoned_reads()  # they are reported while the failing restore unwinds, and after
+    failures: dict[int, str] = {}
+    restored = None
     for step in sorted(self.all_steps(), reverse=True):
-      try:
-        state = self.restore(step, abstract_state)
-      # Whatever made it unreadable (a missing file, a truncated array, a corrupt manifest:
-      # orbax and tensorstore raise ValueError, OSError, KeyError...), the next older one is
-      # tried; the failures are reported below.
-      except Exception as e:  # pylint: disable=broad-exception-caught
-        failures.append((step, describe_failure(e)))
-        logging.warning("checkpoint %d in %s does not restore: %s", step, self.directory,
-                        failures[-1][1])
-        continue
-      return Restored(step, state, self._move_aside([step for step, _ in failures]))
-    raise InputError("no checkpoint restores (" + "; ".join(
-        f"{step}: {failure}" for step, failure in failures) + "): if the model's code or "
-        "settings changed, train in a new --workdir", path=self.directory)
+      restored = self._try_restore(step, abstract_state, failures)
+      if restored is not None:
+        break
+    if restored is None:
+      raise InputError("no checkpoint restores (" + "; ".join(
+          f"{step}: {failure}" for step, failure in failures.items()) + "): if the model's code "
+          "or settings changed, train in a new --workdir", path=self.directory)
+    if not failures:
+      return Restored(*restored, moved_aside=[])
+    # Freed before the retries: two train states need not fit on the devices at once.
+    older_step, restored = restored[0], None
+    broken = []
+    for step in list(failures):  # newest first
+      restored = self._try_restore(step, abstract_state, {})
+      if restored is not None:
+        break
+      broken.append(step)
+    if restored is None:
+      restored = self._try_restore(older_step, abstract_state, failures)
+    if restored is None:
+      raise InputError(f"checkpoint {older_step} restored once, then not again: "
+                       f"{failures[older_step]}", path=self.directory)
+    return Restored(*restored, moved_aside=self._move_aside(broken))
+
+  def _try_restore(self, step: int, abstract_state: Any,
+                   failures: dict[int, str]) -> tuple[int, Any] | None:
+    """(step, state), or None (the failure recorded in `failures`) when checkpoint `step` does
+    not restore on every process."""
+    error = None
+    try:
+      state = self.restore(step, abstract_state)
+    # Whatever made it unreadable (a missing file, a truncated array, a corrupt manifest:
+    # orbax and tensorstore raise ValueError, OSError, KeyError...), the caller tries another.
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      error = describe_failure(e)
+    if jax.process_count() > 1:
+      # A damaged shard fails on the process that reads it: all resume from the same step.
+      everywhere = multihost_utils.process_allgather(np.int32(error is None))
+      if error is None and not np.all(everywhere):
+        error = "failed on another process"
+    if error is None:
+      return step, state
+    failures[step] = error
+    logging.warning("checkpoint %d in %s does not restore: %s", step, self.directory, error)
+    return None
 
   def _move_aside(self, steps: list[int]) -> list[str]:
     """Moves broken checkpoints `steps` to BROKEN_CHECKPOINTS beside the checkpoint directory
@@ -140,9 +177,9 @@ class Checkpointer:
         (epath.Path(self.directory) / str(step)).rename(target)
         logging.warning("moved the broken checkpoint %d aside to %s", step, target)
       moved.append(str(target))
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("broken checkpoints moved aside")
     if steps:
-      if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("broken checkpoints moved aside")
       self._manager.reload()
     return moved
 
@@ -191,9 +228,10 @@ class CheckpointReader:
     # Any failure to read it is the checkpoint's (see `Checkpointer.restore_newest`).
     except Exception as e:  # pylint: disable=broad-exception-caught
       others = [other for other in manager.all_steps() if other != step]
-      raise InputError(f"checkpoint {step} does not restore ({describe_failure(e)}); the run's "
-                       f"other checkpoints are {others}: choose one (--checkpoint_step), or "
-                       "resume training, which moves broken checkpoints aside",
+      choice = (f"the run's other checkpoints are {others}: choose one (--checkpoint_step), or "
+                "resume training, which moves a checkpoint that fails twice aside" if others
+                else "the run has no other checkpoint")
+      raise InputError(f"checkpoint {step} does not restore ({describe_failure(e)}); {choice}",
                        path=str(epath.Path(self.directory) / str(step))) from e
     finally:
       manager.close()

@@ -80,6 +80,12 @@ def read_run(workdir: paths.PathLike) -> RunDescription:
                         saved.get("run_id"))
 
 
+def has_checkpoints(workdir: paths.PathLike) -> bool:
+  """Whether the run in `workdir` has saved a checkpoint (a step directory, complete or not)."""
+  directory = paths.resolve(workdir) / CHECKPOINTS
+  return directory.exists() and any(child.name.isdigit() for child in directory.iterdir())
+
+
 def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
               settings: dict[str, Any], flags_text: str = "", write: bool = True) -> None:
   """Saves the description of a new run, or of a resumed one after checking its model is the
@@ -90,7 +96,8 @@ def start_run(workdir: paths.PathLike, *, task: str, model: dict[str, Any],
   run_id = None
   if (directory / RUN_FILE).exists() or (directory / _OLD_MODEL_CONFIG).exists():
     saved = read_run(directory)
-    run_id = saved.run_id
+    # Kept only while the run has checkpoints: one started again from scratch is another run.
+    run_id = saved.run_id if has_checkpoints(directory) else None
     if saved.task != task:
       raise InputError(f"this workdir holds a run of task {saved.task!r}, not {task!r}; use a new "
                        "--workdir", path=str(directory / RUN_FILE), field="task")

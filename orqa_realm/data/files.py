@@ -86,12 +86,13 @@ def _open_bytes(path: paths.PathLike) -> BinaryIO:
   return file.open("rb")
 
 
-def _read_error(path, line: int, error: Exception) -> InputError:
-  """A failure to read on: a damaged gzip stream, or the storage's own error."""
+def _read_error(path, line: int | None, error: Exception) -> InputError:
+  """A failure to read on: a damaged gzip stream, or the storage's own error; `line`: the first
+  line not read (None for a whole-file read)."""
   what = ("damaged or truncated gzip stream" if os.fspath(path).endswith(".gz")
           else "read error")
-  return InputError(f"{what} ({error}); the lines before it were read", path=os.fspath(path),
-                    line=line)
+  read = "; the lines before it were read" if line is not None else ""
+  return InputError(f"{what} ({error}){read}", path=os.fspath(path), line=line)
 
 
 def _not_utf8(path, line: int, raw: bytes, error: UnicodeDecodeError) -> InputError:
@@ -122,7 +123,7 @@ def read_text(path: paths.PathLike) -> str:
     try:
       data = f.read()
     except (EOFError, OSError, zlib.error) as e:
-      raise _read_error(path, 1, e) from e
+      raise _read_error(path, None, e) from e
   try:
     return data.decode("utf-8")
   except UnicodeDecodeError as e:

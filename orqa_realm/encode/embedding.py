@@ -177,6 +177,9 @@ def embed_and_publish(store: BlockStore, params: Any, config: retriever.Retrieve
 
   Refused before any embedding when the root holds versions of another store or retriever
   (`check_publishable`)."""
+  if (run is None) != (checkpoint_step is None):
+    raise ValueError(f"a version from a run names its checkpoint and the other way round: run "
+                     f"{run}, checkpoint {checkpoint_step}")
   check_publishable(index.root(), config, store)
   started = time.time()
   embeddings = embed_blocks(store, params, config, batch_size=index.embedding.embed_batch_size,
@@ -209,8 +212,11 @@ def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
   of the root (evaluation, a trainer's index handle) would find a version they cannot search.
   Also checks the root is writable, before the embedding work."""
   paths.check_writable(root.root)
-  latest = root.latest()
-  if latest is None:
+  try:
+    latest = root.latest()
+  except InputError:  # a pointer to a lost version: the publish repairs it
+    return
+  if latest is None or "retriever" not in latest.metadata:  # none, or unusable (old layout)
     return
   if latest.store_fingerprint != store.fingerprint:
     raise InputError(f"the index root holds embeddings of another block store (fingerprint "

@@ -61,6 +61,7 @@ class Refresher:
     self.mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
     self.on_publish = on_publish
     self.failures = 0
+    self._failed_step: int | None = None
     latest = self.index_root.latest()
     self.last_indexed_step = (latest.checkpoint_step
                               if latest and latest.checkpoint_step is not None else -1)
@@ -77,6 +78,7 @@ class Refresher:
     version = embedding.embed_and_publish(self.store, params, self.config, self.index,
                                           checkpoint_step=step,
                                           run=runs.run_identity(self.workdir), mesh=self.mesh)
+    self.last_indexed_step = max(self.last_indexed_step, step)
     logging.info("published index version %d from checkpoint %d in %.1fs", version.version,
                  step, time.time() - started)
     if self.on_publish is not None:
@@ -90,15 +92,20 @@ class Refresher:
       wake.clear()
       step = self.reader.latest_step()
       if step is not None and step > self.last_indexed_step:
-        # Marked even if it fails: a broken checkpoint is not retried, the next one is.
-        self.last_indexed_step = step
         try:
           self.refresh(step)
-        except Exception:  # Any failure keeps the previous version published; training goes on.
+          continue
+        # Any failure keeps the previous version published; training goes on.
+        except Exception as e:  # pylint: disable=broad-exception-caught
+          # Tried again after a poll: a checkpoint may fail while a resuming trainer moves it
+          # aside, and the step is then saved again. The traceback is logged once per step.
           self.failures += 1
-          logging.exception("index refresh from checkpoint %d failed; the previous index "
-                            "version stays in use", step)
-        continue
+          if step != self._failed_step:
+            logging.exception("index refresh from checkpoint %d failed; the previous index "
+                              "version stays in use", step)
+          else:
+            logging.warning("index refresh from checkpoint %d failed again: %s", step, e)
+          self._failed_step = step
       wake.wait(poll_seconds)
 
   def close(self) -> None:

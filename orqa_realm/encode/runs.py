@@ -79,6 +79,8 @@ def run_identity(workdir: str) -> dict[str, Any]:
 
 def indexed_run(version: IndexVersion) -> dict[str, Any] | None:
   """The run `version` was embedded from ({workdir, run_id}), None for pretrained weights."""
+  if version.checkpoint_step is None:
+    return None
   if embedding.INDEXED_RUN not in version.metadata:
     raise InputError("this index version does not record the run it was embedded from (it was "
                      "published by an earlier orqa_realm): re-embed it", path=version.directory)
@@ -224,11 +226,12 @@ def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
 def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
   """Refuses an index other than the frozen one the run was trained over: the question encoder
   learned to search those very embeddings."""
-  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"],
-              run.index.get("run_id"))
-  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step,
-           (indexed_run(version) or {}).get("run_id"))
+  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"])
+  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step)
+  if "run_id" in run.index:  # ORQA runs record it since runs have ids
+    expected += (run.index["run_id"],)
+    found += ((indexed_run(version) or {}).get("run_id"),)
   if expected != found:
-    raise InputError(f"the run was trained over an index of (store, rows, checkpoint, run id) "
+    raise InputError(f"the run was trained over an index of (store, rows, checkpoint[, run id]) "
                      f"{expected}, this one is {found}", path=version.directory,
                      field="index_dir")

@@ -32,6 +32,7 @@ MIN_ROWS_FOR_TREE = 16384
 # searcher has them (ours never does) and unpickles on load.
 ASSETS_FILE = "scann_assets.pbtxt"
 DOCIDS_FILE = "scann_docids.pkl"
+CONFIG_FILE = "scann_config.pb"  # read by ScaNN's C++ loader by this name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,12 +182,12 @@ def checked_assets(directory: str) -> str:
     assets = text_format.Parse(text, scann_assets_pb2.ScannAssets())
   except text_format.ParseError as e:
     raise InputError(f"malformed ScaNN asset list: {e}", path=assets_path) from e
-  for asset in assets.assets:
-    target = os.path.realpath(os.path.join(root, asset.asset_path))
-    if os.path.isabs(asset.asset_path) or os.path.commonpath([root, target]) != root:
-      raise InputError(f"asset {asset.asset_path!r} lies outside the index directory",
+  for asset_path in [CONFIG_FILE] + [asset.asset_path for asset in assets.assets]:
+    target = os.path.realpath(os.path.join(root, asset_path))
+    if os.path.isabs(asset_path) or os.path.commonpath([root, target]) != root:
+      raise InputError(f"asset {asset_path!r} lies outside the index directory",
                        path=assets_path, field="asset_path")
     if not os.path.isfile(target):
-      raise InputError(f"asset {asset.asset_path!r} is missing", path=assets_path,
+      raise InputError(f"asset {asset_path!r} is missing", path=assets_path,
                        field="asset_path")
   return text

@@ -82,10 +82,11 @@ class ICTTask(DualEncoderTask):
       # Examples grow with the held-out blocks: enough blocks for one batch, as a fraction.
       blocks_needed = e.batch_size * e.num_blocks / max(e.num_examples, 1)
       needed = math.ceil(100 * blocks_needed / len(self.store)) / 100
+      fraction = (f"--ict_heldout_fraction={needed} or more, or " if needed <= 0.5 else "")
       raise InputError(f"the held-out split ({e}) cannot fill an evaluation batch: pass "
-                       f"--ict_heldout_fraction={needed} or more, or "
-                       "--ict_eval_batches=0 (no held-out ICT loss), or a smaller --batch_size",
-                       path=self.store.directory, field="ict_heldout_fraction") from e
+                       f"{fraction}--ict_eval_batches=0 (no held-out ICT loss), or a smaller "
+                       "--batch_size", path=self.store.directory,
+                       field="ict_heldout_fraction") from e
 
   def train_batch(self, step: int, context: StepContext) -> ICTInputs:
     batch = self.train_sampler.batch(step, context.rows)  # a function of the step alone

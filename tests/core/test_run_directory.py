@@ -10,6 +10,7 @@ def test_a_run_keeps_its_id_when_resumed_and_moved(tmp_path):
   run_directory.start_run(tmp_path / "a", task="ict", model={"m": 1}, settings={})
   first = run_directory.read_run(tmp_path / "a").run_id
   assert first and len(first) == 32
+  (tmp_path / "a" / run_directory.CHECKPOINTS / "1").mkdir(parents=True)
   run_directory.start_run(tmp_path / "a", task="ict", model={"m": 1}, settings={"s": 2})
   assert run_directory.read_run(tmp_path / "a").run_id == first
   shutil.move(tmp_path / "a", tmp_path / "b")
@@ -18,11 +19,21 @@ def test_a_run_keeps_its_id_when_resumed_and_moved(tmp_path):
   assert run_directory.read_run(tmp_path / "c").run_id != first
 
 
+def test_a_run_started_again_from_scratch_is_another_run(tmp_path):
+  """Its checkpoints deleted, the directory's next start trains other weights: a new id, so
+  that indexes of the old weights are refused."""
+  run_directory.start_run(tmp_path, task="ict", model={"m": 1}, settings={})
+  first = run_directory.read_run(tmp_path).run_id
+  run_directory.start_run(tmp_path, task="ict", model={"m": 1}, settings={})
+  assert run_directory.read_run(tmp_path).run_id != first
+
+
 def test_a_run_from_before_ids_gets_one_when_resumed(tmp_path):
   run_file = tmp_path / run_directory.RUN_FILE
   run_file.write_text(json.dumps(dict(format=run_directory.FORMAT,
                                       format_version=run_directory.FORMAT_VERSION, task="ict",
                                       model={"m": 1}, settings={})))
   assert run_directory.read_run(tmp_path).run_id is None
+  (tmp_path / run_directory.CHECKPOINTS / "7").mkdir(parents=True)
   run_directory.start_run(tmp_path, task="ict", model={"m": 1}, settings={})
   assert run_directory.read_run(tmp_path).run_id

@@ -34,7 +34,7 @@ def test_a_truncated_gzip_is_located_after_the_lines_read(tmp_path):
   path.write_bytes(compressed[:len(compressed) // 2])
   with pytest.raises(InputError, match=r"a.jsonl.gz, line \d+: damaged or truncated gzip stream"):
     list(files.read_jsonl(path))
-  with pytest.raises(InputError, match=r"a.jsonl.gz, line 1: damaged or truncated gzip stream"):
+  with pytest.raises(InputError, match=r"a.jsonl.gz: damaged or truncated gzip stream \(.*\)$"):
     files.read_json(path)
 
 

@@ -65,6 +65,9 @@ def run_ict(out: str, store: str, bert: str) -> None:
   from tests.tasks.tiny_ict import tiny_ict_task
 
   workdir = os.path.join(out, "ict_run")
+  loop.train(tiny_ict_task(store, bert), train_config(workdir))
+  # Started again: every process restores the final checkpoint (agreeing that it restores), and
+  # the parameters compared are the restored ones.
   state = loop.train(tiny_ict_task(store, bert), train_config(workdir))
   params = [parallel.fetch_replicated(leaf) for leaf in jax.tree.leaves(state.params)]
   if jax.process_index() == 0:
