@@ -351,9 +351,12 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
         evaluate_and_log(state.params, completed)
       refresh_due = (bool(refresh.refresh_every_steps)
                      and completed % refresh.refresh_every_steps == 0)
-      checkpointer.save(completed, state, force=final or stop.requested or refresh_due)
+      # Read once: a SIGTERM arriving after the save decided not to save must not be reported
+      # (and acted on) as saved; it is handled after the next step.
+      stopping = stop.requested
+      checkpointer.save(completed, state, force=final or stopping or refresh_due)
       window_pauses += time.perf_counter() - paused
-      if stop.requested:
+      if stopping:
         progress.write(f"SIGTERM: saved checkpoint {completed}, stopping")
         break
   checkpointer.wait()
