@@ -30,7 +30,7 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import columns
 from orqa_realm.data.documents import Document
-from orqa_realm.data.files import Owner, atomic_directory, check_replaceable
+from orqa_realm.data.files import Owner, atomic_directory
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer, pack_inputs
 
@@ -340,7 +340,6 @@ def build_block_store(
   if epath.Path(output_dir).exists() and not overwrite:
     raise InputError("already exists (pass overwrite=True / --overwrite to replace it)",
                      path=output_dir)
-  check_replaceable(output_dir, OWNER)  # before the work, not only at its end
   paths.check_writable(epath.Path(output_dir).parent)
   with atomic_directory(output_dir, OWNER) as partial_dir:
     _write_store(documents, tokenizer, partial_dir, max_block_length=max_block_length,

@@ -86,6 +86,11 @@ def _open_bytes(path: paths.PathLike) -> BinaryIO:
   return file.open("rb")
 
 
+# What reading on may raise: a truncated gzip stream (EOFError), a corrupt one (gzip.BadGzipFile,
+# an OSError; zlib.error), or the storage's own failure (OSError).
+_READ_ERRORS = (EOFError, OSError, zlib.error)
+
+
 def _read_error(path, line: int | None, error: Exception) -> InputError:
   """A failure to read on: a damaged gzip stream, or the storage's own error; `line`: the first
   line not read (None for a whole-file read)."""
@@ -113,7 +118,7 @@ def read_lines(path: paths.PathLike) -> Iterator[tuple[int, str]]:
         except UnicodeDecodeError as e:
           raise _not_utf8(path, line_number, raw, e) from e
         yield line_number, line[:-2] + "\n" if line.endswith("\r\n") else line
-    except (EOFError, OSError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+    except _READ_ERRORS as e:
       raise _read_error(path, line_number + 1, e) from e
 
 
@@ -122,7 +127,7 @@ def read_text(path: paths.PathLike) -> str:
   with _open_bytes(path) as f:
     try:
       data = f.read()
-    except (EOFError, OSError, zlib.error) as e:
+    except _READ_ERRORS as e:
       raise _read_error(path, None, e) from e
   try:
     return data.decode("utf-8")
@@ -151,17 +156,20 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
       record = json.loads(line)
     except json.JSONDecodeError as e:
       raise InputError(f"malformed JSON: {e.msg}", path=path, line=line_number) from e
-    if not isinstance(record, dict):
-      raise InputError(f"expected a JSON object, got {type(record).__name__}",
-                       path=path, line=line_number)
+    _check_object(record, path=path, line=line_number)
     yield line_number, record
+
+
+def _check_object(record: Any, *, path, line: int | None) -> None:
+  """An InputError unless `record` is a JSON object (a dict)."""
+  if not isinstance(record, dict):
+    raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line)
 
 
 def required_string(record: dict[str, Any], field: str, *, path, line: int | None,
                     allow_empty: bool = False) -> str:
   """Returns record[field] as a string, or raises an InputError naming the field."""
-  if not isinstance(record, dict):
-    raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line)
+  _check_object(record, path=path, line=line)
   if field not in record:
     raise InputError("missing field", path=path, line=line, field=field)
   value = record[field]
@@ -177,8 +185,7 @@ def required_list(record: dict[str, Any], field: str, *, path, line: int | None)
   """Returns record[field], a list (possibly empty), or raises an InputError naming the field:
   a missing list is an error, not an empty one (a SQuAD paragraph without `qas` would drop its
   questions without a word)."""
-  if not isinstance(record, dict):
-    raise InputError(f"expected a JSON object, got {type(record).__name__}", path=path, line=line)
+  _check_object(record, path=path, line=line)
   if field not in record:
     raise InputError("missing field", path=path, line=line, field=field)
   if not isinstance(record[field], list):

@@ -3,13 +3,13 @@ files, a crafted ScaNN index and an unwritable output: refused, or taken from th
 silently wrong number."""
 
 import json
-import pickle
 
 import pytest
 
 from orqa_realm.index.scann_index import ScannConfig
 from orqa_realm.index.storage import IndexRoot, load_embeddings
 from tests.bad_input.cli import assert_refused, run_command
+from tests.index.code_running_pickle import code_running_pickle
 from tests.conftest import DEMO_SQUAD
 
 
@@ -96,16 +96,6 @@ def test_an_unwritable_output_directory_is_named_first(squad_block_store, tiny_r
                  f"{tmp_path / 'file'}: cannot write here")
 
 
-class RunsCode:
-  """Unpickling this creates a file: the proof that loading ran code."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (open, (self.marker, "w"))
-
-
 def test_a_crafted_scann_index_runs_no_code(squad_block_store, tiny_ict_run, tiny_run_index,
                                            tmp_path):
   """A ScaNN version whose directory holds a pickle (ScaNN's doc-id file) or an asset path
@@ -117,7 +107,7 @@ def test_a_crafted_scann_index_runs_no_code(squad_block_store, tiny_ict_run, tin
                          metadata=indexed.metadata)
   scann_dir = tmp_path / "index" / "versions" / f"{version.version:06d}" / "scann"
   marker = tmp_path / "code_ran"
-  (scann_dir / "scann_docids.pkl").write_bytes(pickle.dumps(RunsCode(str(marker))))
+  (scann_dir / "scann_docids.pkl").write_bytes(code_running_pickle(marker))
   common = [f"--workdir={tiny_ict_run}", f"--index_dir={root.root}", "--index_backend=scann",
             f"--eval_qa_dataset=squad:{DEMO_SQUAD}", "--eval_questions=5"]
   assert_refused(evaluate(squad_block_store.directory, tmp_path / "eval", *common),

@@ -8,6 +8,7 @@ import pytest
 from orqa_realm.core.errors import InputError
 from orqa_realm.index.exact import ExactSearcher
 from orqa_realm.index.scann_index import MIN_ROWS_FOR_TREE, ScannConfig, ScannSearcher
+from tests.index.code_running_pickle import code_running_pickle
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -84,22 +85,10 @@ def copy_of(saved, tmp_path):
   return pathlib.Path(shutil.copytree(saved, tmp_path / "copy"))
 
 
-class RunsCode:
-  """Unpickling this creates a file: the proof that a load ran code."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (open, (self.marker, "w"))
-
-
 def test_load_never_unpickles_the_doc_ids_file(small_saved_index, tmp_path):
-  import pickle
-
   directory = copy_of(small_saved_index[0], tmp_path)
   marker = tmp_path / "code_ran"
-  (directory / "scann_docids.pkl").write_bytes(pickle.dumps(RunsCode(str(marker))))
+  (directory / "scann_docids.pkl").write_bytes(code_running_pickle(marker))
   with pytest.raises(InputError, match="scann_docids.pkl, which ScaNN would unpickle"):
     ScannSearcher.load(str(directory), ScannConfig(), 300, 8)
   assert not marker.exists()
