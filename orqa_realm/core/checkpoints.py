@@ -14,6 +14,7 @@ refuse it with a message naming it and the checkpoints there are.
 
 from __future__ import annotations
 
+import logging as logging_std
 import sys
 import time
 from collections.abc import Callable
@@ -30,6 +31,9 @@ from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 
 BROKEN_CHECKPOINTS = "broken_checkpoints"
+# A writer deletes at most a few old checkpoints at a time: listings that keep racing with it
+# are a directory that is being removed.
+_LISTING_ATTEMPTS = 5
 
 
 class Restored(NamedTuple):
@@ -50,9 +54,23 @@ def _is_abandoned_read(unraisable) -> bool:
   return code is not None and "orbax" in code.co_filename
 
 
-def _quiet_abandoned_reads() -> None:
-  """Drops the reports of `_is_abandoned_read` from now on (dozens of tracebacks that would
-  bury a failed restore's own message); every other report still reaches the previous hook."""
+_QUIETED_DIRECTORIES: set[str] = set()
+
+
+def _is_abandoned_read_failure(record: logging_std.LogRecord) -> bool:
+  """Whether an asyncio log record reports a sibling read of a failed restore that failed too
+  ("... exception was never retrieved", logged when its future is collected): its message names
+  the checkpoint, under a directory given to `_quiet_abandoned_reads`."""
+  message = record.getMessage()
+  return "exception was never retrieved" in message and any(
+      directory in message for directory in _QUIETED_DIRECTORIES)
+
+
+def _quiet_abandoned_reads(directory: str) -> None:
+  """Drops the reports of abandoned sibling reads of a restore from `directory` from now on
+  (dozens of tracebacks, some after the process's own error message, that would bury it); every
+  other report still reaches the previous hook or asyncio's logger."""
+  _QUIETED_DIRECTORIES.add(directory)
   previous = sys.unraisablehook
   if getattr(previous, "drops_abandoned_reads", False):
     return
@@ -63,6 +81,8 @@ def _quiet_abandoned_reads() -> None:
 
   hook.drops_abandoned_reads = True
   sys.unraisablehook = hook
+  logging_std.getLogger("asyncio").addFilter(
+      lambda record: not _is_abandoned_read_failure(record))
 
 
 def describe_failure(error: Exception) -> str:
@@ -115,7 +135,8 @@ class Checkpointer:
     broken checkpoint); one that fails twice is moved aside (by the first process), with a
     warning. All processes agree on each attempt. When none restores, nothing is moved and the
     error names every failure."""
-    _quiet_abandoned_reads()  # they are reported while the failing restore unwinds, and after
+    # They are reported while the failing restore unwinds, and after.
+    _quiet_abandoned_reads(self.directory)
     failures: dict[int, str] = {}
     restored = None
     for step in sorted(self.all_steps(), reverse=True):
@@ -203,20 +224,32 @@ class CheckpointReader:
     self._manager = ocp.CheckpointManager(
         self.directory, options=ocp.CheckpointManagerOptions(read_only=True))
 
+  def _reload(self) -> None:
+    """Re-reads the directory, again if the writer deleted a checkpoint while it was listed
+    (it keeps the newest --keep_checkpoints; orbax stats each step it listed)."""
+    for attempt in range(_LISTING_ATTEMPTS):
+      try:
+        self._manager.reload()
+        return
+      except FileNotFoundError:
+        if attempt == _LISTING_ATTEMPTS - 1:
+          raise
+
   def latest_step(self) -> int | None:
     """The newest committed checkpoint, re-reading the directory."""
-    self._manager.reload()
+    self._reload()
     return self._manager.latest_step()
 
   def all_steps(self) -> list[int]:
-    self._manager.reload()
+    self._reload()
     return list(self._manager.all_steps())
 
   def restore_params(self, step: int, abstract_params: Any) -> Any:
     """The `params` subtree named by `abstract_params` (shapes with shardings) of checkpoint
     `step`; the rest of the train state is not read."""
     target = {"params": abstract_params}
-    _quiet_abandoned_reads()  # they are reported while a failing restore unwinds, and after
+    # They are reported while a failing restore unwinds, and after.
+    _quiet_abandoned_reads(self.directory)
     restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), target)
     # A manager of its own: one opened before the first checkpoint existed does not know the
     # directory holds a single item and refuses a non-Composite restore.
