@@ -1,10 +1,14 @@
 """What every command (`python -m orqa_realm.NAME`) does around its main function: bad input,
 and the file system's refusals (permissions, a read-only or full disk), become a one-line error
 naming the path instead of a traceback; stray positional arguments are refused; and the log
-stays quiet unless --verbosity asks (orbax logs every checkpoint step at INFO)."""
+stays quiet unless --verbosity asks: progress, metrics, warnings and errors, without the libraries'
+chatter (orbax logs every checkpoint step at INFO, and warns of a read-only checkpoint directory
+each time one is opened for reading)."""
 
 from __future__ import annotations
 
+import logging as logging_std
+import os
 import sys
 from collections.abc import Callable
 
@@ -12,6 +16,24 @@ from absl import app, flags, logging
 
 from orqa_realm.core.config import FlagBinder
 from orqa_realm.core.errors import InputError
+
+
+QUIET_LIBRARIES = ("orbax",)  # below ERROR, their records reach the console only with --verbosity
+
+
+def is_library_chatter(record: logging_std.LogRecord) -> bool:
+  """Whether a log record is a QUIET_LIBRARIES' record below ERROR."""
+  return record.levelno < logging_std.ERROR and any(
+      f"{os.sep}{library}{os.sep}" in record.pathname for library in QUIET_LIBRARIES)
+
+
+def quiet_console() -> None:
+  """Logs warnings and errors only, and the libraries' chatter not even then. On absl's handler,
+  which every logger's records reach (bm25s logs at INFO through a logger of its own)."""
+  logging.set_verbosity(logging.WARNING)
+  handler = logging.get_absl_handler()
+  handler.setLevel(logging_std.WARNING)
+  handler.addFilter(lambda record: not is_library_chatter(record))
 
 
 def run(main: Callable[[], None], settings: FlagBinder) -> None:
@@ -23,7 +45,7 @@ def run(main: Callable[[], None], settings: FlagBinder) -> None:
     if len(argv) > 1:
       sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
     if not flags.FLAGS["verbosity"].present:
-      logging.set_verbosity(logging.WARNING)
+      quiet_console()
     try:
       main()
     except InputError as e:

@@ -19,7 +19,7 @@ TINY_BERT = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=
                        intermediate_size=64, max_position_embeddings=128)
 
 
-def make_tiny_bert_dir(minilm_dir: str, target: str) -> str:
+def make_tiny_bert_dir(minilm_dir: str, target: str, config: BertConfig = TINY_BERT) -> str:
   """A Hugging Face directory with MiniLM's tokenizer files, the tiny architecture and random
   weights (written by PyTorch `transformers`, seeded), as a pretrained model's would be."""
   import torch  # pylint: disable=g-import-not-at-top
@@ -29,10 +29,10 @@ def make_tiny_bert_dir(minilm_dir: str, target: str) -> str:
   for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
     shutil.copy(os.path.join(minilm_dir, name), os.path.join(target, name))
   torch.manual_seed(0)
-  transformers.BertModel(transformers.BertConfig(**TINY_BERT.to_dict())).save_pretrained(
+  transformers.BertModel(transformers.BertConfig(**config.to_dict())).save_pretrained(
       target, safe_serialization=True)
   with open(os.path.join(target, "config.json"), "w", encoding="utf-8") as f:
-    json.dump(dict(TINY_BERT.to_dict(), model_type="bert"), f)
+    json.dump(dict(config.to_dict(), model_type="bert"), f)
   return target
 
 

@@ -1,0 +1,86 @@
+"""The open-QA pipeline end to end at --size=tiny with a tiny random BERT: every stage runs, the
+summary holds the held-out metrics of dense and BM25 retrieval, the console carries no library
+chatter, and a second run skips what is complete and reruns only what a changed setting reaches."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+
+import pytest
+
+from orqa_realm.workflow import open_qa
+from tests.conftest import REPO_ROOT, subprocess_env
+from tests.tasks.tiny_ict import TINY_BERT, make_tiny_bert_dir
+
+STAGES = ["blocks", "qa", "retriever", "index", "reader", "evaluate", "bm25"]
+
+
+def pipeline(workdir, bert_dir, *flags) -> subprocess.CompletedProcess:
+  return subprocess.run(
+      [sys.executable, "-m", "orqa_realm.pipeline", "--flagfile=configs/squad_pipeline.cfg",
+       "--size=tiny", f"--bert={bert_dir}", f"--workdir={workdir}", *flags],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+
+
+def summary_of(workdir):
+  return json.loads((workdir / "summary.json").read_text())
+
+
+def statuses(summary):
+  return {name: stage["status"] for name, stage in summary["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def bert_dir(minilm_dir, tmp_path_factory):
+  """The tiny BERT with positions for the demo's 288-wordpiece blocks and reader inputs."""
+  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert_512")),
+                            dataclasses.replace(TINY_BERT, max_position_embeddings=512))
+
+
+@pytest.fixture(scope="module")
+def first_run(bert_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("pipeline")
+  return workdir, pipeline(workdir, bert_dir)
+
+
+def test_every_stage_runs_and_the_summary_compares_dense_with_bm25(first_run):
+  workdir, result = first_run
+  assert result.returncode == 0, result.stderr[-3000:]
+  summary = summary_of(workdir)
+  assert statuses(summary) == {name: "ran" for name in STAGES}
+  assert set(summary["metrics"]) == set(open_qa.EVALUATIONS)
+  dense, bm25 = summary["metrics"]["evaluate"], summary["metrics"]["bm25"]
+  for metrics in (dense, bm25):
+    assert metrics["num_queries"] == open_qa.TINY_EVAL_QUESTIONS
+    assert metrics["num_blocks"] == summary["stages"]["blocks"]["output_identity"]["num_blocks"]
+    assert 0.0 <= metrics["exact_match"] <= 1.0 and metrics["reader_step"] == 8
+    assert set(metrics["answer_recall"]) == {"@1", "@5", "@20", "@100"}
+  # The held-out questions are asked over the corpus that holds their paragraphs.
+  assert bm25["gold_paragraph_recall"]["@20"] > 0.9
+  assert dense["index_run"]["run_id"] == summary["stages"]["retriever"]["output_identity"][
+      "run_id"]
+  assert "R@1" in result.stdout and "bm25" in result.stdout.splitlines()[-3]
+
+
+def test_the_console_shows_progress_not_library_logs(first_run):
+  _, result = first_run
+  console = result.stdout + result.stderr
+  assert "checkpoint_manager.py" not in console and "Traceback" not in console
+  assert "step 8/8" in console
+  assert "[5/7] reader: ORQA" in console
+
+
+def test_a_second_run_skips_complete_stages_and_reruns_what_a_setting_reaches(first_run,
+                                                                              bert_dir):
+  workdir, _ = first_run
+  again = pipeline(workdir, bert_dir)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert statuses(summary_of(workdir)) == {name: "skipped" for name in STAGES}
+  changed = pipeline(workdir, bert_dir, "--eval_recall_ks=1,5")
+  assert changed.returncode == 0, changed.stderr[-3000:]
+  summary = summary_of(workdir)
+  assert statuses(summary) == dict({name: "skipped" for name in STAGES},
+                                   evaluate="ran", bm25="ran")
+  assert set(summary["metrics"]["evaluate"]["answer_recall"]) == {"@1", "@5"}
+  assert len(list((workdir / "superseded").iterdir())) == 2
