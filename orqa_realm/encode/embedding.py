@@ -118,32 +118,37 @@ def make_tower_embedder(config: retriever.RetrieverConfig, dtype, mesh, method):
                  out_shardings=replicated)
 
 
-def padded_block_batches(store: BlockStore, config: retriever.RetrieverConfig, *, batch_size: int
+def padded_block_batches(store: BlockStore, config: retriever.RetrieverConfig, *, batch_size: int,
+                         rows: np.ndarray | None = None
                          ) -> Iterator[tuple[np.ndarray, TokenBatch]]:
-  """(block indices [<= batch_size], inputs [batch_size, length]) for each `length_batches` batch
-  of the store. The last batch is topped up with copies of its first block, whose results the
-  caller drops, so that every batch has one shape per length."""
-  for batch in length_batches(store.input_lengths(config.block_format), batch_size=batch_size,
-                              max_length=config.block_length):
-    padded = np.resize(batch.blocks, batch_size) if len(batch.blocks) < batch_size else batch.blocks
+  """(positions in `rows` [<= batch_size], inputs [batch_size, length]) for each
+  `length_batches` batch of the store's blocks `rows` (default: all, so positions are blocks).
+  The last batch is topped up with copies of its first block, whose results the caller drops,
+  so that every batch has one shape per length."""
+  rows = np.arange(len(store)) if rows is None else np.asarray(rows)
+  lengths = store.input_lengths(config.block_format)[rows]
+  for batch in length_batches(lengths, batch_size=batch_size, max_length=config.block_length):
+    blocks = rows[batch.blocks]
+    padded = np.resize(blocks, batch_size) if len(blocks) < batch_size else blocks
     yield batch.blocks, store.encode(padded, batch.length, config.block_format)
 
 
 def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConfig, *,
                  batch_size: int = 128, dtype=jnp.bfloat16, mesh=None,
-                 show_progress: bool = False) -> np.ndarray:
-  """[num_blocks, embedding_size] float32 embeddings of every block of `store`, each cut to
-  `config.block_length` wordpieces.
+                 show_progress: bool = False, rows: np.ndarray | None = None) -> np.ndarray:
+  """[num_rows, embedding_size] float32 embeddings of the blocks `rows` of `store` (default:
+  every block), each cut to `config.block_length` wordpieces.
 
   `params` may be the whole retriever's or only the block tower's.
   """
+  num_rows = len(store) if rows is None else len(rows)
   mesh = mesh if mesh is not None else parallel.make_mesh()
   batch_size = math.ceil(batch_size / mesh.size) * mesh.size
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_blocks)
   params = jax.device_put(retriever.tower_params(params, config, "block"),
                           parallel.replicated(mesh))
-  embeddings = np.empty((len(store), config.embedding_size), np.float32)
-  progress = tqdm.tqdm(total=len(store), unit="block", disable=not show_progress)
+  embeddings = np.empty((num_rows, config.embedding_size), np.float32)
+  progress = tqdm.tqdm(total=num_rows, unit="block", disable=not show_progress)
   # One batch in flight while the next is packed on the host: dispatch is asynchronous.
   in_flight: collections.deque = collections.deque()
 
@@ -152,7 +157,7 @@ def embed_blocks(store: BlockStore, params: Any, config: retriever.RetrieverConf
     embeddings[blocks] = np.asarray(jax.device_get(result))[:len(blocks)]
     progress.update(len(blocks))
 
-  for blocks, inputs in padded_block_batches(store, config, batch_size=batch_size):
+  for blocks, inputs in padded_block_batches(store, config, batch_size=batch_size, rows=rows):
     in_flight.append((blocks, embed(params, parallel.to_global(inputs, mesh))))
     if len(in_flight) > 1:
       collect()
@@ -218,7 +223,9 @@ def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
     return
   if latest is None or "retriever" not in latest.metadata:  # none, or unusable (old layout)
     return
-  if latest.store_fingerprint != store.fingerprint:
+  # A store grown from the root's (preprocess --grow_from) continues it.
+  if latest.store_fingerprint != store.fingerprint and store.ancestor(
+      latest.store_fingerprint) is None:
     raise InputError(f"the index root holds embeddings of another block store (fingerprint "
                      f"{latest.store_fingerprint}, --block_store {store.directory} is "
                      f"{store.fingerprint}): use another --index_dir", path=root.root,
@@ -280,7 +287,9 @@ def embed_queries(questions: list[str], params: Any, config: retriever.Retriever
   """[num_questions, embedding_size] float32 query-tower embeddings of `questions`, each cut to
   `config.query_length` wordpieces."""
   mesh = mesh if mesh is not None else parallel.make_mesh()
-  batch_size = math.ceil(min(batch_size, max(len(questions), 1)) / mesh.size) * mesh.size
+  # A power of two at most: a server's varying batches compile a few shapes, not one each.
+  fitted = 1 << max(len(questions) - 1, 0).bit_length()
+  batch_size = math.ceil(min(batch_size, fitted) / mesh.size) * mesh.size
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_queries)
   params = jax.device_put(params, parallel.replicated(mesh))
   embeddings = np.empty((len(questions), config.embedding_size), np.float32)

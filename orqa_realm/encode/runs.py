@@ -223,15 +223,26 @@ def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
                  ReaderSettings(**model["reader_settings"]), params, step, model["index"])
 
 
+# What the blocks' embeddings depend on besides the encoder's weights: an index of any corpus
+# embedded alike can be searched by the question encoder an ORQA run trained (ORQA's own
+# `fixed_retriever_fields`).
+BLOCK_ENCODER_FIELDS = retriever.ARCHITECTURE_FIELDS + ("block_length",)
+
+
 def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
-  """Refuses an index other than the frozen one the run was trained over: the question encoder
-  learned to search those very embeddings."""
-  expected = (run.index["store_fingerprint"], run.index["num_rows"], run.index["checkpoint_step"])
-  found = (version.store_fingerprint, version.num_rows, version.checkpoint_step)
-  if "run_id" in run.index:  # ORQA runs record it since runs have ids
-    expected += (run.index["run_id"],)
-    found += ((indexed_run(version) or {}).get("run_id"),)
+  """Refuses an index whose blocks were embedded otherwise than those the run was trained over:
+  by another checkpoint or run, another tokenizer, or other block settings (the question encoder
+  learned to search those very embeddings). The corpus may be another one: answering over a new
+  corpus embedded with the same block encoder is what open-domain QA is for."""
+  expected = (run.index["checkpoint_step"], run.index.get("run_id"))
+  found = (version.checkpoint_step, (indexed_run(version) or {}).get("run_id"))
+  if "run_id" not in run.index:  # ORQA runs record it since runs have ids
+    expected, found = expected[:1], found[:1]
   if expected != found:
-    raise InputError(f"the run was trained over an index of (store, rows, checkpoint[, run id]) "
-                     f"{expected}, this one is {found}", path=version.directory,
-                     field="index_dir")
+    raise InputError(
+        f"the run was trained over blocks embedded by (checkpoint, run id) {expected}, this "
+        f"index by {found}: embed the corpus with that checkpoint (python -m orqa_realm.embed "
+        "--workdir=RETRIEVER_RUN --checkpoint_step=...)", path=version.directory,
+        field="index_dir")
+  embedding.check_query_encoder(version, run.retriever_config, run.tokenizer_fingerprint,
+                                fields=BLOCK_ENCODER_FIELDS)

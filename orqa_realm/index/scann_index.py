@@ -33,6 +33,7 @@ MIN_ROWS_FOR_TREE = 16384
 ASSETS_FILE = "scann_assets.pbtxt"
 DOCIDS_FILE = "scann_docids.pkl"
 CONFIG_FILE = "scann_config.pb"  # read by ScaNN's C++ loader by this name
+UPSERT_BATCH_SIZE = 1024  # rows ScaNN adds per call when an index grows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +141,18 @@ class ScannSearcher:
         queries, final_num_neighbors=k,
         pre_reorder_num_neighbors=max(self.config.reorder_num_neighbors, k), **tree_args)
     return SearchResult(np.asarray(ids, np.int64), np.asarray(scores, np.float32))
+
+  def with_rows_added(self, embeddings: np.ndarray) -> ScannSearcher:
+    """This index with [n, dim] `embeddings` appended as rows num_rows...num_rows + n - 1,
+    through ScaNN's upsert: the partitions and quantizer trained on the earlier rows are kept,
+    nothing is retrained. The index is changed in place (its old view must not be used)."""
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+      raise ValueError(f"expected rows of shape [n, {self.dim}], got {embeddings.shape}")
+    # ScaNN's Python wrapper upserts only by document ids, which it pickles on saving; its
+    # native searcher appends rows given no index (None), and nothing is pickled.
+    self._searcher.searcher.upsert([None] * len(embeddings), embeddings, UPSERT_BATCH_SIZE)
+    return ScannSearcher(self._searcher, self.config, self._num_rows + len(embeddings), self.dim)
 
   def save(self, directory: str) -> None:
     """Writes ScaNN's assets to `directory` with relative paths, so the directory can be moved

@@ -168,8 +168,11 @@ class IndexRoot:
   def publish(self, embeddings: np.ndarray, *, store_fingerprint: str,
               checkpoint_step: int | None, storage_dtype: StorageDtype = "float32",
               scann_config: ScannConfig | None = None,
+              scann_searcher: ScannSearcher | None = None,
               metadata: dict[str, Any] | None = None) -> IndexVersion:
-    """Writes a new version (embeddings, optional ScaNN index) and points LATEST at it."""
+    """Writes a new version (embeddings, optional ScaNN index) and points LATEST at it. The
+    ScaNN index is built with `scann_config`, or is `scann_searcher` (e.g. a previous version's
+    with the new rows upserted), which must hold exactly `embeddings`' rows."""
     embeddings = np.asarray(embeddings, np.float32)
     versions = self.versions()
     version = (versions[-1] if versions else 0) + 1
@@ -180,8 +183,11 @@ class IndexRoot:
     try:
       save_embeddings(partial, embeddings, storage_dtype)
       scann_manifest = None
-      if scann_config is not None:
-        searcher = ScannSearcher.build(embeddings, scann_config)
+      if scann_searcher is not None and scann_searcher.num_rows != len(embeddings):
+        raise ValueError(f"the ScaNN index holds {scann_searcher.num_rows} rows, the version "
+                         f"{len(embeddings)}")
+      if scann_config is not None or scann_searcher is not None:
+        searcher = scann_searcher or ScannSearcher.build(embeddings, scann_config)
         with paths.directory_to_write(partial / SCANN_DIR) as scann_dir:
           searcher.save(scann_dir)
         scann_manifest = dataclasses.asdict(searcher.config)

@@ -32,7 +32,9 @@ def options(workdir, **overrides):
 def refresher_settings(task, workdir, index_dir) -> dict:
   return dict(workdir=str(workdir), store=task.store,
               config=task.config.retriever,
-              index=IndexConfig(index_dir=str(index_dir),
+              # Every version kept: the tests read early ones back after a run, however many
+              # checkpoints a loaded machine let the refresher index meanwhile.
+              index=IndexConfig(index_dir=str(index_dir), keep_versions=100,
                                 embedding=EmbedSettings(embed_batch_size=32,
                                                         embed_dtype="float32")))
 

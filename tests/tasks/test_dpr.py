@@ -73,6 +73,7 @@ def test_loss_equals_numpy_on_a_real_batch(tiny_task):
   assert 0.0 <= metrics["accuracy"] <= 1.0
 
 
+@pytest.mark.slow  # over a minute: CI runs it in its second step
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir):
   found = run_on_four_devices("tests.tasks.sharded_dpr_check", squad_block_store.directory,
                               tiny_bert_dir)
@@ -125,6 +126,7 @@ def test_train_cli_logs_loss_and_recall(squad_block_store, tiny_bert_dir, tmp_pa
   assert (tmp_path / "bm25" / "bm25.json").exists()  # the BM25 index was kept for reuse
 
 
+@pytest.mark.slow  # over a minute: CI runs it in its second step
 def test_warm_start_takes_the_runs_latest_checkpoint(squad_block_store, tiny_bert_dir, tmp_path):
   """--retriever_workdir: DPR starts from the run's newest retriever (here an ICT run of 3
   steps, checkpoints 2 and 3), not from a fresh init; a run without checkpoints is refused; a

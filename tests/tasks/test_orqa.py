@@ -2,6 +2,7 @@
 
 import dataclasses
 import gzip
+import itertools
 import json
 import subprocess
 import sys
@@ -11,6 +12,8 @@ import numpy as np
 import pytest
 
 from orqa_realm.core import parallel
+from orqa_realm.data.blocks import build_block_store
+from orqa_realm.data.documents import load_documents
 from orqa_realm.data.qa import QAEvaluation, question_indices, read_squad
 from orqa_realm.data.reader_inputs import enumerate_spans, span_text
 from orqa_realm.core.errors import InputError
@@ -28,7 +31,7 @@ from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_ict import TINY_RETRIEVER
-from tests.tasks.tiny_orqa import tiny_index_dir, tiny_orqa_task
+from tests.tasks.tiny_orqa import publish_tiny_index, tiny_index_dir, tiny_orqa_task
 
 
 @pytest.fixture(scope="module")
@@ -204,4 +207,25 @@ def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_p
   refused = subprocess.run(
       [*command, *dense, f"--index_dir={other_index}", f"--output_dir={tmp_path / 'eval2'}"],
       cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
-  assert refused.returncode != 0 and "the run was trained over an index" in refused.stderr
+  assert refused.returncode != 0 and (
+      "the run was trained over blocks embedded by (checkpoint, run id) (None, None), this index "
+      "by (3, None)") in refused.stderr
+
+  # A new corpus embedded by the same block encoder is answered over (the store must be the
+  # index's own, as always).
+  new_store = build_block_store(itertools.islice(load_documents(f"squad:{DEMO_SQUAD}"), 80),
+                                tiny_task.tokenizer, tmp_path / "new_corpus",
+                                source="the first 80 paragraphs")
+  new_index = str(tmp_path / "new_corpus_index")
+  publish_tiny_index(new_store.directory, new_index)
+  on_new_store = [f"--block_store={new_store.directory}" if arg.startswith("--block_store=")
+                  else arg for arg in command]
+  accepted = subprocess.run(
+      [*on_new_store, *dense, f"--index_dir={new_index}", f"--output_dir={tmp_path / 'eval3'}"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert accepted.returncode == 0, accepted.stderr[-3000:]
+  with open(tmp_path / "eval3" / "metrics.json") as f:
+    metrics = json.load(f)
+  assert metrics["num_blocks"] == len(new_store) < len(tiny_task.store)
+  with open(tmp_path / "eval3" / "predictions.jsonl") as f:
+    assert all(r["prediction"] in new_store.text(r["block"]) for r in map(json.loads, f))

@@ -99,6 +99,7 @@ def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_p
   assert 0 < float(metrics["null_probability"]) < 1
 
 
+@pytest.mark.slow  # over a minute: CI runs it in its second step
 def test_four_devices_equal_one(salient_squad_store, tiny_bert_dir):
   found = run_on_four_devices("tests.tasks.sharded_realm_check", salient_squad_store.directory,
                               tiny_bert_dir)

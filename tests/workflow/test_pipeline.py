@@ -2,25 +2,14 @@
 summary holds the held-out metrics of dense and BM25 retrieval, the console carries no library
 chatter, and a second run skips what is complete and reruns only what a changed setting reaches."""
 
-import dataclasses
 import json
-import subprocess
-import sys
 
 import pytest
 
 from orqa_realm.workflow import open_qa
-from tests.conftest import REPO_ROOT, subprocess_env
-from tests.tasks.tiny_ict import TINY_BERT, make_tiny_bert_dir
+from tests.conftest import run_tiny_pipeline as pipeline
 
 STAGES = ["blocks", "qa", "retriever", "index", "reader", "evaluate", "bm25"]
-
-
-def pipeline(workdir, bert_dir, *flags) -> subprocess.CompletedProcess:
-  return subprocess.run(
-      [sys.executable, "-m", "orqa_realm.pipeline", "--flagfile=configs/squad_pipeline.cfg",
-       "--size=tiny", f"--bert={bert_dir}", f"--workdir={workdir}", *flags],
-      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=900)
 
 
 def summary_of(workdir):
@@ -32,16 +21,13 @@ def statuses(summary):
 
 
 @pytest.fixture(scope="module")
-def bert_dir(minilm_dir, tmp_path_factory):
-  """The tiny BERT with positions for the demo's 288-wordpiece blocks and reader inputs."""
-  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert_512")),
-                            dataclasses.replace(TINY_BERT, max_position_embeddings=512))
+def first_run(tiny_pipeline):
+  return tiny_pipeline
 
 
 @pytest.fixture(scope="module")
-def first_run(bert_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("pipeline")
-  return workdir, pipeline(workdir, bert_dir)
+def bert_dir(tiny_bert_512_dir):
+  return tiny_bert_512_dir
 
 
 def test_every_stage_runs_and_the_summary_compares_dense_with_bm25(first_run):

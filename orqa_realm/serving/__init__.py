@@ -1,0 +1,1 @@
+"""A trained system answering questions: opened from its run directory, for `ask` and `serve`."""
