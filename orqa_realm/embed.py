@@ -42,6 +42,7 @@ from orqa_realm.encode import embedding, growing, runs
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 
+
 @dataclasses.dataclass(frozen=True)
 class EmbedCommand:
   """Whether every block is embedded, or only those a grown store added."""

@@ -17,7 +17,7 @@ import os
 from orqa_realm import cli
 from orqa_realm.core import config as settings_lib
 from orqa_realm.core.errors import InputError
-from orqa_realm.workflow import open_qa, runner, summary
+from orqa_realm.workflow import open_qa, records, runner, summary
 
 SETTINGS = settings_lib.FlagBinder("pipeline")
 SETTINGS.bind("pipeline", open_qa.OpenQAPipeline)
@@ -30,7 +30,7 @@ def main() -> None:
   try:
     results = runner.run_pipeline(workdir, stages)
   except runner.StageFailed as e:
-    record = os.path.join(workdir, "pipeline", f"{e.stage.name}.json")
+    record = records.record_path(workdir, e.stage.name)
     raise InputError(f"stage {e.stage.name} failed (exit code {e.returncode}; its message is "
                      f"above); fix it and run the pipeline again: complete stages are skipped "
                      f"(its command line is in {record})") from e

@@ -2,7 +2,8 @@
 
     python -m orqa_realm.serve --workdir=runs/squad_pipeline --port=8080
 
-then `curl -s localhost:8080/answer -d '{"question": "who won super bowl 50?"}'`, or open
+then `curl -s localhost:8080/answer -H 'Content-Type: application/json' -d '{"question": "who
+won super bowl 50?"}'`, or open
 http://localhost:8080/ to ask on a page. --workdir is what `ask` takes (a pipeline's workdir, an
 ORQA run, or a retriever run with --index_dir). Concurrent requests are answered in batches of
 at most --max_batch_size; `orqa_realm/serving/http_api.py` documents the API and its limits.
@@ -28,8 +29,15 @@ def main() -> None:
   config, source = SETTINGS.build("serve"), SETTINGS.build("system")
   started = time.time()
   system = QASystem.open(source)
-  # Compiled before the first request, not during it.
-  system.answer(["warm-up question"], min(config.max_top_blocks, system.searcher.num_rows))
+  # Compiled before the first request, not during it: every query batch shape a request batch
+  # can take (powers of two up to --max_batch_size).
+  batch = 1
+  while True:
+    system.answer(["warm-up question"] * batch,
+                  min(config.max_top_blocks, system.searcher.num_rows))
+    if batch >= config.max_batch_size:
+      break
+    batch *= 2
   print(f"serving {system.description['run']} over {system.description['num_blocks']} blocks "
         f"(ready in {time.time() - started:.0f}s) at http://{config.host}:{config.port}/",
         flush=True)

@@ -389,6 +389,12 @@ def grow_block_store(documents: Iterable[Document], tokenizer: Tokenizer,
   if output_dir != base.directory and epath.Path(output_dir).exists():
     raise InputError("already exists: grow into a new directory, or into the base itself",
                      path=output_dir)
+  own_files = {MANIFEST} | {f"{name}.bin" for name in base.manifest["columns"]}
+  others = sorted(child.name for child in epath.Path(base.directory).iterdir()
+                  if child.name not in own_files)
+  if output_dir == base.directory and others:
+    raise InputError(f"holds {others} beside the store (e.g. its salient spans), which the grown "
+                     "store would not carry: grow into a new --output_dir", path=output_dir)
   with atomic_directory(output_dir, OWNER) as partial_dir:
     _write_store(documents, tokenizer, partial_dir, max_block_length=base.max_block_length,
                  max_title_length=base.manifest["max_title_length"], source=source,
@@ -429,7 +435,8 @@ def _write_store(documents: Iterable[Document], tokenizer: Tokenizer, partial_di
       if isinstance(column, columns.RaggedColumn):
         writers[name].extend(column)
       else:
-        writers[name].append(column)
+        for begin in range(0, len(column), columns.COPY_SLICE):
+          writers[name].append(column[begin:begin + columns.COPY_SLICE])
     seen_ids = {base.document_id_of(index) for index in range(base.manifest["num_documents"])}
     counts = {key: base.manifest[key] for key in counts}
   progress = tqdm.tqdm(desc="documents", unit="doc", disable=not show_progress)

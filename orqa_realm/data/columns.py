@@ -19,6 +19,9 @@ from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 
 
+COPY_SLICE = 1 << 24  # values per write when a column is copied
+
+
 class ColumnWriter:
   """Streams arrays of one dtype into `directory/name.bin`."""
 
@@ -57,10 +60,14 @@ class RaggedColumnWriter:
     self.append(np.frombuffer(text.encode("utf-8"), dtype=np.uint8))
 
   def extend(self, column: RaggedColumn) -> None:
-    """Appends every row of `column` at once (a grown store starts with its base's rows)."""
+    """Appends every row of `column` (a grown store starts with its base's rows), copied in
+    slices: a Wikipedia-sized column is never held in memory whole."""
     start = self._values.length
-    self._values.append(column.values)
-    self._offsets.append(np.asarray(column.offsets[1:], np.int64) + start)
+    for begin in range(0, len(column.values), COPY_SLICE):
+      self._values.append(column.values[begin:begin + COPY_SLICE])
+    for begin in range(1, len(column.offsets), COPY_SLICE):
+      self._offsets.append(np.asarray(column.offsets[begin:begin + COPY_SLICE], np.int64) + start)
+
 
   def close(self) -> dict[str, dict[str, Any]]:
     return {self._values.name: self._values.close(), self._offsets.name: self._offsets.close()}

@@ -71,9 +71,16 @@ def atomic_directory(output_dir: paths.PathLike, owner: Owner) -> Iterator[str]:
   except InputError:
     partial.rmtree()
     raise
+  # The old directory is renamed aside before the new one takes its place, and removed after:
+  # a kill in between leaves one of them whole at its own name, never neither.
+  replaced = target.parent / f"{target.name}.replaced-{os.getpid()}"
   if target.exists():
-    target.rmtree()
+    if replaced.exists():
+      replaced.rmtree()
+    target.rename(replaced)
   partial.rename(target)
+  if replaced.exists():
+    replaced.rmtree()
 
 
 def _open_bytes(path: paths.PathLike) -> BinaryIO:

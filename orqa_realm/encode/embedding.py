@@ -29,6 +29,7 @@ from orqa_realm.core.config import differences, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.index.exact import next_power_of_two
 from orqa_realm.index.scann_index import ScannConfig
 from orqa_realm.index.storage import IndexRoot, IndexVersion, StorageDtype
 from orqa_realm.modeling import retriever
@@ -288,7 +289,7 @@ def embed_queries(questions: list[str], params: Any, config: retriever.Retriever
   `config.query_length` wordpieces."""
   mesh = mesh if mesh is not None else parallel.make_mesh()
   # A power of two at most: a server's varying batches compile a few shapes, not one each.
-  fitted = 1 << max(len(questions) - 1, 0).bit_length()
+  fitted = next_power_of_two(max(len(questions), 1))
   batch_size = math.ceil(min(batch_size, fitted) / mesh.size) * mesh.size
   embed = make_tower_embedder(config, dtype, mesh, retriever.DualEncoder.embed_queries)
   params = jax.device_put(params, parallel.replicated(mesh))

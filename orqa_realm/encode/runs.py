@@ -117,6 +117,14 @@ def trained_block_store(description: run_directory.RunDescription) -> str:
                      path=description.workdir) from e
 
 
+def trained_bert(description: run_directory.RunDescription) -> str:
+  """The BERT a run started from (its tokenizer's model), as its saved settings name it."""
+  try:
+    return description.settings["task"]["source"]["bert"]
+  except KeyError as e:
+    raise InputError("the run's settings name no BERT", path=description.workdir) from e
+
+
 def check_tokenizer(run: RetrieverRun, tokenizer_fingerprint: str, source: str) -> None:
   """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
   if run.tokenizer_fingerprint != tokenizer_fingerprint:
@@ -223,26 +231,24 @@ def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
                  ReaderSettings(**model["reader_settings"]), params, step, model["index"])
 
 
-# What the blocks' embeddings depend on besides the encoder's weights: an index of any corpus
-# embedded alike can be searched by the question encoder an ORQA run trained (ORQA's own
-# `fixed_retriever_fields`).
-BLOCK_ENCODER_FIELDS = retriever.ARCHITECTURE_FIELDS + ("block_length",)
-
-
 def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
   """Refuses an index whose blocks were embedded otherwise than those the run was trained over:
   by another checkpoint or run, another tokenizer, or other block settings (the question encoder
   learned to search those very embeddings). The corpus may be another one: answering over a new
   corpus embedded with the same block encoder is what open-domain QA is for."""
+  what = "(checkpoint, run id)"
   expected = (run.index["checkpoint_step"], run.index.get("run_id"))
   found = (version.checkpoint_step, (indexed_run(version) or {}).get("run_id"))
-  if "run_id" not in run.index:  # ORQA runs record it since runs have ids
-    expected, found = expected[:1], found[:1]
+  if "run_id" not in run.index:
+    # A run from before runs had ids names its encoder by step alone: only its own corpus.
+    what = "(store, rows, checkpoint)"
+    expected = (run.index["store_fingerprint"], run.index["num_rows"], expected[0])
+    found = (version.store_fingerprint, version.num_rows, found[0])
   if expected != found:
     raise InputError(
-        f"the run was trained over blocks embedded by (checkpoint, run id) {expected}, this "
-        f"index by {found}: embed the corpus with that checkpoint (python -m orqa_realm.embed "
+        f"the run was trained over blocks embedded by {what} {expected}, this index by {found}: "
+        "embed the corpus with that checkpoint (python -m orqa_realm.embed "
         "--workdir=RETRIEVER_RUN --checkpoint_step=...)", path=version.directory,
         field="index_dir")
   embedding.check_query_encoder(version, run.retriever_config, run.tokenizer_fingerprint,
-                                fields=BLOCK_ENCODER_FIELDS)
+                                fields=retriever.BLOCK_ENCODER_FIELDS)

@@ -21,7 +21,8 @@ from orqa_realm.core import parallel
 from orqa_realm.index.searcher import SearchResult, check_search_args
 
 
-def _next_power_of_two(n: int) -> int:
+def next_power_of_two(n: int) -> int:
+  """The least power of two >= n (1 for n <= 1): batch sizes padded to it compile few shapes."""
   return 1 << max(n - 1, 0).bit_length()
 
 
@@ -154,7 +155,7 @@ class ExactSearcher:
     ids, scores = [], []
     for start in range(0, len(queries), self.query_batch_size):
       batch = queries[start:start + self.query_batch_size]
-      padded_size = min(_next_power_of_two(max(len(batch), 8)), self.query_batch_size)
+      padded_size = min(next_power_of_two(max(len(batch), 8)), self.query_batch_size)
       padded = np.zeros((padded_size, self.dim), np.float32)
       padded[:len(batch)] = batch
       batch_scores, batch_ids = jax.device_get(self.search_on_device(padded, k))

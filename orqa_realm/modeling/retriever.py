@@ -93,6 +93,9 @@ ARCHITECTURE_FIELDS = ("bert", "projection_size", "pooling", "share_encoders", "
                        "normalize")
 INPUT_FIELDS = ("query_length", "block_length", "score_scale")
 ALL_FIELDS = ARCHITECTURE_FIELDS + INPUT_FIELDS
+# What block embeddings depend on besides the weights: a question encoder trained against an
+# index searches any corpus embedded alike (ORQA's fixed fields; growing an index).
+BLOCK_ENCODER_FIELDS = ARCHITECTURE_FIELDS + ("block_length",)
 
 
 class EncoderTower(nn.Module):

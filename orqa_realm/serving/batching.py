@@ -50,7 +50,8 @@ class RequestBatcher(Generic[Item, Result]):
 
   async def submit(self, item: Item) -> Result:
     """The result of `item`, once its batch is done; QueueFull when too many wait."""
-    if self._worker is None:  # started by the first request, on the server's event loop
+    # Started by the first request, on the server's event loop (again if it ever died).
+    if self._worker is None or self._worker.done():
       self._worker = asyncio.get_running_loop().create_task(self._work())
     pending = _Pending(item, asyncio.get_running_loop().create_future())
     try:
@@ -86,6 +87,8 @@ class RequestBatcher(Generic[Item, Result]):
       self.batch_sizes.append(len(live))
       try:
         results = await asyncio.to_thread(self.process, [pending.item for pending in live])
+        if len(results) != len(live):
+          raise RuntimeError(f"{len(results)} results for a batch of {len(live)}")
       except Exception as e:  # pylint: disable=broad-exception-caught
         # The batch's requests fail with it; the worker serves the next batch.
         for pending in live:

@@ -7,7 +7,9 @@
     GET  /                                              -> a page to ask questions on
 
 Concurrent requests are answered in batches (`batching.RequestBatcher`); a request beyond the
-queue gets 503, a malformed one 400 with a message, an oversized body 413.
+queue gets 503, a malformed one 400 with a message, an oversized body 413, a body that is not
+`application/json` 415 (a cross-site form cannot make the server compute), a failed batch 500
+with a JSON message.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import threading
 from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
+from absl import logging
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse
@@ -53,14 +57,30 @@ class BadRequest(Exception):
     self.status = status
 
 
+async def read_body(request: Request, max_bytes: int) -> bytes:
+  """The request's body, refused (413) as soon as it passes `max_bytes`, whether or not it
+  declares its length (a chunked body is counted as it streams in, never held whole)."""
+  too_large = BadRequest(f"the body is larger than {max_bytes} bytes", 413)
+  declared = request.headers.get("content-length")
+  if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+    raise too_large
+  chunks, size = [], 0
+  async for chunk in request.stream():
+    size += len(chunk)
+    if size > max_bytes:
+      raise too_large
+    chunks.append(chunk)
+  return b"".join(chunks)
+
+
 async def read_question(request: Request, config: ServeConfig) -> tuple[str, int]:
   """(question, top_blocks) of a request's JSON body, or BadRequest saying what is wrong."""
-  declared = request.headers.get("content-length")
-  if declared is not None and declared.isdigit() and int(declared) > config.max_body_bytes:
-    raise BadRequest(f"the body is larger than {config.max_body_bytes} bytes", 413)
-  body = await request.body()
-  if len(body) > config.max_body_bytes:
-    raise BadRequest(f"the body is larger than {config.max_body_bytes} bytes", 413)
+  # Only JSON: a cross-site form or text/plain POST (which needs no CORS preflight) is refused
+  # before it costs any computation.
+  media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+  if media_type != "application/json":
+    raise BadRequest("the body must be JSON, sent as Content-Type: application/json", 415)
+  body = await read_body(request, config.max_body_bytes)
   try:
     data = json.loads(body)
   except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -85,14 +105,19 @@ def make_app(system: QASystem, config: ServeConfig) -> Starlette:
   """The API over `system`. Every batch retrieves `max_top_blocks` blocks (one compiled search
   for all requests) and each response keeps the number its request asked for."""
   depth = min(config.max_top_blocks, system.searcher.num_rows)
+  # One batch on the devices at a time, whichever endpoint it serves: the two batchers' worker
+  # threads would otherwise compute (and hold activations) side by side.
+  devices = threading.Lock()
 
   def answer_batch(items: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
-    answers = system.answer([question for question, _ in items], depth)
+    with devices:
+      answers = system.answer([question for question, _ in items], depth)
     return [dict(answer.to_json(), hits=answer.to_json()["hits"][:top_blocks])
             for answer, (_, top_blocks) in zip(answers, items)]
 
   def search_batch(items: Sequence[tuple[str, int]]) -> list[dict[str, Any]]:
-    hits = system.search([question for question, _ in items], depth)
+    with devices:
+      hits = system.search([question for question, _ in items], depth)
     return [dict(question=question, hits=[dataclasses.asdict(hit) for hit in found[:top_blocks]])
             for found, (question, top_blocks) in zip(hits, items)]
 
@@ -111,6 +136,11 @@ def make_app(system: QASystem, config: ServeConfig) -> Starlette:
       except QueueFull as e:
         return JSONResponse({"error": f"busy: {e}; retry later"}, status_code=503,
                             headers={"Retry-After": "1"})
+      # The batch this request was in failed: the server itself goes on.
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        logging.exception("a batch of %s requests failed", name)
+        return JSONResponse({"error": f"internal error: {type(e).__name__}: {e}"},
+                            status_code=500)
     return handle
 
   async def info(request: Request) -> JSONResponse:

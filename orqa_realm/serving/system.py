@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -31,7 +31,8 @@ from orqa_realm.encode import embedding, evaluation, runs
 from orqa_realm.encode.predict import BlockReader
 from orqa_realm.index.searcher import DenseTextSearcher, SearchResult
 
-# A pipeline workdir's stage outputs (orqa_realm/workflow/open_qa.py).
+# Where a pipeline's workdir holds its stages' outputs (orqa_realm/workflow/open_qa.py writes
+# them there) and its stage records.
 PIPELINE_RECORDS, PIPELINE_READER, PIPELINE_RETRIEVER = "pipeline", "reader", "retriever"
 PIPELINE_INDEX, PIPELINE_BLOCKS = "index", "blocks"
 
@@ -46,6 +47,8 @@ class SystemSource:
       "corpus's index embedded by the run's block encoder.")
   block_store: str = setting("", "The index's block store; empty: the one the run names.")
   checkpoint_step: int = setting(-1, "The run's checkpoint; -1: the newest.")
+  index_backend: Literal["exact", "scann"] = setting(
+      "exact", "Searcher: exact top-k on the devices, or the version's ScaNN index.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,10 +137,8 @@ def locate(source: SystemSource) -> SystemPaths:
     raise InputError(f"the run {workdir} names no index: pass --index_dir (one embedded from "
                      "it, python -m orqa_realm.embed)", field="index_dir")
   block_store = source.block_store or block_store or runs.trained_block_store(description)
-  bert = _run_setting(description, "task", "source", "bert")
-  if not bert:
-    raise InputError("the run's settings name no BERT", path=workdir)
-  return SystemPaths(workdir, index_dir, block_store, bert, description.task)
+  return SystemPaths(workdir, index_dir, block_store, runs.trained_bert(description),
+                     description.task)
 
 
 class QASystem:
@@ -163,7 +164,7 @@ class QASystem:
       return encoders[-1]
 
     searcher, info = evaluation.dense_searcher(
-        store, tokenizer, embedding.IndexSearch(located.index_dir),
+        store, tokenizer, embedding.IndexSearch(located.index_dir, source.index_backend),
         embedding.EmbedSettings(embed_dtype="float32"), encoder_of, mesh)
     orqa_run = encoders[0].orqa_run
     reader = SpanReader(orqa_run, store, tokenizer, mesh) if orqa_run is not None else None

@@ -82,7 +82,7 @@ class ORQATask(Task):
   config_class = ORQAConfig
   needs = frozenset({Need.PARAMS})
   # ORQA embeds no block: the index's block length stays (its queries' length may change).
-  fixed_retriever_fields = retriever.ARCHITECTURE_FIELDS + ("block_length",)
+  fixed_retriever_fields = retriever.BLOCK_ENCODER_FIELDS
   trains_block_tower = False
 
   def __init__(self, config: ORQAConfig, context: TaskContext):

@@ -24,6 +24,8 @@ from typing import Literal
 import orqa_realm
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.serving.system import (PIPELINE_BLOCKS, PIPELINE_INDEX, PIPELINE_READER,
+                                       PIPELINE_RETRIEVER)
 from orqa_realm.workflow.stages import (Stage, block_store_output, files_output, index_output,
                                         training_output)
 
@@ -91,42 +93,44 @@ def open_qa_stages(settings: OpenQAPipeline) -> list[Stage]:
   """The stages of the pipeline, in order."""
   if not settings.workdir:
     raise InputError("--workdir is required", field="workdir")
-  workdir = os.path.abspath(settings.workdir)
-  out = lambda name: os.path.join(workdir, name)
+  out = lambda name: os.path.join(os.path.abspath(settings.workdir), name)
+  # Where `ask` and `serve` look for them in a pipeline's workdir.
+  blocks, retriever, index, reader = map(out, (PIPELINE_BLOCKS, PIPELINE_RETRIEVER,
+                                               PIPELINE_INDEX, PIPELINE_READER))
+  qa = out("qa")
   squad = bundled_path(settings.squad, "squad")
   config = lambda field: f"--flagfile={bundled_path(getattr(settings, field), field)}"
   tiny = lambda stage: TINY_FLAGS.get(stage, ()) if settings.size == "tiny" else ()
   bert = f"--bert={settings.bert}"
   eval_questions = TINY_EVAL_QUESTIONS if settings.size == "tiny" else settings.eval_questions
-  evaluation = (f"--block_store={out('blocks')}", bert, f"--reader_workdir={out('reader')}",
-                f"--eval_qa_dataset=squad:{out('qa')}/test.json",
-                f"--eval_questions={eval_questions}",
+  evaluation = (f"--block_store={blocks}", bert, f"--reader_workdir={reader}",
+                f"--eval_qa_dataset=squad:{qa}/test.json", f"--eval_questions={eval_questions}",
                 "--eval_recall_ks=" + ",".join(map(str, settings.eval_recall_ks)))
   stages = [
       Stage("blocks", "block store of the SQuAD paragraphs", "preprocess",
             (config("preprocess_config"), f"--corpus=squad:{squad}",
-             f"--tokenizer={settings.bert}", f"--output_dir={out('blocks')}", "--overwrite"),
-            out("blocks"), block_store_output, input_files=(squad,)),
+             f"--tokenizer={settings.bert}", f"--output_dir={blocks}", "--overwrite"),
+            blocks, block_store_output, input_files=(squad,)),
       Stage("qa", "training and held-out questions, split by article", "split_squad",
             (f"--squad={squad}", f"--test_fraction={settings.test_fraction}",
-             f"--split_seed={settings.split_seed}", f"--output_dir={out('qa')}"),
-            out("qa"), files_output("train.json", "test.json"), input_files=(squad,)),
+             f"--split_seed={settings.split_seed}", f"--output_dir={qa}"),
+            qa, files_output("train.json", "test.json"), input_files=(squad,)),
       Stage("retriever", "retriever pretraining", "train",
-            (config("retriever_config"), *tiny("retriever"), f"--workdir={out('retriever')}",
-             f"--block_store={out('blocks')}", bert),
-            out("retriever"), training_output, after=("blocks",)),
+            (config("retriever_config"), *tiny("retriever"), f"--workdir={retriever}",
+             f"--block_store={blocks}", bert),
+            retriever, training_output, after=("blocks",)),
       Stage("index", "the retriever's index of the blocks", "embed",
-            (config("index_config"), *tiny("index"), f"--workdir={out('retriever')}",
-             f"--block_store={out('blocks')}", bert, f"--index_dir={out('index')}"),
-            out("index"), index_output("retriever", "blocks"), after=("blocks", "retriever")),
+            (config("index_config"), *tiny("index"), f"--workdir={retriever}",
+             f"--block_store={blocks}", bert, f"--index_dir={index}"),
+            index, index_output("retriever", "blocks"), after=("blocks", "retriever")),
       Stage("reader", "ORQA: question encoder and span reader over the index", "train",
-            (config("reader_config"), *tiny("reader"), f"--workdir={out('reader')}",
-             f"--block_store={out('blocks')}", bert, f"--retriever_workdir={out('retriever')}",
-             f"--index_dir={out('index')}", f"--train_qa_dataset=squad:{out('qa')}/train.json",
-             f"--eval_qa_dataset=squad:{out('qa')}/test.json"),
-            out("reader"), training_output, after=("blocks", "qa", "retriever", "index")),
+            (config("reader_config"), *tiny("reader"), f"--workdir={reader}",
+             f"--block_store={blocks}", bert, f"--retriever_workdir={retriever}",
+             f"--index_dir={index}", f"--train_qa_dataset=squad:{qa}/train.json",
+             f"--eval_qa_dataset=squad:{qa}/test.json"),
+            reader, training_output, after=("blocks", "qa", "retriever", "index")),
       Stage("evaluate", "held-out questions: dense retrieval and the reader", "evaluate",
-            (*evaluation, f"--workdir={out('reader')}", f"--index_dir={out('index')}",
+            (*evaluation, f"--workdir={reader}", f"--index_dir={index}",
              f"--output_dir={out('eval')}"),
             out("eval"), files_output("metrics.json"),
             after=("blocks", "qa", "index", "reader")),

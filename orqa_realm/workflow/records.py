@@ -17,8 +17,9 @@ from typing import Any
 
 from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
+from orqa_realm.serving.system import PIPELINE_RECORDS
 
-RECORDS = "pipeline"
+RECORDS = PIPELINE_RECORDS  # ask and serve recognise a pipeline's workdir by it
 # Files larger than this are fingerprinted by size and modification time, not content: a
 # Wikipedia dump would take minutes to hash on every run.
 HASHED_FILE_BYTES = 256 << 20
@@ -74,9 +75,4 @@ def read_record(workdir: str, stage: str) -> StageRecord | None:
 
 def write_record(workdir: str, record: StageRecord) -> None:
   """Writes the record atomically (a kill leaves the previous one or the new one)."""
-  path = record_path(workdir, record.stage)
-  paths.check_writable(os.path.dirname(path))
-  temporary = f"{path}.tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(record), f, indent=2)
-  os.replace(temporary, path)
+  paths.write_json_atomic(record_path(workdir, record.stage), dataclasses.asdict(record))

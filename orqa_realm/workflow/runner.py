@@ -8,11 +8,13 @@ or inputs changed, after its old output is moved to `WORKDIR/superseded/` (nothi
 Each stage is a subprocess (`python -m orqa_realm.COMMAND`): its flags are checked as when it is
 run by hand, its devices and memory are released when it ends, and its console output (progress
 bars, step lines) reaches the terminal unchanged. SIGTERM and SIGINT reach the running stage,
-which stops as the command would (training saves a checkpoint first), and the pipeline stops.
+as a SIGTERM, on which the command stops as it would (training saves a checkpoint first), and
+the pipeline stops; a stage whose pipeline is killed outright gets a SIGTERM too.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import shlex
@@ -28,6 +30,7 @@ from orqa_realm.workflow import flagfiles, records
 from orqa_realm.workflow.stages import Output, Stage, stage_fingerprint
 
 SUPERSEDED = "superseded"
+_PR_SET_PDEATHSIG = 1  # prctl option, linux/prctl.h
 Status = Literal["ran", "skipped"]
 
 
@@ -46,26 +49,40 @@ class StageResult:
   status: Status
   seconds: float  # over every attempt with the same fingerprint, earlier invocations included
   output: Output
-  fingerprint: str
 
 
 def command_line(stage: Stage) -> list[str]:
   return [sys.executable, "-m", f"orqa_realm.{stage.command}", *stage.args]
 
 
+def _stop_with_parent() -> None:
+  """In the stage's process before it starts: SIGTERM it when the pipeline dies, even by
+  SIGKILL (Linux's parent-death signal), so that no stage outlives its pipeline and races a
+  rerun's."""
+  if sys.platform.startswith("linux"):
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def run_command(argv: list[str]) -> int:
-  """Runs `argv` with the terminal as its console; a SIGTERM or SIGINT of the pipeline reaches it,
-  and the pipeline waits for it to stop before it stops too."""
-  process = subprocess.Popen(argv)
+  """Runs `argv` with the terminal as its console, in a session of its own so that a Ctrl-C
+  reaches it once, through the pipeline: SIGINT or SIGTERM of the pipeline becomes a SIGTERM of
+  the stage (on which training saves a checkpoint), and the pipeline waits for it to stop, then
+  exits with 128 + the signal."""
   received: list[int] = []
+  process: subprocess.Popen | None = None
 
   def forward(signum: int, frame: Any) -> None:
     del frame
     received.append(signum)
-    process.send_signal(signum)
+    if process is not None:
+      process.send_signal(signal.SIGTERM)
 
+  # Installed first: a signal between starting the stage and waiting for it is not lost.
   previous = {signum: signal.signal(signum, forward) for signum in (signal.SIGTERM, signal.SIGINT)}
   try:
+    process = subprocess.Popen(argv, start_new_session=True, preexec_fn=_stop_with_parent)
+    if received:
+      process.send_signal(signal.SIGTERM)
     returncode = process.wait()
   finally:
     for signum, handler in previous.items():
@@ -89,6 +106,16 @@ def _move_aside(workdir: str, stage: Stage, why: str) -> None:
   print(f"  {why}: moved its previous output aside to {target}", flush=True)
 
 
+def checked_output(stage: Stage, upstream: dict[str, Output]) -> Output | None:
+  """The stage's output identity; None when it is missing, incomplete or damaged (a block store
+  with a column lost, say): then the stage runs again."""
+  try:
+    return stage.check_output(stage.output, upstream)
+  except (InputError, OSError, ValueError, KeyError) as e:
+    print(f"  {stage.output} does not read back ({e})", flush=True)
+    return None
+
+
 def run_stage(workdir: str, stage: Stage, upstream: dict[str, Output], number: str,
               execute: Callable[[list[str]], int]) -> StageResult:
   """Runs (or skips) one stage; the result says which, with its output's identity."""
@@ -96,11 +123,11 @@ def run_stage(workdir: str, stage: Stage, upstream: dict[str, Output], number: s
   record = records.read_record(workdir, stage.name)
   same_settings = record is not None and record.fingerprint == fingerprint
   if same_settings and record.complete:
-    output = stage.check_output(stage.output, upstream)
+    output = checked_output(stage, upstream)
     if output == record.output:
       print(f"[{number}] {stage.name}: complete, skipped ({stage.title}; {stage.output})",
             flush=True)
-      return StageResult(stage, "skipped", record.seconds, output, fingerprint)
+      return StageResult(stage, "skipped", record.seconds, output)
     print(f"[{number}] {stage.name}: its output changed since it completed: running it again",
           flush=True)
     _move_aside(workdir, stage, "changed output")
@@ -123,14 +150,14 @@ def run_stage(workdir: str, stage: Stage, upstream: dict[str, Output], number: s
     records.write_record(workdir, dataclasses.replace(started_record, seconds=seconds))
   if returncode:
     raise StageFailed(stage, returncode)
-  output = stage.check_output(stage.output, upstream)
+  output = checked_output(stage, upstream)
   if output is None:
     raise InputError(f"stage {stage.name} ended without completing its output",
                      path=stage.output)
   records.write_record(workdir, dataclasses.replace(started_record, complete=True, output=output,
                                                     seconds=seconds))
   print(f"  {stage.name} done in {seconds:.0f}s", flush=True)
-  return StageResult(stage, "ran", seconds, output, fingerprint)
+  return StageResult(stage, "ran", seconds, output)
 
 
 def run_pipeline(workdir: str, stages: Sequence[Stage],

@@ -8,6 +8,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from orqa_realm.core import paths
 from orqa_realm.workflow.runner import StageResult
 
 SUMMARY = "summary.json"
@@ -60,10 +61,7 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 def write_summary(workdir: str, summary: dict[str, Any]) -> str:
-  """Writes summary.json into `workdir`; its path."""
+  """Writes summary.json into `workdir` (atomically); its path."""
   path = os.path.join(workdir, SUMMARY)
-  temporary = f"{path}.tmp"
-  with open(temporary, "w", encoding="utf-8") as f:
-    json.dump(summary, f, indent=2)
-  os.replace(temporary, path)
+  paths.write_json_atomic(path, summary)
   return path

@@ -45,3 +45,33 @@ def test_a_broken_checkpoint_is_named_with_the_others(squad_block_store, tiny_ic
   result = embed(squad_block_store.directory, tmp_path / "index", f"--workdir={run}")
   assert_refused(result, f"{run / 'checkpoints' / '2'}: checkpoint 2 does not restore (",
                  "the run's other checkpoints are [")
+
+
+def test_a_grown_store_is_embedded_by_the_indexs_own_checkpoint_only(squad_block_store,
+                                                                    tiny_ict_run, tiny_run_index,
+                                                                    tmp_path):
+  """preprocess --grow_from, then embed --grow: another checkpoint than the one that embedded
+  the index is refused; the index's own embeds only the added blocks."""
+  index_dir = shutil.copytree(tiny_run_index, tmp_path / "index")
+  (tmp_path / "new.jsonl").write_text(
+      '{"id": "new-1", "title": "Tiny", "text": "A new document. It has two sentences."}\n'
+      '{"id": "new-2", "title": "Tinier", "text": "Another one."}\n')
+  grown = tmp_path / "grown"
+  refused = run_command("preprocess", f"--grow_from={squad_block_store.directory}",
+                        f"--corpus=jsonl:{tmp_path / 'new.jsonl'}", f"--output_dir={grown}",
+                        "--max_block_length=128")
+  assert_refused(refused, "field 'max_block_length': --max_block_length is the grown store's own")
+  result = run_command("preprocess", f"--grow_from={squad_block_store.directory}",
+                       f"--corpus=jsonl:{tmp_path / 'new.jsonl'}", f"--output_dir={grown}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '"added_blocks": 2' in result.stdout
+  [newest] = IndexRoot(str(index_dir)).versions()[-1:]
+  assert_refused(embed(grown, index_dir, f"--workdir={tiny_ict_run}", "--checkpoint_step=1",
+                       "--grow"),
+                 f"the index's newest version was embedded by checkpoint 2 of the run "
+                 f"{tiny_ict_run}; the new blocks would be embedded by checkpoint 1")
+  result = embed(grown, index_dir, f"--workdir={tiny_ict_run}", "--grow")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert '"embedded_blocks": 2' in result.stdout
+  version = IndexRoot(str(index_dir)).latest()
+  assert version.version == newest + 1 and version.num_rows == len(squad_block_store) + 2

@@ -75,5 +75,10 @@ def test_bad_additions_are_refused_and_the_base_is_kept(grown, documents, tokeni
     grow_block_store([Document("new", "Empty", "")], tokenizer, base.directory, tmp_path / "e")
   with pytest.raises(InputError, match="already exists"):
     grow_block_store(documents[60:], tokenizer, base.directory, tmp_path)
+  in_place = build_block_store(documents[:60], tokenizer, tmp_path / "annotated",
+                               max_block_length=64)
+  (tmp_path / "annotated" / "salient_spans").mkdir()
+  with pytest.raises(InputError, match=r"holds \['salient_spans'\] beside the store"):
+    grow_block_store(documents[60:], tokenizer, in_place.directory, in_place.directory)
   assert not (tmp_path / "duplicates").exists()
   assert BlockStore(base.directory).fingerprint == base.fingerprint

@@ -3,6 +3,7 @@
 and additions from another encoder, or to an index of a store that is not an ancestor, are
 refused."""
 
+import dataclasses
 import itertools
 import os
 
@@ -77,8 +78,11 @@ def test_additions_from_another_encoder_or_another_store_are_refused(stores, par
     grow_and_publish(grown, params, TINY_RETRIEVER, config, checkpoint_step=3,
                      run=dict(workdir="/runs/other", run_id="abc"))
   with pytest.raises(InputError, match="block_length"):
-    grow_and_publish(grown, params, TINY_RETRIEVER.__class__(
-        **dict(TINY_RETRIEVER.__dict__, block_length=32)), config, checkpoint_step=None, run=None)
+    grow_and_publish(grown, params, dataclasses.replace(TINY_RETRIEVER, block_length=32), config,
+                     checkpoint_step=None, run=None)
+  in_bfloat16 = dataclasses.replace(config, embedding=EmbedSettings(embed_dtype="bfloat16"))
+  with pytest.raises(InputError, match="embedded in float32, the new blocks would be in bfloat16"):
+    grow_and_publish(grown, params, TINY_RETRIEVER, in_bfloat16, checkpoint_step=None, run=None)
   other_config = index_config(tmp_path / "other_index")
   embed_and_publish(other, params, TINY_RETRIEVER, other_config, checkpoint_step=None, run=None)
   with pytest.raises(InputError, match="did not grow from"):
@@ -90,10 +94,12 @@ def test_a_scann_index_grows_by_upsert(stores, params, tmp_path):
   """Its recall is measured on real embeddings in tests/index/test_scann.py; here the grown
   version holds the previous version's ScaNN index with the new rows, and no pickle."""
   base, grown, _ = stores
-  config = index_config(tmp_path / "index", backend="scann")
-  first = embed_and_publish(base, params, TINY_RETRIEVER, config, checkpoint_step=None, run=None)
-  version = grow_and_publish(grown, params, TINY_RETRIEVER, config, checkpoint_step=None,
-                             run=None)
+  first = embed_and_publish(base, params, TINY_RETRIEVER,
+                            index_config(tmp_path / "index", backend="scann"),
+                            checkpoint_step=None, run=None)
+  # Grown by a command that searches exactly, the version keeps its ScaNN index all the same.
+  version = grow_and_publish(grown, params, TINY_RETRIEVER, index_config(tmp_path / "index"),
+                             checkpoint_step=None, run=None)
   assert not os.path.exists(os.path.join(version.directory, SCANN_DIR, DOCIDS_FILE))
   assert version.scann_config == first.scann_config
   searcher = open_index(version, grown, backend="scann").searcher

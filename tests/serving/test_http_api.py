@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from orqa_realm.serving.http_api import ServeConfig, make_app
+from orqa_realm.serving.system import Answer
 
 QUESTIONS = [f"Question {i}: who won Super Bowl {40 + i}?" for i in range(12)]
 
@@ -83,3 +84,37 @@ def test_requests_beyond_the_queue_get_503(tiny_system):
   assert statuses.count(503) >= 1 and statuses.count(200) >= 2
   refused = next(r for r in responses if r.status_code == 503)
   assert "busy" in refused.json()["error"] and refused.headers["retry-after"] == "1"
+
+
+def test_only_json_is_read_and_a_streamed_body_is_cut_off_at_the_limit(client):
+  as_text = client.post("/answer", content=json.dumps({"question": "q"}),
+                        headers={"Content-Type": "text/plain"})
+  assert as_text.status_code == 415 and "application/json" in as_text.json()["error"]
+  chunks = iter([b'{"question": "', b"q" * 70000, b'"}'])  # no Content-Length: chunked
+  streamed = client.post("/answer", content=chunks, headers={"Content-Type": "application/json"})
+  assert streamed.status_code == 413 and "larger than 65536" in streamed.json()["error"]
+
+
+class FailingSystem:
+  """Answers like a system, except that a batch holding "fail" raises, and one holding "short"
+  returns too few answers."""
+  description = {}
+  reader = None
+
+  class searcher:  # pylint: disable=invalid-name
+    num_rows = 10
+
+  def answer(self, questions, k):
+    if "fail" in questions:
+      raise RuntimeError("the device fell over")
+    found = [Answer(question, None, None, None, None, []) for question in questions]
+    return found[:-1] if "short" in questions else found
+
+
+def test_a_failed_batch_answers_500_and_the_server_goes_on():
+  app = make_app(FailingSystem(), ServeConfig(max_batch_size=1, max_wait_ms=0))
+  responses = asyncio.run(ask_concurrently(app, ["fail", "short", "fine"]))
+  assert [r.status_code for r in responses] == [500, 500, 200]
+  assert "RuntimeError: the device fell over" in responses[0].json()["error"]
+  assert "0 results for a batch of 1" in responses[1].json()["error"]
+  assert responses[2].json()["question"] == "fine"

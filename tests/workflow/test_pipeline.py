@@ -25,9 +25,6 @@ def first_run(tiny_pipeline):
   return tiny_pipeline
 
 
-@pytest.fixture(scope="module")
-def bert_dir(tiny_bert_512_dir):
-  return tiny_bert_512_dir
 
 
 def test_every_stage_runs_and_the_summary_compares_dense_with_bm25(first_run):
@@ -57,9 +54,12 @@ def test_the_console_shows_progress_not_library_logs(first_run):
   assert "[5/7] reader: ORQA" in console
 
 
-def test_a_second_run_skips_complete_stages_and_reruns_what_a_setting_reaches(first_run,
-                                                                              bert_dir):
+def test_a_second_run_skips_complete_stages_and_reruns_what_a_setting_reaches(
+    first_run, tiny_bert_512_dir):
+  """Reruns in the shared pipeline workdir (stage paths are part of the fingerprints, so a copy
+  would rerun everything); only its evaluation outputs change, which no other test reads."""
   workdir, _ = first_run
+  bert_dir = tiny_bert_512_dir
   again = pipeline(workdir, bert_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   assert statuses(summary_of(workdir)) == {name: "skipped" for name in STAGES}

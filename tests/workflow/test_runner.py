@@ -2,17 +2,19 @@
 stages are skipped, changed settings or inputs rerun a stage (and what reads it) with the old
 output moved aside, and a killed stage resumes over its own partial output."""
 
-import json
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
-from orqa_realm.workflow import records, runner
-from orqa_realm.workflow.stages import Stage, files_output
+from orqa_realm.core.errors import InputError
+from orqa_realm.workflow import flagfiles, records, runner
+from orqa_realm.workflow.stages import Stage, files_output, stage_fingerprint
 
 
 class FakeCommands:
@@ -104,16 +106,18 @@ def test_an_output_the_pipeline_did_not_write_is_moved_aside(tmp_path):
   assert (tmp_path / runner.SUPERSEDED / moved / "result.txt").read_text() == "someone else's"
 
 
-def test_a_sigterm_reaches_the_running_stage_and_stops_the_pipeline(tmp_path):
-  """The pipeline forwards SIGTERM to its stage (training saves a checkpoint on it), waits for
-  it, and exits with 128 + SIGTERM."""
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_reaches_the_running_stage_as_sigterm_and_stops_the_pipeline(tmp_path, signum):
+  """The pipeline turns SIGTERM or SIGINT into one SIGTERM of its stage (on which training
+  saves a checkpoint), waits for it, and exits with 128 + the signal."""
   marker = tmp_path / "stage_got_sigterm"
   stage = textwrap.dedent(f"""
       import signal, sys, time
       def stop(*_):
-        open({str(marker)!r}, "w").close()
+        open({str(marker)!r}, "a").write("sigterm ")
         sys.exit(3)
       signal.signal(signal.SIGTERM, stop)
+      signal.signal(signal.SIGINT, lambda *_: open({str(marker)!r}, "a").write("sigint "))
       print("ready", flush=True)
       time.sleep(60)""")
   pipeline = textwrap.dedent(f"""
@@ -122,9 +126,44 @@ def test_a_sigterm_reaches_the_running_stage_and_stops_the_pipeline(tmp_path):
       runner.run_command([sys.executable, "-c", {stage!r}])""")
   process = subprocess.Popen([sys.executable, "-c", pipeline], stdout=subprocess.PIPE, text=True)
   assert process.stdout.readline().strip() == "ready"
-  process.send_signal(signal.SIGTERM)
-  assert process.wait(timeout=30) == 128 + signal.SIGTERM
-  assert marker.exists()
+  process.send_signal(signum)
+  assert process.wait(timeout=30) == 128 + signum
+  assert marker.read_text() == "sigterm "
+
+
+def test_a_stage_whose_pipeline_is_killed_gets_sigterm(tmp_path):
+  marker = tmp_path / "stage_got_sigterm"
+  stage = textwrap.dedent(f"""
+      import signal, sys, time
+      signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, "w").close(), sys.exit(3)))
+      print("ready", flush=True)
+      time.sleep(60)""")
+  pipeline = textwrap.dedent(f"""
+      import sys
+      from orqa_realm.workflow import runner
+      runner.run_command([sys.executable, "-c", {stage!r}])""")
+  process = subprocess.Popen([sys.executable, "-c", pipeline], stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == "ready"
+  process.kill()
+  process.wait(timeout=30)
+  deadline = time.time() + 30
+  while not marker.exists():
+    assert time.time() < deadline, "the stage outlived its killed pipeline"
+    time.sleep(0.05)
+
+
+def test_a_damaged_output_is_rebuilt(tmp_path):
+  commands = FakeCommands()
+  stages = make_stages(tmp_path)
+  damaged = dataclasses.replace(stages[0], check_output=raising_check)
+  runner.run_pipeline(str(tmp_path), stages, commands)
+  with pytest.raises(InputError, match="ended without completing its output"):
+    runner.run_pipeline(str(tmp_path), [damaged, stages[1]], commands)
+  assert commands.ran == ["a", "b", "a"]
+
+
+def raising_check(directory, upstream):
+  raise InputError("column file is missing", path=directory)
 
 
 def test_stage_fingerprints_read_the_flagfiles(tmp_path):
@@ -132,11 +171,9 @@ def test_stage_fingerprints_read_the_flagfiles(tmp_path):
   config.write_text("# a comment\n--setting=1\n")
   stage = Stage("a", "first", "fake", (f"--flagfile={config}",), str(tmp_path / "a"),
                 files_output("result.txt"))
-  from orqa_realm.workflow import flagfiles
-  from orqa_realm.workflow.stages import stage_fingerprint
   before = stage_fingerprint(stage, {}, flagfiles.expand)
   config.write_text("# another comment\n\n--setting=1\n")
   assert stage_fingerprint(stage, {}, flagfiles.expand) == before
   config.write_text("--setting=2\n")
   assert stage_fingerprint(stage, {}, flagfiles.expand) != before
-  assert json.loads(json.dumps(records.fingerprint({"a": 1}))) == records.fingerprint({"a": 1})
+  assert records.fingerprint({"a": 1, "b": 2}) == records.fingerprint({"b": 2, "a": 1})
