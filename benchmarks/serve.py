@@ -2,7 +2,7 @@
 clients against localhost, beside the same questions answered in-process without HTTP (one at a
 time, and in batches of --max_batch_size): what the server adds, and what batching buys.
 
-    python benchmarks/serve.py --workdir=runs/squad_pipeline [--requests=256]
+    python benchmarks/serve.py --workdir=runs/squad_pipeline [--requests=64]
 
 Questions are the held-out questions of the pipeline's split (or --questions=FILE, one a line).
 """
@@ -20,7 +20,7 @@ import time
 import numpy as np
 from absl import app, flags
 
-from benchmarks.common import machine_description, print_table
+from common import machine_description, print_table
 from orqa_realm.core.config import FlagBinder
 from orqa_realm.core.errors import InputError
 from orqa_realm.serving.http_api import ServeConfig, make_app
@@ -29,7 +29,7 @@ from orqa_realm.serving.system import QASystem, SystemSource
 SETTINGS = FlagBinder("benchmarks/serve.py")
 SETTINGS.bind("system", SystemSource)
 SETTINGS.bind("serve", ServeConfig)
-_REQUESTS = flags.DEFINE_integer("requests", 256, "Requests per concurrency level.")
+_REQUESTS = flags.DEFINE_integer("requests", 64, "Requests per concurrency level.")
 _QUESTIONS = flags.DEFINE_string("questions", "", "Questions, one a line; default: the "
                                  "pipeline's held-out questions (WORKDIR/qa/test.json).")
 _CONCURRENCY = (1, 8, 32)
@@ -55,7 +55,10 @@ def start_server(app_, port: int):
   server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
+  deadline = time.time() + 60
   while not server.started:
+    if time.time() > deadline or not thread.is_alive():
+      raise RuntimeError("the server did not start")
     time.sleep(0.05)
   return server, thread
 

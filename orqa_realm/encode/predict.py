@@ -28,6 +28,7 @@ from orqa_realm.data.reader_inputs import enumerate_spans, reader_batch, span_te
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 from orqa_realm.data.answers import exact_match, gold_hits, recall_at_k
 from orqa_realm.encode import embedding
+from orqa_realm.index.exact import next_power_of_two
 from orqa_realm.index.searcher import Searcher, SearchResult
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.modeling.retriever import RetrieverConfig
@@ -101,11 +102,15 @@ class BlockReader:
     scorer = make_span_scorer(self.reader_config, self.dtype, self.mesh)
     reader_params = jax.device_put(reader_params, parallel.replicated(self.mesh))
     question_ids = self.tokenizer.tokenize(questions)
+    # Few questions (a server's request) are not padded to a whole batch: to a power of two
+    # (so that few shapes compile) that splits over the devices.
+    batch_size = math.ceil(min(self.batch_size, next_power_of_two(len(questions)))
+                           / self.mesh.size) * self.mesh.size
     predictions = []
-    for start in range(0, len(questions), self.batch_size):
-      count = min(self.batch_size, len(questions) - start)
+    for start in range(0, len(questions), batch_size):
+      count = min(batch_size, len(questions) - start)
       # The last chunk is topped up with copies of its first question, whose results are dropped.
-      rows = np.resize(np.arange(start, start + count), self.batch_size)
+      rows = np.resize(np.arange(start, start + count), batch_size)
       batch = reader_batch(
           self.store, [question_ids[row] for row in rows], block_ids[rows],
           max_length=self.settings.reader_length,

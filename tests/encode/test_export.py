@@ -69,3 +69,30 @@ def test_the_poolers_output_is_exported_without_sentence_transformers_modules(
       ["config.json", "model.safetensors", *export.TOKENIZER_FILES])
   with open(tmp_path / "encoder" / "config.json") as f:
     assert json.load(f)["hidden_size"] == TINY_RETRIEVER.bert.hidden_size
+
+
+@pytest.mark.slow  # real MiniLM weights: the parity users of the export rely on
+@pytest.mark.parametrize("projection_size", [0, 128])
+def test_minilm_exported_gives_our_embeddings_of_real_questions(minilm_dir, tmp_path,
+                                                                 projection_size):
+  from sentence_transformers import SentenceTransformer
+
+  from orqa_realm.data.qa import read_squad
+  from orqa_realm.modeling.hf_import import load_hf_bert
+  from tests.conftest import DEMO_SQUAD
+
+  hf = load_hf_bert(minilm_dir)
+  config = retriever.RetrieverConfig(hf.config, projection_size=projection_size, pooling="mean",
+                                     share_encoders=True, block_format="joined", normalize=True,
+                                     query_length=64, block_length=256)
+  params = partitioning.unbox(retriever.init_params(config, jax.random.key(0), hf.params))
+  questions = [example.question for example in read_squad(DEMO_SQUAD)[:200]]
+  inputs = Tokenizer(minilm_dir).encode_queries(questions, config.query_length)
+  ours = np.asarray(retriever.DualEncoder(config).apply(
+      {"params": params}, inputs, method=retriever.DualEncoder.embed_queries))
+  directory = str(tmp_path / "encoder")
+  export.export_tower(directory, params["encoder"], config, minilm_dir, config.query_length)
+  theirs = SentenceTransformer(directory, device="cpu").encode(questions, convert_to_numpy=True)
+  difference = np.abs(theirs - ours).max()
+  print(f"max abs difference over {len(questions)} questions: {difference:.2e}")
+  assert difference <= 1e-4

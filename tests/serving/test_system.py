@@ -49,4 +49,10 @@ def test_the_display_marks_the_answer_in_its_block():
       "  1. Super Bowl 50  (block 7, score 0.500)"]
   assert "The **Denver Broncos** defeated" in text
   assert "x" * 320 + "..." in text and "x" * 321 not in text
+  # Elsewhere than its source, an answer is marked only as whole words.
+  year = Hit(8, "doc3", "Seasons", "The 2015 season; 15 wins.", 0.3)
+  fifteen = Answer("How many?", "15", 3.0, Hit(1, "d", "T", "a 15–1 record", 0.9), 0, [year])
+  assert "The 2015 season; **15** wins." in display.format_answer(fifteen, display.PLAIN_MARKS)
+  assert display.find_answer("in 2015", "15") == -1
+  assert display.find_answer("in 2015", "15", within_words=True) == 5
   assert np.isclose(answer.to_json()["source"]["score"], 0.5)
