@@ -158,6 +158,7 @@ def test_scan_equals_the_loop(tiny_batch):
     np.testing.assert_array_equal(back, original)
 
 
+@pytest.mark.slow  # over half a minute: CI runs it in its second step
 def test_remat_policies_give_same_outputs_and_gradients(tiny_batch):
   """Each policy recomputes what it does not keep: same loss and gradients (dropout on, the
   same masks), up to float32 reordering."""

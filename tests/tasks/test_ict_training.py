@@ -19,6 +19,7 @@ from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_ict import tiny_ict_task
 
 
+@pytest.mark.slow  # over half a minute: CI runs it in its second step
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):
   found = run_on_four_devices("tests.tasks.sharded_ict_check", squad_block_store.directory,
                               tiny_bert_dir, str(tmp_path))
@@ -58,6 +59,7 @@ def wait_for_step(workdir, step, process, timeout=300):
   raise TimeoutError(f"step {step} was not reached")
 
 
+@pytest.mark.slow  # over half a minute: CI runs it in its second step
 def test_killed_run_resumes_with_the_same_losses(squad_block_store, tiny_bert_dir, tmp_path):
   store = squad_block_store.directory
   reference = run_training(tmp_path / "reference", store, tiny_bert_dir)

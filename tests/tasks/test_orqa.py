@@ -78,6 +78,7 @@ def test_batch_retrieves_the_exact_top_c_and_labels_blocks_and_spans(tiny_task):
         assert normalize_answer(text) in {normalize_answer(a) for a in example.answers}
 
 
+@pytest.mark.slow  # a minute: CI runs it in its second step
 def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tmp_path):
   found = run_on_four_devices("tests.tasks.sharded_orqa_check", squad_block_store.directory,
                               tiny_bert_dir, str(tmp_path))

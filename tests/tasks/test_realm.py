@@ -86,6 +86,7 @@ def random_index(task, directory):
   return open_index(root.latest(), task.store)
 
 
+@pytest.mark.slow  # over half a minute: CI runs it in its second step
 def test_gradients_reach_both_towers_and_the_knowledge_encoder(tiny_task, tiny_params, tmp_path):
   batch = tiny_task.train_batch(0, StepContext(MESH, params=tiny_params,
                                                index=random_index(tiny_task, tmp_path)))
