@@ -10,11 +10,8 @@ Questions are the held-out questions of the pipeline's split (or --questions=FIL
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import os
-import socket
-import threading
 import time
 
 import numpy as np
@@ -23,7 +20,7 @@ from absl import app, flags
 from common import machine_description, print_table
 from orqa_realm.core.config import FlagBinder
 from orqa_realm.core.errors import InputError
-from orqa_realm.serving.http_api import ServeConfig, make_app
+from orqa_realm.serving.http_api import ServeConfig, make_app, serving_in_background
 from orqa_realm.serving.system import QASystem, SystemSource
 
 SETTINGS = FlagBinder("benchmarks/serve.py")
@@ -47,20 +44,6 @@ def load_questions(source: SystemSource, count: int) -> list[str]:
       questions = [qa["question"] for article in json.load(f)["data"]
                    for paragraph in article["paragraphs"] for qa in paragraph["qas"]]
   return [questions[i % len(questions)] for i in range(count)]
-
-
-def start_server(app_, port: int):
-  import uvicorn  # pylint: disable=g-import-not-at-top
-
-  server = uvicorn.Server(uvicorn.Config(app_, host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.time() + 60
-  while not server.started:
-    if time.time() > deadline or not thread.is_alive():
-      raise RuntimeError("the server did not start")
-    time.sleep(0.05)
-  return server, thread
 
 
 async def load(url: str, questions: list[str], concurrency: int) -> tuple[float, np.ndarray]:
@@ -103,13 +86,8 @@ def main(argv):
     elapsed = time.perf_counter() - started
     rows.append([f"in-process, batches of {batch_size}", f"{len(questions) / elapsed:.1f}",
                  "", "", ""])
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-  app_ = make_app(system, dataclasses.replace(config, port=port))
-  server, thread = start_server(app_, port)
-  url = f"http://127.0.0.1:{port}"
-  try:
+  app_ = make_app(system, config)
+  with serving_in_background(app_) as url:
     for concurrency in _CONCURRENCY:
       asyncio.run(load(url, questions[:4 * concurrency], concurrency))  # compiles its batch sizes
       batches_before = len(app_.state.batchers["answer"].batch_sizes)
@@ -118,9 +96,6 @@ def main(argv):
       rows.append([f"HTTP, {concurrency} client{'s' * (concurrency > 1)}", f"{per_second:.1f}",
                    f"{1000 * np.percentile(latencies, 50):.0f}",
                    f"{1000 * np.percentile(latencies, 99):.0f}", f"{np.mean(sizes):.1f}"])
-  finally:
-    server.should_exit = True
-    thread.join()
   print_table(f"{len(questions)} questions, {system.description['num_blocks']} blocks, "
               f"{system.description['run']}",
               ["", "questions/s", "p50 ms", "p99 ms", "mean batch"], rows)

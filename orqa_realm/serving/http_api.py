@@ -17,8 +17,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import socket
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -167,3 +169,28 @@ def make_app(system: QASystem, config: ServeConfig) -> Starlette:
                   lifespan=lifespan)
   app.state.batchers = batchers
   return app
+
+
+@contextlib.contextmanager
+def serving_in_background(app: Starlette, *, host: str = "127.0.0.1",
+                          start_timeout: float = 60.0) -> Iterator[str]:
+  """Serves `app` with uvicorn on a free port of `host`, on a thread, for the block's duration
+  (a browser test, a load benchmark, a notebook); yields its base URL."""
+  import uvicorn  # pylint: disable=g-import-not-at-top
+
+  with socket.socket() as probe:
+    probe.bind((host, 0))
+    port = probe.getsockname()[1]
+  server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+  thread = threading.Thread(target=server.run, daemon=True)
+  thread.start()
+  deadline = time.time() + start_timeout
+  while not server.started:
+    if time.time() > deadline or not thread.is_alive():
+      raise RuntimeError(f"the server on {host}:{port} did not start")
+    time.sleep(0.05)
+  try:
+    yield f"http://{host}:{port}"
+  finally:
+    server.should_exit = True
+    thread.join(timeout=start_timeout)

@@ -3,14 +3,10 @@ question and pressing Ask shows the system's answer, marked in the evidence."""
 
 import os
 import shutil
-import socket
-import threading
-import time
 
 import pytest
-import uvicorn
 
-from orqa_realm.serving.http_api import ServeConfig, make_app
+from orqa_realm.serving.http_api import ServeConfig, make_app, serving_in_background
 
 QUESTION = "Which NFL team represented the AFC at Super Bowl 50?"
 
@@ -27,20 +23,8 @@ def chromium_or_skip() -> str:
 
 @pytest.fixture(scope="module")
 def server_url(tiny_system):
-  with socket.socket() as probe:
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-  server = uvicorn.Server(uvicorn.Config(make_app(tiny_system, ServeConfig(port=port)),
-                                         host="127.0.0.1", port=port, log_level="warning"))
-  thread = threading.Thread(target=server.run, daemon=True)
-  thread.start()
-  deadline = time.time() + 30
-  while not server.started:
-    assert time.time() < deadline and thread.is_alive(), "the server did not start"
-    time.sleep(0.05)
-  yield f"http://127.0.0.1:{port}/"
-  server.should_exit = True
-  thread.join(timeout=30)
+  with serving_in_background(make_app(tiny_system, ServeConfig())) as url:
+    yield url + "/"
 
 
 def test_typing_a_question_shows_the_answer_and_its_evidence(tiny_system, server_url):

@@ -106,6 +106,18 @@ def test_an_output_the_pipeline_did_not_write_is_moved_aside(tmp_path):
   assert (tmp_path / runner.SUPERSEDED / moved / "result.txt").read_text() == "someone else's"
 
 
+def pipeline_running(stage: str) -> subprocess.Popen:
+  """A pipeline process running the Python code `stage` as its stage, once the stage printed
+  "ready" (its signal handlers are in place)."""
+  pipeline = textwrap.dedent(f"""
+      import sys
+      from orqa_realm.workflow import runner
+      runner.run_command([sys.executable, "-c", {stage!r}])""")
+  process = subprocess.Popen([sys.executable, "-c", pipeline], stdout=subprocess.PIPE, text=True)
+  assert process.stdout.readline().strip() == "ready"
+  return process
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_reaches_the_running_stage_as_sigterm_and_stops_the_pipeline(tmp_path, signum):
   """The pipeline turns SIGTERM or SIGINT into one SIGTERM of its stage (on which training
@@ -120,12 +132,7 @@ def test_a_signal_reaches_the_running_stage_as_sigterm_and_stops_the_pipeline(tm
       signal.signal(signal.SIGINT, lambda *_: open({str(marker)!r}, "a").write("sigint "))
       print("ready", flush=True)
       time.sleep(60)""")
-  pipeline = textwrap.dedent(f"""
-      import sys
-      from orqa_realm.workflow import runner
-      runner.run_command([sys.executable, "-c", {stage!r}])""")
-  process = subprocess.Popen([sys.executable, "-c", pipeline], stdout=subprocess.PIPE, text=True)
-  assert process.stdout.readline().strip() == "ready"
+  process = pipeline_running(stage)
   process.send_signal(signum)
   assert process.wait(timeout=30) == 128 + signum
   assert marker.read_text() == "sigterm "
@@ -138,12 +145,7 @@ def test_a_stage_whose_pipeline_is_killed_gets_sigterm(tmp_path):
       signal.signal(signal.SIGTERM, lambda *_: (open({str(marker)!r}, "w").close(), sys.exit(3)))
       print("ready", flush=True)
       time.sleep(60)""")
-  pipeline = textwrap.dedent(f"""
-      import sys
-      from orqa_realm.workflow import runner
-      runner.run_command([sys.executable, "-c", {stage!r}])""")
-  process = subprocess.Popen([sys.executable, "-c", pipeline], stdout=subprocess.PIPE, text=True)
-  assert process.stdout.readline().strip() == "ready"
+  process = pipeline_running(stage)
   process.kill()
   process.wait(timeout=30)
   deadline = time.time() + 30
