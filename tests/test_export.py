@@ -4,21 +4,16 @@ retriever's shared encoder load in `transformers`; a directory it did not write 
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 
-from tests.bad_input.cli import assert_refused
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.bad_input.cli import assert_refused, run_command
 
 TEXTS = ["Who won Super Bowl 50?", "Where did the Normans come from?"]
 
 
 def export(workdir, output_dir) -> subprocess.CompletedProcess:
-  return subprocess.run(
-      [sys.executable, "-m", "orqa_realm.export", f"--workdir={workdir}",
-       f"--output_dir={output_dir}"],
-      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  return run_command("export", f"--workdir={workdir}", f"--output_dir={output_dir}")
 
 
 def test_an_orqa_run_exports_its_question_encoder_and_reader(pipeline_workdir, tiny_system, tmp_path):
