@@ -27,6 +27,11 @@ The retriever is dense by default; `--retrieval=bm25` ranks blocks by BM25 inste
 question encoder needed; --bert names the tokenizer of the store and of a reader), and
 `--retrieval=hybrid` fuses both rankings (`--hybrid_alpha`, `--hybrid_depth`).
 
+With --rerank_workdir (a cross-encoder run, `--task=cross_encoder`), the first stage's top
+--rerank_depth blocks of each query are reordered by the cross-encoder's scores before any
+metric is taken (and before a reader reads them); the first stage's own metrics are kept under
+`first_stage`, and the rerank cost (pairs, seconds, pairs/s) under `rerank`.
+
 Writes `metrics.json` and `recall_at_k.png` to --output_dir.
 """
 
@@ -50,8 +55,11 @@ from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.encode import embedding, evaluation, runs
 from orqa_realm.encode.predict import write_predictions
+from orqa_realm.encode.rerank import CrossEncoderReranker, RerankSettings
 from orqa_realm.index import bm25
 from orqa_realm.index.fusion import FusionConfig, HybridSearcher
+from orqa_realm.index.rerank import rerank
+from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 
@@ -79,6 +87,7 @@ SETTINGS.bind("retriever", RetrieverConfig)
 SETTINGS.bind("bm25", bm25.BM25Config)
 SETTINGS.bind("hybrid", FusionConfig)
 SETTINGS.bind("tfds", tfds_input.TFDSSettings)
+SETTINGS.bind("rerank", RerankSettings)
 
 DENSE_GROUPS = ("dense retrieval", "index", "embedding", "retriever")
 
@@ -92,6 +101,8 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
     groups.append("bm25")
   if command.retrieval == "hybrid":
     groups.append("hybrid")
+  if SETTINGS.given("rerank_workdir"):
+    groups.append("rerank")
   return groups
 
 
@@ -131,6 +142,23 @@ def check_flags() -> EvaluateCommand:
   return command
 
 
+def qa_retrieval_metrics(result: SearchResult, store, examples, ks
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Answer recall@k (and gold-paragraph recall@k where every question names its paragraph) of
+  a ranking, and their curves for the plot."""
+  depth = result.ids.shape[1]
+  hits = answer_hits(result.ids, store, examples)
+  metrics = {"answer_recall": {
+      f"@{k}": v for k, v in recall_at_k(hits, [k for k in ks if k <= depth]).items()}}
+  curves = {"answer": evaluation.recall_curve(hits)}
+  if all(example.gold_document_id for example in examples):
+    gold = gold_hits(result.ids, store, examples)
+    metrics["gold_paragraph_recall"] = {
+        f"@{k}": v for k, v in recall_at_k(gold, [k for k in ks if k <= depth]).items()}
+    curves["gold paragraph"] = evaluation.recall_curve(gold)
+  return metrics, curves
+
+
 def main() -> None:
   command = check_flags()
   qa, beir_set = SETTINGS.build("questions"), SETTINGS.build("beir")
@@ -161,28 +189,38 @@ def main() -> None:
   searcher, searcher_info = text_searcher(command, source, store, tokenizer, mesh)
   reader_run = (runs.restore_orqa_run(command.reader_workdir, None, mesh)
                 if command.reader_workdir else None)
+  rerank_settings = SETTINGS.build("rerank")
+  reranker = (CrossEncoderReranker(
+      runs.restore_cross_encoder_run(rerank_settings.workdir, rerank_settings.step, mesh), store,
+      tokenizer, rerank_settings, mesh, show_progress=True)
+              if rerank_settings.workdir else None)
   depth = min(len(store), max(ks) if qa.qa_dataset else beir_set.block_depth)
   if reader_run is not None:
     depth = min(len(store), max(depth, reader_run.settings.reader_beam_size))
+  if reranker is not None:
+    depth = min(len(store), max(depth, rerank_settings.depth))
   result = searcher.search_texts(texts, depth)
   metrics = dict(source=where, num_queries=len(texts), num_blocks=len(store), **searcher_info)
-  curves = {}
+  if reranker is not None:
+    if qa.qa_dataset:
+      metrics["first_stage"], _ = qa_retrieval_metrics(result, store, examples, ks)
+    else:
+      metrics["first_stage"] = evaluation.beir_metrics(
+          evaluation.document_run(query_ids, result.ids, result.scores, store), qrels)
+    result = rerank(result, reranker(texts, result.ids[:, :rerank_settings.depth]))
+    metrics["rerank"] = dict(workdir=reranker.run.workdir, checkpoint_step=reranker.run.step,
+                             depth=min(rerank_settings.depth, depth), **reranker.cost())
   output_dir = paths.resolve(command.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   if qa.qa_dataset:
-    hits = answer_hits(result.ids, store, examples)
-    metrics["answer_recall"] = {
-        f"@{k}": v for k, v in recall_at_k(hits, [k for k in ks if k <= depth]).items()}
-    curves["answer"] = evaluation.recall_curve(hits)
-    if all(example.gold_document_id for example in examples):
-      gold = gold_hits(result.ids, store, examples)
-      metrics["gold_paragraph_recall"] = {
-          f"@{k}": v for k, v in recall_at_k(gold, [k for k in ks if k <= depth]).items()}
-      curves["gold paragraph"] = evaluation.recall_curve(gold)
+    recalls, curves = qa_retrieval_metrics(result, store, examples, ks)
+    metrics.update(recalls)
     if reader_run is not None:
+      # The reader adds its retriever's scaled scores only to the dense scores it was trained
+      # with, not to BM25's, fused or cross-encoder scores.
       reader_metrics, predictions = evaluation.read_answers(
           reader_run, store, tokenizer, result, examples, mesh,
-          add_retrieval_scores=command.retrieval == "dense")
+          add_retrieval_scores=command.retrieval == "dense" and reranker is None)
       metrics.update(reader_metrics)
       write_predictions(str(output_dir / "predictions.jsonl"), examples, predictions, result,
                         store, BlockAnswerMatcher(store),
@@ -191,7 +229,7 @@ def main() -> None:
     metrics.update(evaluation.beir_metrics(
         evaluation.document_run(query_ids, result.ids, result.scores, store), qrels))
     beir_ks = [1, 5, 10, 20, 100]
-    curves["documents"] = (beir_ks, [metrics[f"recall_{k}"] for k in beir_ks])
+    curves = {"documents": (beir_ks, [metrics[f"recall_{k}"] for k in beir_ks])}
   (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
   evaluation.plot_recall(curves, str(output_dir / "recall_at_k.png"), os.path.basename(where))
   print(json.dumps(metrics))

@@ -120,6 +120,19 @@ def tiny_ict_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_cross_encoder_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
+  """The workdir of a 2-step run of the tiny cross-encoder (tests/tasks/tiny_cross_encoder.py)."""
+  from orqa_realm.training import loop
+  from tests.tasks.tiny_cross_encoder import tiny_cross_encoder_task
+
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny_cross_encoder")
+  loop.train(tiny_cross_encoder_task(squad_block_store.directory, tiny_bert_dir),
+             loop.TrainConfig(workdir=workdir, num_train_steps=2, batch_size=8,
+                              async_checkpoints=False))
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
   """Real embeddings: MiniLM (mean pooling, as trained) over the SQuAD blocks cut to 64
   wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)"""

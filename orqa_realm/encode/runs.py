@@ -20,7 +20,7 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import mlm, partitioning, reader, retriever
+from orqa_realm.modeling import cross_encoder, mlm, partitioning, reader, retriever
 
 ORQA_TASK = "orqa"
 
@@ -57,6 +57,11 @@ class RetrieverRun(NamedTuple):
 def retriever_run_of(workdir: str, task: str, model: dict[str, Any],
                      run_id: str | None = None) -> RetrieverRun:
   """The run of `task` with the model description `model` (its run.json's) in `workdir`."""
+  if cross_encoder.CROSS_ENCODER in model:
+    raise InputError(f"the run (task {task!r}) is a cross-encoder, which scores (query, block) "
+                     "pairs and embeds nothing, where a dual-encoder retriever run (ict, dpr, "
+                     "ance, realm, ...) is expected; a cross-encoder reranks (evaluate "
+                     "--rerank_workdir)", path=workdir)
   if "retriever" not in model:
     raise InputError(f"a run of task {task!r} holds no retriever", path=workdir)
   return RetrieverRun(workdir, task, retriever.RetrieverConfig.from_dict(model["retriever"]),
@@ -125,7 +130,8 @@ def trained_bert(description: run_directory.RunDescription) -> str:
     raise InputError("the run's settings name no BERT", path=description.workdir) from e
 
 
-def check_tokenizer(run: RetrieverRun, tokenizer_fingerprint: str, source: str) -> None:
+def check_tokenizer(run: RetrieverRun | CrossEncoderRun, tokenizer_fingerprint: str,
+                    source: str) -> None:
   """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
   if run.tokenizer_fingerprint != tokenizer_fingerprint:
     raise InputError(f"the run trained with tokenizer {run.tokenizer_fingerprint}, {source} was "
@@ -252,3 +258,40 @@ def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
         field="index_dir")
   embedding.check_query_encoder(version, run.retriever_config, run.tokenizer_fingerprint,
                                 fields=retriever.BLOCK_ENCODER_FIELDS)
+
+
+def cross_encoder_model(config: cross_encoder.CrossEncoderConfig, tokenizer_fingerprint: str
+                        ) -> dict[str, Any]:
+  """The model description of a run that trains the cross-encoder `config`."""
+  return {cross_encoder.CROSS_ENCODER: config.to_dict(),
+          "tokenizer_fingerprint": tokenizer_fingerprint}
+
+
+class CrossEncoderRun(NamedTuple):
+  """A trained cross-encoder, read back from its run directory."""
+  workdir: str
+  config: cross_encoder.CrossEncoderConfig
+  tokenizer_fingerprint: str
+  params: dict[str, Any]
+  step: int
+
+
+def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEncoderRun:
+  """The cross-encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
+  `mesh`; a run of another kind is refused, naming what it is."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if cross_encoder.CROSS_ENCODER not in model:
+    kind = "a dual-encoder retriever" if "retriever" in model else "another model"
+    raise InputError(f"the run (task {description.task!r}) is {kind}, where a cross-encoder run "
+                     "(--task=cross_encoder) is expected: a dual encoder retrieves (evaluate "
+                     "--workdir), a cross-encoder reranks", path=workdir)
+  config = cross_encoder.CrossEncoderConfig.from_dict(model[cross_encoder.CROSS_ENCODER])
+  shapes = partitioning.unbox(
+      jax.eval_shape(lambda: cross_encoder.init_params(config, jax.random.key(0))))
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(
+        step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
+  return CrossEncoderRun(description.workdir, config, model["tokenizer_fingerprint"], params,
+                         step)

@@ -55,6 +55,19 @@ def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Arr
   return RetrievalLoss(loss=loss, accuracy=accuracy)
 
 
+def listwise_softmax_loss(scores: jax.Array) -> RetrievalLoss:
+  """Softmax cross-entropy over each query's candidate list, its positive first (a
+  cross-encoder's listwise loss: one positive and n negatives per query).
+
+  Args:
+    scores: [num_queries, 1 + n] float32, column 0 the positive's score.
+  """
+  scores = scores.astype(jnp.float32)
+  loss = jnp.mean(jax.nn.logsumexp(scores, axis=-1) - scores[:, 0])
+  accuracy = jnp.mean(jnp.argmax(scores, axis=-1) == 0)
+  return RetrievalLoss(loss=loss, accuracy=accuracy)
+
+
 def marginal_log_likelihood(logits: jax.Array, correct: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Negative log of the probability mass on the correct candidates, one value per row.
 

@@ -23,16 +23,14 @@ import numpy as np
 from absl import logging
 
 from orqa_realm.core.config import nested, setting
-from orqa_realm.core.errors import InputError
-from orqa_realm.data import beir
-from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.dpr import DPRExample, DPRExamples, beir_examples, qa_examples
-from orqa_realm.data.qa import load_qa_dataset, question_indices
+from orqa_realm.data.dpr import DPRExample
+from orqa_realm.data.qa import question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.index import bm25
 from orqa_realm.modeling.losses import in_batch_softmax_loss
 from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
 from orqa_realm.tasks.common import DualEncoderTask, QuestionTaskConfig, saved_retriever_of
+from orqa_realm.tasks.pairs import TrainingPairs, build_examples
 
 
 class DPRInputs(NamedTuple):
@@ -58,23 +56,13 @@ class DPRConfig(QuestionTaskConfig):
       100, "BM25 blocks per question searched for its positive and hard negatives.")
   bm25: bm25.BM25Config = nested(bm25.BM25Config())
 
-
-def build_examples(config: DPRConfig, store: BlockStore, num_hard_negatives: int,
-                   seed: int) -> DPRExamples:
-  """The training examples, positives and `num_hard_negatives` hard negatives from BM25 over
-  `store`."""
-  searcher = bm25.open_or_build(store, config.bm25)
-  depth = min(config.hard_negative_depth, len(store))
-  if config.train_qa_dataset:
-    examples = load_qa_dataset(config.train_qa_dataset)
-    rankings = searcher.search_texts([example.question for example in examples], depth).ids
-    return qa_examples(examples, store, rankings, num_hard_negatives, seed=seed)
-  queries, qrels = (beir.read_queries(config.train_beir_queries),
-                    beir.read_qrels(config.train_beir_qrels))
-  query_ids = sorted(queries)
-  ids = searcher.search_texts([queries[qid] for qid in query_ids], depth).ids
-  return beir_examples(queries, qrels, store, dict(zip(query_ids, ids)), num_hard_negatives,
-                       seed=seed)
+  @property
+  def pairs(self) -> TrainingPairs:
+    """Where the training pairs come from, as the other supervised tasks say it (DPR's
+    negatives are always BM25's)."""
+    return TrainingPairs(qa_dataset=self.train_qa_dataset, beir_queries=self.train_beir_queries,
+                         beir_qrels=self.train_beir_qrels, negative_depth=self.hard_negative_depth,
+                         bm25=self.bm25)
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
@@ -90,18 +78,11 @@ class DPRTask(DualEncoderTask):
   bm25_negatives = True
 
   def __init__(self, config: DPRConfig, context: TaskContext):
-    if bool(config.train_qa_dataset) == bool(config.train_beir_queries):
-      raise InputError(f"--task={self.name} trains on exactly one of --train_qa_dataset and "
-                       "--train_beir_queries (with --train_beir_qrels)")
-    if config.train_beir_queries and not config.train_beir_qrels:
-      raise InputError("--train_beir_queries needs --train_beir_qrels", field="train_beir_qrels")
+    config.pairs.check()
     super().__init__(config, context)
-    built = build_examples(config, self.store,
+    built = build_examples(config.pairs, self.store, bm25.open_or_build(self.store, config.bm25),
                            config.hard_negatives_per_question if self.bm25_negatives else 0,
                            context.seed)
-    if not built.examples:
-      raise InputError("no training question has a positive block in the store",
-                       path=config.train_qa_dataset or config.train_beir_qrels)
     logging.info("%s: %d training examples (%d questions without a positive dropped, %d "
                  "negatives drawn at random)", self.name, len(built.examples), built.num_dropped,
                  built.num_random_negatives)

@@ -192,3 +192,14 @@ def test_realm_marginals_differ_and_agree_on_one_document():
   np.testing.assert_allclose(
       float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "token").loss),
       float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "span").loss), rtol=1e-5)
+
+
+def test_listwise_softmax_matches_numpy():
+  rng = np.random.default_rng(2)
+  scores = rng.normal(size=(5, 8)).astype(np.float32)
+  scores[1, 0] = 9.0  # a positive that clearly wins
+  result = losses.listwise_softmax_loss(jnp.asarray(scores))
+  wide = scores.astype(np.float64)
+  expected = np.mean(np.log(np.exp(wide).sum(axis=1)) - wide[:, 0])
+  np.testing.assert_allclose(result.loss, expected, rtol=1e-6)
+  np.testing.assert_allclose(result.accuracy, np.mean(np.argmax(scores, axis=1) == 0))

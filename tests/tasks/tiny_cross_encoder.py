@@ -1,0 +1,23 @@
+"""A tiny cross-encoder setup shared by its tests and the multi-device subprocess: the tiny
+random BERT of tiny_ict, trained on the bundled SQuAD questions over the SQuAD block store."""
+
+import dataclasses
+
+from orqa_realm.modeling.cross_encoder import CrossEncoderConfig
+from orqa_realm.tasks.cross_encoder import CrossEncoderTask, CrossEncoderTaskConfig
+from orqa_realm.tasks.pairs import TrainingPairs
+from tests.conftest import DEMO_SQUAD
+from tests.tasks.tiny_ict import tiny_context, tiny_source
+
+TINY_CROSS_ENCODER = CrossEncoderConfig(query_length=16, max_length=96)
+
+
+def tiny_cross_encoder_task(block_store: str, bert_dir: str, batch_size: int = 8,
+                            seed: int = 0, **overrides) -> CrossEncoderTask:
+  """`overrides`: CrossEncoderTaskConfig fields."""
+  config = CrossEncoderTaskConfig(
+      source=tiny_source(block_store, bert_dir), cross_encoder=TINY_CROSS_ENCODER,
+      pairs=TrainingPairs(qa_dataset=f"squad:{DEMO_SQUAD}", negative_depth=20),
+      negatives_per_query=3)
+  return CrossEncoderTask(dataclasses.replace(config, **overrides),
+                          tiny_context(batch_size, seed))
