@@ -13,6 +13,7 @@ UNREAD = {
     "ict": "retriever_workdir=runs/x",
     "dpr": "realm_masking=salient",
     "ance": "ict_remove_prob=0.5",
+    "cross_encoder": "pooling=mean",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
 }

@@ -53,7 +53,7 @@ class ANCETask(DPRTask):
   name = "ance"
   config_class = ANCEConfig
   needs = frozenset({Need.PARAMS, Need.INDEX})
-  bm25_negatives = False
+  mines_negatives = False
 
   def __init__(self, config: ANCEConfig, context: TaskContext):
     super().__init__(config, context)

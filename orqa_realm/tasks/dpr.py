@@ -3,7 +3,8 @@ negatives.
 
 Each step takes `batch_size` (question, positive block) examples (seeded epochs of
 permutations). The blocks of the step are, example by example, its positive followed by its
-`hard_negatives_per_question` BM25 negatives (see `data/dpr.py`), and each question's softmax
+`hard_negatives_per_question` hard negatives (see `data/dpr.py`; BM25's by default, or a dense
+index's or the hybrid's with `--negatives_retrieval`, `tasks/pairs.py`), and each question's softmax
 runs over all of them: the other questions' blocks are its in-batch negatives. Each example's
 blocks sit in the rows of its question, so each host builds only its own rows. A block that
 is the question's own positive under another row (two questions on one paragraph) is left out
@@ -24,13 +25,12 @@ from absl import logging
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.data.dpr import DPRExample
-from orqa_realm.data.qa import question_indices
+from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.index import bm25
 from orqa_realm.modeling.losses import in_batch_softmax_loss
 from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
-from orqa_realm.tasks.common import DualEncoderTask, QuestionTaskConfig, saved_retriever_of
-from orqa_realm.tasks.pairs import TrainingPairs, build_examples
+from orqa_realm.tasks.common import DualEncoderTask, RetrieverTaskConfig, saved_retriever_of
+from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
 
 
 class DPRInputs(NamedTuple):
@@ -41,28 +41,13 @@ class DPRInputs(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class DPRConfig(QuestionTaskConfig):
+class DPRConfig(RetrieverTaskConfig):
   """The settings of DPR training (and ANCE's, which adds its own)."""
-  train_beir_queries: str = setting(
-      "", "BEIR training queries (id<TAB>text), with --train_beir_qrels, instead of "
-      "--train_qa_dataset.")
-  train_beir_qrels: str = setting(
-      "", "Relevance judgements of --train_beir_queries (positives; judged documents are never "
-      "negatives).")
+  pairs: TrainingPairs = nested(TrainingPairs())
   hard_negatives_per_question: int = setting(
       1, "Hard negatives per question (DPR: 1 from BM25; ANCE: from the refreshed index), "
       "besides the in-batch negatives.")
-  hard_negative_depth: int = setting(
-      100, "BM25 blocks per question searched for its positive and hard negatives.")
-  bm25: bm25.BM25Config = nested(bm25.BM25Config())
-
-  @property
-  def pairs(self) -> TrainingPairs:
-    """Where the training pairs come from, as the other supervised tasks say it (DPR's
-    negatives are always BM25's)."""
-    return TrainingPairs(qa_dataset=self.train_qa_dataset, beir_queries=self.train_beir_queries,
-                         beir_qrels=self.train_beir_qrels, negative_depth=self.hard_negative_depth,
-                         bm25=self.bm25)
+  evaluation: QAEvaluation = nested(QAEvaluation())
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
@@ -74,14 +59,15 @@ def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
 class DPRTask(DualEncoderTask):
   name = "dpr"
   config_class = DPRConfig
-  # Whether the examples carry BM25 hard negatives (ANCE mines its own from the index).
-  bm25_negatives = True
+  # Whether the examples carry mined hard negatives (ANCE mines its own from the index).
+  mines_negatives = True
 
   def __init__(self, config: DPRConfig, context: TaskContext):
     config.pairs.check()
     super().__init__(config, context)
-    built = build_examples(config.pairs, self.store, bm25.open_or_build(self.store, config.bm25),
-                           config.hard_negatives_per_question if self.bm25_negatives else 0,
+    searcher = mining_searcher(config.pairs, self.store, self.tokenizer, config.source.bert)
+    built = build_examples(config.pairs, self.store, searcher,
+                           config.hard_negatives_per_question if self.mines_negatives else 0,
                            context.seed)
     logging.info("%s: %d training examples (%d questions without a positive dropped, %d "
                  "negatives drawn at random)", self.name, len(built.examples), built.num_dropped,

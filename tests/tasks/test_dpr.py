@@ -16,6 +16,7 @@ from orqa_realm.data.documents import Document
 from orqa_realm.encode import runs
 from orqa_realm.modeling import retriever
 from orqa_realm.tasks.base import StepContext
+from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
@@ -91,9 +92,11 @@ def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path
   (tmp_path / "queries.tsv").write_text("q1\tDoes aspirin prevent heart attacks?\n"
                                         "q2\tDoes vitamin C cure colds?\n")
   (tmp_path / "qrels.txt").write_text("q1 0 d0 1\nq1 0 d2 1\nq2 0 d3 1\nq2 0 d4 0\n")
-  task = tiny_dpr_task(store.directory, tiny_bert_dir, batch_size=2, train_qa_dataset="",
-                       train_beir_queries=str(tmp_path / "queries.tsv"),
-                       train_beir_qrels=str(tmp_path / "qrels.txt"), hard_negatives_per_question=1)
+  task = tiny_dpr_task(store.directory, tiny_bert_dir, batch_size=2,
+                       pairs=TrainingPairs(beir_queries=str(tmp_path / "queries.tsv"),
+                                           beir_qrels=str(tmp_path / "qrels.txt"),
+                                           negative_depth=20),
+                       hard_negatives_per_question=1)
   # One example per judged-relevant document: (q1, d0), (q1, d2), (q2, d3).
   assert sorted((e.question[:8], e.positive) for e in task.examples) == [
       ("Does asp", 0), ("Does asp", 2), ("Does vit", 3)]

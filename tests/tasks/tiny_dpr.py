@@ -5,14 +5,15 @@ import dataclasses
 
 from orqa_realm.tasks.ance import ANCEConfig, ANCETask
 from orqa_realm.tasks.dpr import DPRConfig, DPRTask
+from orqa_realm.tasks.pairs import TrainingPairs
 from tests.conftest import DEMO_SQUAD
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_context, tiny_source
 
 
 def tiny_config(config_class, block_store: str, bert_dir: str, **overrides):
   config = config_class(source=tiny_source(block_store, bert_dir), retriever=TINY_RETRIEVER,
-                        train_qa_dataset=f"squad:{DEMO_SQUAD}", hard_negatives_per_question=2,
-                        hard_negative_depth=20)
+                        pairs=TrainingPairs(qa_dataset=f"squad:{DEMO_SQUAD}", negative_depth=20),
+                        hard_negatives_per_question=2)
   return dataclasses.replace(config, **overrides)
 
 
