@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import pathlib
 import shutil
@@ -117,6 +119,17 @@ def tiny_ict_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
              loop.TrainConfig(workdir=workdir, num_train_steps=2, batch_size=8,
                               async_checkpoints=False))
   return workdir
+
+
+@pytest.fixture(scope="session")
+def small_squad(tmp_path_factory) -> str:
+  """Articles 2-4 of the bundled SQuAD slice (627 questions) as a SQuAD file, for tests whose
+  cost grows with the training questions (a teacher scores each one's candidates)."""
+  with gzip.open(DEMO_SQUAD, "rt", encoding="utf-8") as f:
+    squad = json.load(f)
+  path = tmp_path_factory.mktemp("small_squad") / "small.json"
+  path.write_text(json.dumps(dict(squad, data=squad["data"][1:4])), encoding="utf-8")
+  return f"squad:{path}"
 
 
 @pytest.fixture(scope="session")

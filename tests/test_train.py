@@ -14,6 +14,7 @@ UNREAD = {
     "dpr": "realm_masking=salient",
     "ance": "ict_remove_prob=0.5",
     "cross_encoder": "pooling=mean",
+    "distill": "cross_length=128",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
 }

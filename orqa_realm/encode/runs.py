@@ -274,6 +274,7 @@ class CrossEncoderRun(NamedTuple):
   tokenizer_fingerprint: str
   params: dict[str, Any]
   step: int
+  run_id: str | None = None
 
 
 def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEncoderRun:
@@ -294,4 +295,4 @@ def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEnco
     params = checkpoint_reader.restore_params(
         step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
   return CrossEncoderRun(description.workdir, config, model["tokenizer_fingerprint"], params,
-                         step)
+                         step, description.run_id)

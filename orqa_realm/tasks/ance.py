@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.dpr import DPRExample, NegativeRule, fill_negatives
 from orqa_realm.encode import embedding
 from orqa_realm.tasks.base import Need, StepContext, TaskContext
 from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask
+from orqa_realm.tasks.teacher import TeacherSettings
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,9 @@ class ANCETask(DPRTask):
   mines_negatives = False
 
   def __init__(self, config: ANCEConfig, context: TaskContext):
+    if config.teacher != TeacherSettings():
+      raise InputError("--task=ance mines its negatives from its own refreshed index: "
+                       "--teacher_* and --denoise_* are not read", field="teacher_workdir")
     super().__init__(config, context)
     self.rule = NegativeRule(self.store)
 

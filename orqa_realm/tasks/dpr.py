@@ -24,6 +24,7 @@ import numpy as np
 from absl import logging
 
 from orqa_realm.core.config import nested, setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.dpr import DPRExample
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
@@ -31,6 +32,7 @@ from orqa_realm.modeling.losses import in_batch_softmax_loss
 from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
 from orqa_realm.tasks.common import DualEncoderTask, RetrieverTaskConfig, saved_retriever_of
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
+from orqa_realm.tasks.teacher import TeacherSettings, teach
 
 
 class DPRInputs(NamedTuple):
@@ -48,6 +50,7 @@ class DPRConfig(RetrieverTaskConfig):
       1, "Hard negatives per question (DPR: 1 from BM25; ANCE: from the refreshed index), "
       "besides the in-batch negatives.")
   evaluation: QAEvaluation = nested(QAEvaluation())
+  teacher: TeacherSettings = nested(TeacherSettings())
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
@@ -61,18 +64,30 @@ class DPRTask(DualEncoderTask):
   config_class = DPRConfig
   # Whether the examples carry mined hard negatives (ANCE mines its own from the index).
   mines_negatives = True
+  # Whether the loss reads the teacher's scores (distillation); DPR reads a teacher only to
+  # denoise its negatives.
+  learns_from_teacher = False
 
   def __init__(self, config: DPRConfig, context: TaskContext):
     config.pairs.check()
+    config.teacher.check()
+    if config.teacher.workdir and not (self.learns_from_teacher or config.teacher.denoises):
+      raise InputError(f"--task={self.name} reads --teacher_workdir only to denoise its "
+                       "negatives (--denoise_margin); --task=distill learns from its scores",
+                       field="teacher_workdir")
     super().__init__(config, context)
     searcher = mining_searcher(config.pairs, self.store, self.tokenizer, config.source.bert)
+    num_negatives = config.hard_negatives_per_question if self.mines_negatives else 0
     built = build_examples(config.pairs, self.store, searcher,
-                           config.hard_negatives_per_question if self.mines_negatives else 0,
-                           context.seed)
+                           config.teacher.pool_size(num_negatives), context.seed)
     logging.info("%s: %d training examples (%d questions without a positive dropped, %d "
                  "negatives drawn at random)", self.name, len(built.examples), built.num_dropped,
                  built.num_random_negatives)
     self.examples = built.examples
+    self.teacher_scores = None  # [examples, 1 + negatives] with a teacher
+    if config.teacher.workdir:
+      taught = teach(config.teacher, self.examples, self.store, self.tokenizer, num_negatives)
+      self.examples, self.teacher_scores = taught.examples, taught.scores
     self.question_ids = self.tokenizer.tokenize([example.question for example in self.examples])
 
   @classmethod

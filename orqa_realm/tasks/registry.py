@@ -5,11 +5,12 @@ from __future__ import annotations
 from orqa_realm.tasks.ance import ANCETask
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask
+from orqa_realm.tasks.distill import DistillTask
 from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ANCETask, CrossEncoderTask, DPRTask, ICTTask, ORQATask,
-                                 REALMTask)}
+    task.name: task for task in (ANCETask, CrossEncoderTask, DistillTask, DPRTask, ICTTask,
+                                 ORQATask, REALMTask)}
