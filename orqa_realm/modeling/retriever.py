@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Callable
 from typing import Any, Literal
 
 import flax.linen as nn
@@ -157,6 +158,34 @@ class DualEncoder(nn.Module):
   def __call__(self, queries: TokenBatch, blocks: TokenBatch,
                deterministic: bool = True) -> tuple[jax.Array, jax.Array]:
     return self.embed_queries(queries, deterministic), self.embed_blocks(blocks, deterministic)
+
+
+def embed_in_chunks(embed: Callable[[TokenBatch, jax.Array], jax.Array], inputs: TokenBatch,
+                    chunk: int, rng: jax.Array) -> jax.Array:
+  """`embed(inputs, rng)` computed `chunk` rows at a time, each chunk's activations recomputed
+  in the backward pass rather than kept (GradCache, Gao et al. 2021): the memory of one chunk
+  plus the embeddings, so an in-batch loss can span a global batch larger than fits at once;
+  the loss and its gradients are those of embedding the whole batch in one call.
+
+  Chunk j holds rows j, j + n / chunk, ... (a strided slice), so that a batch split over the
+  devices in contiguous blocks gives every device an equal share of every chunk.
+
+  Args:
+    embed: (inputs [rows, length], dropout rng) -> [rows, dim].
+    inputs: [n, length], n a multiple of `chunk`.
+  Returns:
+    [n, dim] in the rows' order.
+  """
+  num_rows = inputs.token_ids.shape[0]
+  if num_rows % chunk:
+    raise ValueError(f"{num_rows} rows do not split into chunks of {chunk}")
+  steps = num_rows // chunk
+  # [n, ...] -> [chunk, steps, ...] -> [steps, chunk, ...]: step j takes rows j, j + steps, ...
+  chunked = TokenBatch(*(jnp.swapaxes(array.reshape(chunk, steps, *array.shape[1:]), 0, 1)
+                         for array in inputs))
+  body = jax.checkpoint(lambda args: embed(args[0], args[1]))
+  embeddings = jax.lax.map(body, (chunked, jax.random.split(rng, steps)))  # [steps, chunk, d]
+  return jnp.swapaxes(embeddings, 0, 1).reshape(num_rows, -1)
 
 
 def tower_names(config: RetrieverConfig) -> tuple[str, ...]:

@@ -86,8 +86,8 @@ class DistillTask(DPRTask):
 
   def loss(self, params, batch: DistillInputs, rng, deterministic: bool):
     config = self.config
-    query_embeddings, block_embeddings = self.model.apply(
-        {"params": params}, batch.queries, batch.blocks, deterministic, rngs={"dropout": rng})
+    query_embeddings, block_embeddings = self.embed(params, batch.queries, batch.blocks, rng,
+                                                    deterministic)
     student = student_scores(query_embeddings, block_embeddings, config.retriever.score_scale)
     if config.loss == "margin_mse":
       distill = margin_mse(student, batch.teacher_scores)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import NamedTuple
 
+import jax
 import numpy as np
 from absl import logging
 
@@ -29,6 +30,7 @@ from orqa_realm.data.dpr import DPRExample
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling.losses import in_batch_softmax_loss
+from orqa_realm.modeling.retriever import DualEncoder, embed_in_chunks
 from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
 from orqa_realm.tasks.common import DualEncoderTask, RetrieverTaskConfig, saved_retriever_of
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
@@ -51,6 +53,10 @@ class DPRConfig(RetrieverTaskConfig):
       "besides the in-batch negatives.")
   evaluation: QAEvaluation = nested(QAEvaluation())
   teacher: TeacherSettings = nested(TeacherSettings())
+  grad_cache_chunk: int = setting(
+      0, "Embed queries and blocks this many rows at a time, recomputing each chunk in the "
+      "backward pass (GradCache): the in-batch loss spans the whole global batch in the memory "
+      "of one chunk. Must divide --batch_size; 0: the whole batch at once.")
 
 
 def batch_blocks(examples: list[DPRExample]) -> np.ndarray:
@@ -75,6 +81,9 @@ class DPRTask(DualEncoderTask):
       raise InputError(f"--task={self.name} reads --teacher_workdir only to denoise its "
                        "negatives (--denoise_margin); --task=distill learns from its scores",
                        field="teacher_workdir")
+    if config.grad_cache_chunk and context.batch_size % config.grad_cache_chunk:
+      raise InputError(f"--grad_cache_chunk={config.grad_cache_chunk} does not divide "
+                       f"--batch_size={context.batch_size}", field="grad_cache_chunk")
     super().__init__(config, context)
     searcher = mining_searcher(config.pairs, self.store, self.tokenizer, config.source.bert)
     num_negatives = config.hard_negatives_per_question if self.mines_negatives else 0
@@ -118,9 +127,23 @@ class DPRTask(DualEncoderTask):
                                block_format=config.block_format)
     return DPRInputs(queries, blocks, block_ids)
 
+  def embed(self, params, queries: TokenBatch, blocks: TokenBatch, rng, deterministic: bool):
+    """([batch, dim], [batch x (1 + negatives), dim]) embeddings of the step's queries and
+    blocks: in one call, or chunk by chunk with `--grad_cache_chunk` (the same values and
+    gradients; dropout masks differ)."""
+    chunk = self.config.grad_cache_chunk
+    if not chunk:
+      return self.model.apply({"params": params}, queries, blocks, deterministic,
+                              rngs={"dropout": rng})
+    query_rng, block_rng = jax.random.split(rng)
+    tower = lambda method: lambda inputs, key: self.model.apply(
+        {"params": params}, inputs, deterministic, method=method, rngs={"dropout": key})
+    return (embed_in_chunks(tower(DualEncoder.embed_queries), queries, chunk, query_rng),
+            embed_in_chunks(tower(DualEncoder.embed_blocks), blocks, chunk, block_rng))
+
   def loss(self, params, batch: DPRInputs, rng, deterministic: bool):
-    query_embeddings, block_embeddings = self.model.apply(
-        {"params": params}, batch.queries, batch.blocks, deterministic, rngs={"dropout": rng})
+    query_embeddings, block_embeddings = self.embed(params, batch.queries, batch.blocks, rng,
+                                                    deterministic)
     result = in_batch_softmax_loss(query_embeddings, block_embeddings,
                                    self.config.retriever.score_scale, batch.block_ids)
     return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
