@@ -15,6 +15,7 @@ UNREAD = {
     "ance": "ict_remove_prob=0.5",
     "cross_encoder": "pooling=mean",
     "distill": "cross_length=128",
+    "star": "distill_loss=listwise_kl",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
 }

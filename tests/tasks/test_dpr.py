@@ -20,7 +20,7 @@ from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
-from tests.tasks.tiny_dpr import tiny_dpr_task
+from tests.tasks.tiny_dpr import tiny_dpr_task, tiny_star_task
 from tests.tasks.tiny_ict import tiny_ict_task, tiny_source
 
 MESH = parallel.make_mesh()
@@ -192,3 +192,24 @@ def test_grad_cache_gives_the_plain_loss_and_gradients(tiny_task, squad_block_st
   assert difference <= 1e-3 * norm
   with pytest.raises(InputError, match="does not divide --batch_size=8"):
     tiny_dpr_task(squad_block_store.directory, tiny_bert_dir, grad_cache_chunk=3)
+
+
+def test_star_loss_equals_numpy_on_a_real_batch(squad_block_store, tiny_bert_dir):
+  """STAR: RankNet over each query's static hard negatives + alpha x RankNet over the batch's
+  other blocks, the query's own positive block never a negative."""
+  task = tiny_star_task(squad_block_store.directory, tiny_bert_dir, random_negative_weight=0.3)
+  params = task.init_params(jax.random.key(0))
+  batch = task.train_batch(0, StepContext(MESH))
+  loss, _ = jax.jit(lambda p, b: task.loss(p, b, jax.random.key(1), True))(params, batch)
+  queries, blocks = retriever.DualEncoder(task.config.retriever).apply(
+      {"params": params}, batch.queries, batch.blocks, True)
+  scores = np.asarray(queries, np.float64) @ np.asarray(blocks, np.float64).T  # [8, 24]
+  hard, random = [], []
+  for i, row in enumerate(scores):
+    positive = 3 * i
+    for j in range(24):
+      if batch.block_ids[j] == batch.block_ids[positive]:
+        continue
+      pair = np.log1p(np.exp(-(row[positive] - row[j])))
+      (hard if j // 3 == i else random).append(pair)
+  np.testing.assert_allclose(loss, np.mean(hard) + 0.3 * np.mean(random), rtol=1e-5)

@@ -6,6 +6,7 @@ import dataclasses
 from orqa_realm.tasks.ance import ANCEConfig, ANCETask
 from orqa_realm.tasks.dpr import DPRConfig, DPRTask
 from orqa_realm.tasks.pairs import TrainingPairs
+from orqa_realm.tasks.star import STARConfig, STARTask
 from tests.conftest import DEMO_SQUAD
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_context, tiny_source
 
@@ -28,4 +29,11 @@ def tiny_ance_task(block_store: str, bert_dir: str, batch_size: int = 8, seed: i
                    **overrides) -> ANCETask:
   """`overrides`: ANCEConfig fields."""
   return ANCETask(tiny_config(ANCEConfig, block_store, bert_dir, **overrides),
+                  tiny_context(batch_size, seed))
+
+
+def tiny_star_task(block_store: str, bert_dir: str, batch_size: int = 8, seed: int = 0,
+                   **overrides) -> STARTask:
+  """`overrides`: STARConfig fields."""
+  return STARTask(tiny_config(STARConfig, block_store, bert_dir, **overrides),
                   tiny_context(batch_size, seed))
