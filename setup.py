@@ -27,6 +27,8 @@ setuptools.setup(
         "orbax-checkpoint>=0.11",
         "pytrec-eval-terrier>=0.5.6",  # nDCG and recall from qrels, the evaluator BEIR uses
         "safetensors>=0.4",
+        # k-means (TAS-B's query topics; ColBERTv2's centroids next): a well-kept implementation.
+        "scikit-learn>=1.3",
         "scann>=1.3",
         # The HTTP API of `serve`: a small, well-kept ASGI framework and its reference server.
         "starlette>=0.40",

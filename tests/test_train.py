@@ -16,6 +16,7 @@ UNREAD = {
     "cross_encoder": "pooling=mean",
     "distill": "cross_length=128",
     "star": "distill_loss=listwise_kl",
+    "tasb": "distill_temperature=2",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
 }

@@ -11,7 +11,8 @@ from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 from orqa_realm.tasks.star import STARTask
+from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ANCETask, CrossEncoderTask, DistillTask, DPRTask, ICTTask,
-                                 ORQATask, REALMTask, STARTask)}
+                                 ORQATask, REALMTask, STARTask, TASBTask)}

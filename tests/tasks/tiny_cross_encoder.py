@@ -8,6 +8,7 @@ from orqa_realm.modeling.cross_encoder import CrossEncoderConfig
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask, CrossEncoderTaskConfig
 from orqa_realm.tasks.distill import DistillConfig, DistillTask
 from orqa_realm.tasks.pairs import TrainingPairs
+from orqa_realm.tasks.tasb import TASBConfig, TASBTask
 from orqa_realm.tasks.teacher import TeacherSettings
 from tests.conftest import DEMO_SQUAD
 from tests.tasks.tiny_dpr import tiny_config
@@ -36,3 +37,13 @@ def tiny_distill_task(block_store: str, bert_dir: str, teacher_workdir: str, qa_
                        teacher=TeacherSettings(workdir=teacher_workdir),
                        pairs=TrainingPairs(qa_dataset=qa_dataset, negative_depth=20))
   return DistillTask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
+
+
+def tiny_tasb_task(block_store: str, bert_dir: str, teacher_workdir: str, qa_dataset: str,
+                   batch_size: int = 8, seed: int = 0, **overrides) -> TASBTask:
+  """`tiny_distill_task`'s setup sampled and supervised as TAS-B; `overrides`: TASBConfig
+  fields."""
+  config = tiny_config(TASBConfig, block_store, bert_dir, hard_negatives_per_question=4,
+                       teacher=TeacherSettings(workdir=teacher_workdir), clusters=10,
+                       pairs=TrainingPairs(qa_dataset=qa_dataset, negative_depth=20))
+  return TASBTask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
