@@ -55,6 +55,16 @@ def _orqa_query_encoder(workdir: str, step: int | None, version: IndexVersion,
   return QueryEncoder(encoder, run.params["retriever"], run.step, run)
 
 
+def _adore_query_encoder(workdir: str, step: int | None, version: IndexVersion,
+                         tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
+  """An ADORE run's question encoder, over the frozen index it was trained on."""
+  run = runs.restore_query_tower_run(workdir, step, mesh)
+  encoder = config.settle(run.retriever_config, given, fixed=retriever.ALL_FIELDS,
+                          source=f"the run {workdir}")
+  runs.check_index_of_run(run, version)
+  return QueryEncoder(encoder, run.params, run.step, None)
+
+
 def _run_query_encoder(workdir: str, step: int | None, version: IndexVersion,
                        tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
   """The query tower of the retriever run checkpoint the index was embedded from, reading
@@ -99,8 +109,11 @@ def query_encoder(run: runs.RunCheckpoint, bert: str, version: IndexVersion,
   weights when no run is given; refused unless it is the retriever the index belongs to."""
   if not run.workdir:
     return _pretrained_query_encoder(bert, version, tokenizer, given)
-  if run_directory.read_run(run.workdir).task == runs.ORQA_TASK:
+  task = run_directory.read_run(run.workdir).task
+  if task == runs.ORQA_TASK:
     return _orqa_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
+  if task == runs.ADORE_TASK:
+    return _adore_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
   return _run_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
 
 

@@ -23,6 +23,8 @@ from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import cross_encoder, mlm, partitioning, reader, retriever
 
 ORQA_TASK = "orqa"
+# ADORE trains only a question tower over a frozen index, as ORQA's retriever half does.
+ADORE_TASK = "adore"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,10 +196,51 @@ def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
   """The model description of an ORQA run: its question encoder, its reader and how it reads,
   and the frozen index it is trained over."""
   return dict(retriever_model(config, tokenizer_fingerprint), reader=reader_config.to_dict(),
-              reader_settings=dataclasses.asdict(settings),
-              index=dict(store_fingerprint=version.store_fingerprint, num_rows=version.num_rows,
-                         checkpoint_step=version.checkpoint_step,
-                         run_id=(indexed_run(version) or {}).get("run_id")))
+              reader_settings=dataclasses.asdict(settings), index=frozen_index(version))
+
+
+def frozen_index(version: IndexVersion) -> dict[str, Any]:
+  """What a run trained over a frozen index records of it: whose blocks, embedded by what."""
+  return dict(store_fingerprint=version.store_fingerprint, num_rows=version.num_rows,
+              checkpoint_step=version.checkpoint_step,
+              run_id=(indexed_run(version) or {}).get("run_id"))
+
+
+def adore_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
+                version: IndexVersion) -> dict[str, Any]:
+  """The model description of an ADORE run: its question encoder and the frozen index."""
+  return dict(retriever_model(config, tokenizer_fingerprint), index=frozen_index(version))
+
+
+class QueryTowerRun(NamedTuple):
+  """The question encoder of a run trained over a frozen index (ADORE), read back."""
+  workdir: str
+  retriever_config: retriever.RetrieverConfig
+  tokenizer_fingerprint: str
+  params: dict[str, Any]  # the query tower's
+  step: int
+  index: dict[str, Any]  # the frozen index it was trained over (`frozen_index`)
+
+
+def query_tower_shapes(config: retriever.RetrieverConfig) -> dict[str, Any]:
+  """The shapes of the query tower's params of `config`."""
+  return partitioning.unbox(jax.eval_shape(lambda: retriever.tower_params(
+      retriever.init_params(config, jax.random.key(0)), config, "query")))
+
+
+def restore_query_tower_run(workdir: str, step: int | None, mesh) -> QueryTowerRun:
+  """The question encoder of the ADORE run `workdir` at checkpoint `step` (None: the newest),
+  replicated over `mesh`."""
+  description = run_directory.read_run(workdir)
+  if description.task != ADORE_TASK:
+    raise InputError(f"not an ADORE run (task {description.task!r})", path=workdir)
+  config = retriever.RetrieverConfig.from_dict(description.model["retriever"])
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, checkpoints.abstract_with_sharding(
+        query_tower_shapes(config), parallel.replicated(mesh)))
+  return QueryTowerRun(description.workdir, config, description.model["tokenizer_fingerprint"],
+                       params, step, description.model["index"])
 
 
 def orqa_params_shapes(config: retriever.RetrieverConfig, reader_config: reader.ReaderConfig
@@ -237,7 +280,7 @@ def restore_orqa_run(workdir: str, step: int | None, mesh) -> ORQARun:
                  ReaderSettings(**model["reader_settings"]), params, step, model["index"])
 
 
-def check_index_of_run(run: ORQARun, version: IndexVersion) -> None:
+def check_index_of_run(run: ORQARun | QueryTowerRun, version: IndexVersion) -> None:
   """Refuses an index whose blocks were embedded otherwise than those the run was trained over:
   by another checkpoint or run, another tokenizer, or other block settings (the question encoder
   learned to search those very embeddings). The corpus may be another one: answering over a new

@@ -15,11 +15,12 @@ from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore, StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
-from orqa_realm.encode import runs
+from orqa_realm.encode import embedding, runs
 from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.retriever import RetrieverConfig
 from orqa_realm.tasks.base import SavedRetriever, Task, TaskContext
@@ -151,3 +152,29 @@ class DualEncoderTask(Task):
 
   def evaluate(self, params, mesh) -> dict[str, float]:
     return self.recall(params, mesh)
+
+
+def check_query_tower_source(version: IndexVersion, config: RetrieverConfig, workdir: str,
+                             tokenizer: Tokenizer, source: StoreAndBert) -> None:
+  """Refuses a question encoder that would not start from the weights a frozen index was
+  embedded with (ORQA, ADORE): the index's run (`workdir`, its checkpoint) or, for an index of
+  pretrained weights, --bert's."""
+  step = version.checkpoint_step
+  embedding.check_query_encoder(version, config, tokenizer.fingerprint,
+                                fields=retriever.ARCHITECTURE_FIELDS)
+  if workdir:
+    # The run's input lengths may differ from the index's (blocks embedded longer than they
+    # were trained): its architecture may not.
+    run = runs.open_retriever_run(workdir)
+    if step is None:
+      raise InputError("the index was embedded from pretrained weights, not from a checkpoint "
+                       "of this run: drop --retriever_workdir", path=version.directory)
+    runs.check_embedded_from(version, run)
+    embedding.check_query_encoder(version, run.retriever, tokenizer.fingerprint,
+                                  fields=retriever.ARCHITECTURE_FIELDS)
+  elif step is not None:
+    raise InputError(f"the index was embedded from checkpoint {step} of a training run: pass "
+                     "that run as --retriever_workdir", path=version.directory)
+  elif source.bert_config() != config.bert:
+    raise InputError("the index was embedded with another BERT than --bert, whose weights the "
+                     "question encoder would start from", path=version.directory)

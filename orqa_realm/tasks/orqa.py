@@ -50,7 +50,8 @@ from orqa_realm.modeling import mlm, reader, retriever
 from orqa_realm.modeling.losses import early_loss, full_loss
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import QuestionTaskConfig, batch_length_multiple, with_store_path
+from orqa_realm.tasks.common import (QuestionTaskConfig, batch_length_multiple,
+                                    check_query_tower_source, with_store_path)
 
 
 class ORQABatch(NamedTuple):
@@ -101,7 +102,8 @@ class ORQATask(Task):
     self.config = dataclasses.replace(config, reader=config.reader.with_bert(
         config.source.bert_config()))
     self.context = context
-    self._check_retriever_source()
+    check_query_tower_source(self.index.version, self.config.retriever,
+                             self.config.retriever_workdir, self.tokenizer, config.source)
     dtype = jnp.dtype(context.dtype)
     self.retriever_model = retriever.DualEncoder(self.config.retriever, dtype, context.remat)
     self.reader_model = SpanReader(self.config.reader, dtype, context.remat)
@@ -122,29 +124,6 @@ class ORQATask(Task):
     version = embedding.latest_version(config.index_dir)
     return SavedRetriever(embedding.indexed_retriever(version),
                           f"the index {version.directory}")
-
-  def _check_retriever_source(self) -> None:
-    """The question encoder must start from the weights the index was embedded with."""
-    version = self.index.version
-    step, workdir = version.checkpoint_step, self.config.retriever_workdir
-    embedding.check_query_encoder(version, self.config.retriever, self.tokenizer.fingerprint,
-                                  fields=retriever.ARCHITECTURE_FIELDS)
-    if workdir:
-      # The run's input lengths may differ from the index's (blocks embedded longer than they
-      # were trained): its architecture may not.
-      run = runs.open_retriever_run(workdir)
-      if step is None:
-        raise InputError("the index was embedded from pretrained weights, not from a checkpoint "
-                         "of this run: drop --retriever_workdir", path=version.directory)
-      runs.check_embedded_from(version, run)
-      embedding.check_query_encoder(version, run.retriever, self.tokenizer.fingerprint,
-                                    fields=retriever.ARCHITECTURE_FIELDS)
-    elif step is not None:
-      raise InputError(f"the index was embedded from checkpoint {step} of a training run: pass "
-                       "that run as --retriever_workdir", path=version.directory)
-    elif self.config.source.bert_config() != self.config.retriever.bert:
-      raise InputError("the index was embedded with another BERT than --bert, whose weights the "
-                       "question encoder would start from", path=version.directory)
 
   def run_model(self) -> dict[str, Any]:
     return runs.orqa_model(self.config.retriever, self.tokenizer.fingerprint, self.config.reader,

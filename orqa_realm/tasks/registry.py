@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from orqa_realm.tasks.adore import ADORETask
 from orqa_realm.tasks.ance import ANCETask
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask
@@ -14,5 +15,5 @@ from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ANCETask, CrossEncoderTask, DistillTask, DPRTask, ICTTask,
-                                 ORQATask, REALMTask, STARTask, TASBTask)}
+    task.name: task for task in (ADORETask, ANCETask, CrossEncoderTask, DistillTask, DPRTask,
+                                 ICTTask, ORQATask, REALMTask, STARTask, TASBTask)}

@@ -15,6 +15,7 @@ from orqa_realm.data.qa import QAExample
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.encode import embedding
 from orqa_realm.index.exact import ExactSearcher
+from orqa_realm.index.searcher import Searcher
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 
@@ -24,10 +25,20 @@ def answer_recall_over_store(params: Any, config: RetrieverConfig, store: BlockS
                              ) -> dict[str, float]:
   """{"answer_recall@k": fraction of `examples` with an answer in their top k blocks}."""
   blocks = embedding.embed_blocks(store, params, config, dtype=dtype, mesh=mesh)
+  return answer_recall_of_index(params, config, ExactSearcher(blocks, mesh=mesh), store,
+                                tokenizer, examples, ks, dtype=dtype, mesh=mesh)
+
+
+def answer_recall_of_index(params: Any, config: RetrieverConfig, searcher: Searcher,
+                           store: BlockStore, tokenizer: Tokenizer,
+                           examples: Sequence[QAExample], ks: Sequence[int], *, dtype,
+                           mesh: jax.sharding.Mesh) -> dict[str, float]:
+  """Answer recall@k of `examples` searched in `searcher` (embeddings of `store`'s blocks) by
+  the query tower of `params`."""
   queries = embedding.embed_queries([example.question for example in examples], params, config,
                                     tokenizer, dtype=dtype, mesh=mesh)
   depth = min(max(ks), len(store))
-  ids = ExactSearcher(blocks, mesh=mesh).search(queries, depth).ids  # [questions, depth]
+  ids = searcher.search(queries, depth).ids  # [questions, depth]
   recalls = recall_at_k(answer_hits(ids, store, examples), [k for k in ks if k <= depth])
   return {f"answer_recall@{k}": recall for k, recall in recalls.items()}
 

@@ -1,4 +1,4 @@
-"""A tiny ORQA setup shared by the ORQA tests and their multi-device subprocess: the tiny random
+"""Tiny ORQA and ADORE setups shared by their tests and multi-device subprocesses: the tiny random
 BERT of tiny_ict for the question encoder and the reader, over an index of the real SQuAD block
 store embedded by a random tiny block tower (so the index is "from pretrained weights", step
 None), and questions of the bundled SQuAD slice."""
@@ -14,7 +14,9 @@ from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.reader import ReaderConfig
+from orqa_realm.tasks.adore import ADOREConfig, ADORETask
 from orqa_realm.tasks.orqa import ORQAConfig, ORQATask
+from orqa_realm.tasks.pairs import TrainingPairs
 from tests.conftest import DEMO_SQUAD
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_context, tiny_source
 
@@ -50,3 +52,15 @@ def tiny_orqa_task(block_store: str, bert_dir: str, index_dir: str, batch_size: 
 
 def tiny_index_dir(workdir: str) -> str:
   return os.path.join(workdir, "tiny_index")
+
+
+def tiny_adore_task(block_store: str, bert_dir: str, index_dir: str, qa_dataset: str,
+                    batch_size: int = 8, seed: int = 0, **overrides) -> ADORETask:
+  """ADORE over the same tiny index, on `qa_dataset`'s questions; `overrides`: ADOREConfig
+  fields."""
+  publish_tiny_index(block_store, index_dir)
+  config = ADOREConfig(source=tiny_source(block_store, bert_dir, from_scratch=False),
+                       index_dir=index_dir,
+                       pairs=TrainingPairs(qa_dataset=qa_dataset, negative_depth=20),
+                       hard_negatives_per_question=3, depth=50)
+  return ADORETask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
