@@ -18,6 +18,7 @@ UNREAD = {
     "distill": "cross_length=128",
     "star": "distill_loss=listwise_kl",
     "tasb": "distill_temperature=2",
+    "rocketqav2": "tasb_clusters=4",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
 }

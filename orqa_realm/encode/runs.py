@@ -322,20 +322,26 @@ class CrossEncoderRun(NamedTuple):
 
 def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEncoderRun:
   """The cross-encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
-  `mesh`; a run of another kind is refused, naming what it is."""
+  `mesh`: a cross-encoder run's, or the ranker of a joint run (RocketQAv2); a run of another
+  kind is refused, naming what it is."""
   description = run_directory.read_run(workdir)
   model = description.model
-  if cross_encoder.CROSS_ENCODER not in model:
+  key = next((key for key in (cross_encoder.CROSS_ENCODER, cross_encoder.JOINT_RANKER)
+              if key in model), None)
+  if key is None:
     kind = "a dual-encoder retriever" if "retriever" in model else "another model"
     raise InputError(f"the run (task {description.task!r}) is {kind}, where a cross-encoder run "
                      "(--task=cross_encoder) is expected: a dual encoder retrieves (evaluate "
                      "--workdir), a cross-encoder reranks", path=workdir)
-  config = cross_encoder.CrossEncoderConfig.from_dict(model[cross_encoder.CROSS_ENCODER])
-  shapes = partitioning.unbox(
-      jax.eval_shape(lambda: cross_encoder.init_params(config, jax.random.key(0))))
+  config = cross_encoder.CrossEncoderConfig.from_dict(model[key])
+  shapes = checkpoints.abstract_with_sharding(partitioning.unbox(
+      jax.eval_shape(lambda: cross_encoder.init_params(config, jax.random.key(0)))),
+                                              parallel.replicated(mesh))
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
     step = checkpoint_step(checkpoint_reader, step)
-    params = checkpoint_reader.restore_params(
-        step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
+    if key == cross_encoder.JOINT_RANKER:
+      params = checkpoint_reader.restore_params(step, {key: shapes})[key]
+    else:
+      params = checkpoint_reader.restore_params(step, shapes)
   return CrossEncoderRun(description.workdir, config, model["tokenizer_fingerprint"], params,
                          step, description.run_id)

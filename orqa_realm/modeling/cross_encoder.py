@@ -27,6 +27,9 @@ CrossPooling = Literal["pooled", "cls"]
 
 # Where a run that trains a cross-encoder keeps its settings in its model description.
 CROSS_ENCODER = "cross_encoder"
+# Where a run that trains a retriever and a cross-encoder ranker jointly (RocketQAv2) keeps the
+# ranker's settings, and its parameters.
+JOINT_RANKER = "ranker"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,9 +11,11 @@ from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
+from orqa_realm.tasks.rocketqa import RocketQAv2Task
 from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ADORETask, ANCETask, CrossEncoderTask, DistillTask, DPRTask,
-                                 ICTTask, ORQATask, REALMTask, STARTask, TASBTask)}
+                                 ICTTask, ORQATask, REALMTask, RocketQAv2Task, STARTask,
+                                 TASBTask)}

@@ -8,6 +8,7 @@ from orqa_realm.modeling.cross_encoder import CrossEncoderConfig
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask, CrossEncoderTaskConfig
 from orqa_realm.tasks.distill import DistillConfig, DistillTask
 from orqa_realm.tasks.pairs import TrainingPairs
+from orqa_realm.tasks.rocketqa import RocketQAv2Config, RocketQAv2Task
 from orqa_realm.tasks.tasb import TASBConfig, TASBTask
 from orqa_realm.tasks.teacher import TeacherSettings
 from tests.conftest import DEMO_SQUAD
@@ -47,3 +48,13 @@ def tiny_tasb_task(block_store: str, bert_dir: str, teacher_workdir: str, qa_dat
                        teacher=TeacherSettings(workdir=teacher_workdir), clusters=10,
                        pairs=TrainingPairs(qa_dataset=qa_dataset, negative_depth=20))
   return TASBTask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
+
+
+def tiny_rocketqa_task(block_store: str, bert_dir: str, ranker_workdir: str, qa_dataset: str,
+                       batch_size: int = 8, seed: int = 0, **overrides) -> RocketQAv2Task:
+  """The tiny retriever and the tiny cross-encoder run as its ranker, trained jointly on
+  `qa_dataset`'s questions; `overrides`: RocketQAv2Config fields."""
+  config = tiny_config(RocketQAv2Config, block_store, bert_dir, hard_negatives_per_question=3,
+                       ranker_workdir=ranker_workdir,
+                       pairs=TrainingPairs(qa_dataset=qa_dataset, negative_depth=20))
+  return RocketQAv2Task(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
