@@ -134,5 +134,6 @@ def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tiny_cross_enc
                                small_squad):
   found = run_on_four_devices("tests.tasks.sharded_distill_check", squad_block_store.directory,
                               tiny_bert_dir, tiny_cross_encoder_run, small_squad)
-  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
+  # A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
+  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=2e-5)
   assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
