@@ -61,6 +61,12 @@ def main() -> None:
       record["reader"] = export.export_bert(os.path.join(output, "reader"),
                                             run.params["reader"]["bert"], run.reader_config.bert,
                                             bert_dir)
+    elif description.task == runs.ADORE_TASK:
+      run = runs.restore_query_tower_run(workdir, step, mesh)
+      config, record["checkpoint_step"] = run.retriever_config, run.step
+      towers = {"query_encoder": export.export_tower(
+          os.path.join(output, "query_encoder"), run.params[retriever.tower_names(config)[0]],
+          config, bert_dir, config.query_length)}
     else:
       saved = runs.open_retriever_run(workdir)
       config = saved.retriever

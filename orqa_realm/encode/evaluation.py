@@ -62,6 +62,8 @@ def _adore_query_encoder(workdir: str, step: int | None, version: IndexVersion,
   encoder = config.settle(run.retriever_config, given, fixed=retriever.ALL_FIELDS,
                           source=f"the run {workdir}")
   runs.check_index_of_run(run, version)
+  embedding.check_query_encoder(version, encoder, tokenizer.fingerprint,
+                                fields=retriever.ARCHITECTURE_FIELDS)
   return QueryEncoder(encoder, run.params, run.step, None)
 
 

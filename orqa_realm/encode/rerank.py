@@ -4,8 +4,8 @@ teacher scores for distillation.
 
 The pairs of a call are sorted by input length and cut into batches of `batch_size` (a
 multiple of the mesh size, split over it), each padded to its longest input rounded up to 64
-wordpieces: few compiled shapes, little padding. The last batch is topped up with copies of its
-first pair, whose scores are dropped.
+wordpieces: few compiled shapes, little padding. The last batch is topped up by repeating its
+pairs, whose extra scores are dropped.
 """
 
 from __future__ import annotations
@@ -95,8 +95,9 @@ def score_pairs(params: Any, config: CrossEncoderConfig, store: BlockStore,
 
 
 class CrossEncoderReranker:
-  """A `PairScorer` (index/rerank.py) of a trained cross-encoder: scores query texts with their
-  candidate blocks, and counts the pairs it scored and the time it took (the rerank cost)."""
+  """A trained cross-encoder scoring query texts with their candidate blocks (`index.rerank`
+  reorders by the scores), counting the pairs it scored and the time it took (the rerank
+  cost)."""
 
   def __init__(self, run: runs.CrossEncoderRun, store: BlockStore, tokenizer: Tokenizer,
                settings: RerankSettings, mesh, show_progress: bool = False):

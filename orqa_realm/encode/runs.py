@@ -66,6 +66,10 @@ def retriever_run_of(workdir: str, task: str, model: dict[str, Any],
                      "--rerank_workdir)", path=workdir)
   if "retriever" not in model:
     raise InputError(f"a run of task {task!r} holds no retriever", path=workdir)
+  if task == ADORE_TASK:
+    raise InputError("an ADORE run holds a question tower only, trained over a frozen index: "
+                     "it searches that index (evaluate --workdir=RUN --index_dir=THE_INDEX) and "
+                     "embeds no blocks", path=workdir)
   return RetrieverRun(workdir, task, retriever.RetrieverConfig.from_dict(model["retriever"]),
                       model["tokenizer_fingerprint"], model, run_id)
 

@@ -1,22 +1,16 @@
-"""Two-stage retrieval: a first-stage text searcher's top `depth` blocks of each query,
-reordered by a second-stage scorer (a cross-encoder), itself a text searcher.
+"""Two-stage retrieval: a first stage's top `depth` blocks of each query reordered by a second
+stage's scores (a cross-encoder's).
 
-Blocks the first stage returns beyond `depth` (when more than `depth` are asked for) keep their
-first-stage order after the reranked ones, scored below all of them, so that metrics over deep
-rankings (recall@1000, BEIR's document runs) still see them.
+Blocks the first stage returned beyond `depth` keep their first-stage order after the reranked
+ones, scored below all of them, so that metrics over deep rankings (recall@1000, BEIR's document
+runs) still see them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable, Sequence
-
 import numpy as np
 
-from orqa_realm.index.searcher import SearchResult, TextSearcher, check_k
-
-# (query texts, [queries, depth] block ids) -> [queries, depth] scores, higher is better.
-PairScorer = Callable[[Sequence[str], np.ndarray], np.ndarray]
+from orqa_realm.index.searcher import SearchResult
 
 
 def rerank(first_stage: SearchResult, scores: np.ndarray) -> SearchResult:
@@ -36,22 +30,3 @@ def rerank(first_stage: SearchResult, scores: np.ndarray) -> SearchResult:
   tail = reranked[:, -1:] - 1.0 - np.arange(rest, dtype=np.float32)[None, :]
   return SearchResult(np.concatenate([ids, first_stage.ids[:, depth:]], axis=1),
                       np.concatenate([reranked, tail], axis=1))
-
-
-@dataclasses.dataclass(frozen=True)
-class RerankingSearcher:
-  """`first_stage`'s top `depth` blocks of each text reordered by `score`."""
-  first_stage: TextSearcher
-  score: PairScorer
-  depth: int = 100
-
-  @property
-  def num_rows(self) -> int:
-    return self.first_stage.num_rows
-
-  def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
-    check_k(k, self.num_rows)
-    candidates = self.first_stage.search_texts(texts, max(k, min(self.depth, self.num_rows)))
-    depth = min(self.depth, candidates.ids.shape[1])
-    reranked = rerank(candidates, self.score(texts, candidates.ids[:, :depth]))
-    return SearchResult(reranked.ids[:, :k], reranked.scores[:, :k])

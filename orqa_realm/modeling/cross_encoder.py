@@ -53,7 +53,9 @@ class CrossEncoderConfig:
   def __post_init__(self):
     if self.pooling not in typing.get_args(CrossPooling):
       raise ValueError(f"pooling {self.pooling!r} is not one of {typing.get_args(CrossPooling)}")
-    if not 0 < self.query_length < self.max_length - 3:
+    if self.query_length < 1:
+      raise ValueError(f"a query length of {self.query_length} wordpieces leaves no query")
+    if self.query_length >= self.max_length - 3:
       raise ValueError(f"a query of {self.query_length} wordpieces leaves no room for a passage "
                        f"in {self.max_length}")
 

@@ -48,7 +48,9 @@ def margin_mse(student: jax.Array, teacher: jax.Array, positives: jax.Array | No
 def listwise_kl(student: jax.Array, teacher: jax.Array, valid: jax.Array | None = None,
                 teacher_temperature: float = 1.0) -> jax.Array:
   """KL(teacher softmax || student softmax) over each query's candidate list, averaged over
-  queries (RocketQAv2's listwise distillation, ColBERTv2's).
+  queries (ColBERTv2's distillation). RocketQAv2's joint training takes KL(retriever ||
+  ranker): this function with the ranker as `student` and the retriever as `teacher`, neither
+  held fixed.
 
   Args:
     student, teacher: [queries, candidates] scores (logits of the two distributions).

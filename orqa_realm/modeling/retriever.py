@@ -168,7 +168,8 @@ def embed_in_chunks(embed: Callable[[TokenBatch, jax.Array], jax.Array], inputs:
   the loss and its gradients are those of embedding the whole batch in one call.
 
   Chunk j holds rows j, j + n / chunk, ... (a strided slice), so that a batch split over the
-  devices in contiguous blocks gives every device an equal share of every chunk.
+  devices in contiguous blocks gives every device an equal share of every chunk when `chunk`
+  is a multiple of the device count.
 
   Args:
     embed: (inputs [rows, length], dropout rng) -> [rows, dim].

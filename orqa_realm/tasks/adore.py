@@ -10,7 +10,8 @@ Each step, before the jitted step (`Need.PARAMS`): the batch's questions are emb
 parameters the step starts from and searched exactly on the devices in the frozen index, top
 `--adore_depth`; each question's negatives are its best `--hard_negatives_per_question` blocks
 that may be negatives (DPR's rule: no answer, not the gold paragraph, not a judged document), and
-its positive's rank in that ranking is found (0 when it is not in it). The step recomputes
+its positive's rank in that ranking is found (0 when it is not in it); too few negatives in
+the ranking are topped up at random under the same rule, as not retrieved. The step recomputes
 scaled q . d of the positive and the negatives with gradients (their embeddings gathered from the
 index on the devices) and takes RankNet's pairwise loss, each (positive, negative) pair weighted
 by |delta MRR@`--adore_mrr_cutoff`| of swapping the two in the ranking (LambdaLoss): pairs whose
@@ -35,7 +36,7 @@ from absl import logging
 from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.dpr import NegativeRule
+from orqa_realm.data.dpr import NegativeRule, fill_negatives
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
@@ -71,21 +72,22 @@ class ADOREConfig(RetrieverTaskConfig):
   evaluation: QAEvaluation = nested(QAEvaluation())
 
 
-def candidates_and_weights(example, ranking: np.ndarray, rule: NegativeRule, count: int,
-                           cutoff: int) -> tuple[np.ndarray, np.ndarray]:
-  """([1 + count] block ids: the positive, then the best `count` allowed blocks of `ranking`;
-  [1 + count] LambdaLoss weights, 0 for the positive's own column)."""
+def candidates_and_ranks(example, ranking: np.ndarray, rule: NegativeRule, count: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, int, np.ndarray]:
+  """([1 + count] block ids: the positive, then the best `count` blocks of `ranking` that may
+  be negatives; the positive's 1-based rank in `ranking`, 0 when absent; [count] the negatives'
+  ranks). When `ranking` holds too few negatives the rest are drawn at random from the store
+  under the same rule, with rank 0 (not retrieved)."""
   ranking = [int(block) for block in ranking]
-  negatives = [(rank, block) for rank, block in enumerate(ranking, start=1)
-               if rule.allows(example, block)][:count]
-  if len(negatives) < count:
-    raise InputError(f"the top {len(ranking)} blocks hold fewer than {count} negatives for "
-                     f"{example.question!r}: raise --adore_depth", field="adore_depth")
+  ranked = [(rank, block) for rank, block in enumerate(ranking, start=1)
+            if rule.allows(example, block)][:count]
+  negatives, _ = fill_negatives([block for _, block in ranked],
+                                lambda block: rule.allows(example, block), count,
+                                len(rule.documents), rng, skip=ranking)
+  ranks = [rank for rank, _ in ranked] + [0] * (count - len(ranked))
   positive_rank = ranking.index(example.positive) + 1 if example.positive in ranking else 0
-  weights = reciprocal_rank_swap_weights(
-      jnp.array([positive_rank]), jnp.array([[rank for rank, _ in negatives]]), cutoff)[0]
-  return (np.array([example.positive] + [block for _, block in negatives], np.int32),
-          np.concatenate([[0.0], np.asarray(weights)]).astype(np.float32))
+  return (np.array([example.positive, *negatives], np.int32), positive_rank,
+          np.array(ranks, np.int64))
 
 
 class ADORETask(Task):
@@ -98,6 +100,9 @@ class ADORETask(Task):
   def __init__(self, config: ADOREConfig, context: TaskContext):
     if not config.index_dir:
       raise InputError("--task=adore needs --index_dir, the frozen index", field="index_dir")
+    if config.source.from_scratch and not config.retriever_workdir:
+      raise InputError("--from_scratch would start the question encoder at random, but it must "
+                       "start from the weights the index was embedded with", field="from_scratch")
     config.pairs.check()
     self.store, self.tokenizer = config.source.open_store()
     config = with_store_path(config, self.store)
@@ -157,12 +162,16 @@ class ADORETask(Task):
     depth = min(config.depth, len(self.store))
     _, ranked = self.index.searcher.search_on_device(query_embeddings, depth)
     rankings = parallel.fetch_replicated(ranked)  # [batch, depth]
-    candidates, weights = zip(*(
-        candidates_and_weights(self.examples[i], ranking, self.rule,
-                               config.hard_negatives_per_question, config.mrr_cutoff)
-        for i, ranking in zip(indices, rankings)))
+    candidates, positive_ranks, negative_ranks = zip(*(
+        candidates_and_ranks(self.examples[i], ranking, self.rule,
+                             config.hard_negatives_per_question,
+                             np.random.default_rng([self.context.seed, step, position]))
+        for position, (i, ranking) in enumerate(zip(indices, rankings))))
+    weights = np.asarray(reciprocal_rank_swap_weights(
+        np.array(positive_ranks), np.stack(negative_ranks), config.mrr_cutoff))  # [batch, n]
+    weights = np.concatenate([np.zeros((len(weights), 1)), weights], axis=1).astype(np.float32)
     embeddings = self.index.searcher.rows_on_device(np.stack(candidates))  # [batch, 1 + n, d]
-    return ADOREBatch(queries, embeddings, np.stack(weights)[context.rows])
+    return ADOREBatch(queries, embeddings, weights[context.rows])
 
   def loss(self, params, batch: ADOREBatch, rng, deterministic: bool):
     query_embeddings = self.model.apply(

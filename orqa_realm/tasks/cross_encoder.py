@@ -75,7 +75,8 @@ class CrossEncoderTask(Task):
   trains_block_tower = False
 
   def __init__(self, config: CrossEncoderTaskConfig, context: TaskContext):
-    config.pairs.check()
+    # BM25 also gives each evaluation its first stage.
+    config.pairs.check(reads_bm25=bool(config.evaluation.qa_dataset))
     if config.negatives_per_query < 1:
       raise InputError("a listwise softmax needs at least one negative per query",
                        field="hard_negatives_per_question")

@@ -7,8 +7,9 @@ as DPR's) learns the teacher's scores of the same pairs.
 `--distill_loss`:
   * `margin_mse` (Hofstaetter et al. 2020): MSE between the student's and the teacher's margins
     s(q, p+) - s(q, p-), over every (positive, negative) pair of the query;
-  * `listwise_kl` (RocketQAv2, ColBERTv2): KL(teacher softmax || student softmax) over the
-    query's candidate list (`--distill_temperature` divides the teacher's scores).
+  * `listwise_kl` (ColBERTv2): KL(teacher softmax || student softmax) over the query's
+    candidate list (`--distill_temperature` divides the teacher's scores); RocketQAv2's joint
+    version, where the teacher learns too, is `tasks/rocketqa.py`.
 `--distill_in_batch_weight` adds DPR's in-batch softmax (the batch's other blocks as negatives)
 with that weight. The teacher's scores are computed once per run (`--teacher_scores` caches
 them across runs) by `tasks/teacher.py`, which also denoises the mined negatives with

@@ -60,8 +60,9 @@ class TrainingPairs:
   bm25: bm25.BM25Config = nested(bm25.BM25Config())
   fusion: FusionConfig = nested(FusionConfig())
 
-  def check(self) -> None:
-    """Refuses a missing training set, or settings the chosen retrieval does not read."""
+  def check(self, reads_bm25: bool = False) -> None:
+    """Refuses a missing training set, or settings the chosen retrieval does not read
+    (`reads_bm25`: the task reads the BM25 settings for something else too)."""
     if bool(self.qa_dataset) == bool(self.beir_queries):
       raise InputError("train on exactly one of --train_qa_dataset and --train_beir_queries "
                        "(with --train_beir_qrels)")
@@ -74,6 +75,9 @@ class TrainingPairs:
     if not dense and (self.index_dir or self.workdir):
       raise InputError("--negatives_index_dir and --negatives_workdir are read by "
                        "--negatives_retrieval=dense or hybrid only", field="negatives_index_dir")
+    if self.retrieval == "dense" and self.bm25 != bm25.BM25Config() and not reads_bm25:
+      raise InputError("--bm25_* settings are read by --negatives_retrieval=bm25 or hybrid only",
+                       field="negatives_retrieval")
     if self.retrieval != "hybrid" and self.fusion != FusionConfig():
       raise InputError("--hybrid_* settings are read by --negatives_retrieval=hybrid only",
                        field="negatives_retrieval")

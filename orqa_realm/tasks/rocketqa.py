@@ -77,12 +77,13 @@ class RocketQAv2Task(DPRTask):
       raise InputError("--task=rocketqav2 trains a ranker with the retriever: pass "
                        "--ranker_workdir (a cross-encoder run)", field="ranker_workdir")
     description = run_directory.read_run(config.ranker_workdir)
-    if cross_encoder.CROSS_ENCODER not in description.model:
-      raise InputError(f"the run (task {description.task!r}) is not a cross-encoder run",
+    key = next((key for key in (cross_encoder.CROSS_ENCODER, RANKER)
+                if key in description.model), None)
+    if key is None:
+      raise InputError(f"the run (task {description.task!r}) holds no cross-encoder",
                        path=config.ranker_workdir, field="ranker_workdir")
     super().__init__(config, context)
-    self.ranker_config = cross_encoder.CrossEncoderConfig.from_dict(
-        description.model[cross_encoder.CROSS_ENCODER])
+    self.ranker_config = cross_encoder.CrossEncoderConfig.from_dict(description.model[key])
     if description.model["tokenizer_fingerprint"] != self.tokenizer.fingerprint:
       raise InputError("the ranker was trained with another tokenizer than --bert's",
                        path=config.ranker_workdir, field="ranker_workdir")

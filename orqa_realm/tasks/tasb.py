@@ -16,7 +16,9 @@ dual supervision, distilling a cross-encoder into the dual encoder.
 * **Dual supervision**: Margin-MSE over each query's pair, plus `--tasb_in_batch_weight` times
   Margin-MSE over the in-batch pairs (q_i, p_i) against (q_i, p_j), p_j another query's positive,
   whose teacher scores are computed at each step with the teacher (the paper's in-batch teacher
-  runs on the fly too).
+  runs on the fly too, a cheap ColBERT there). The other queries' negatives are left out of the
+  in-batch term: with a cross-encoder teacher they would double its batch x batch passes per
+  step.
 
 The batch is a pure function of (seed, step): the clusters are fixed at start-up from the
 starting model, the draws seeded by the step.
@@ -40,7 +42,7 @@ from orqa_realm.data.dpr import DPRExample
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
 from orqa_realm.encode.rerank import score_pairs
-from orqa_realm.modeling import partitioning, retriever
+from orqa_realm.modeling import partitioning
 from orqa_realm.modeling.ranking_losses import margin_mse
 from orqa_realm.tasks.base import StepContext, TaskContext
 from orqa_realm.tasks.distill import student_scores
@@ -123,10 +125,13 @@ class TASBTask(DPRTask):
     if not config.teacher.workdir:
       raise InputError("--task=tasb learns a cross-encoder's margins: pass --teacher_workdir",
                        field="teacher_workdir")
-    super().__init__(config, context)
     if config.margin_bins < 1 or config.clusters < 1:
       raise InputError("--tasb_clusters and --tasb_margin_bins must be positive",
                        field="tasb_margin_bins")
+    super().__init__(config, context)
+    if len(self.examples) < context.batch_size:
+      raise InputError(f"{len(self.examples)} training queries cannot fill a batch of "
+                       f"{context.batch_size}", field="batch_size")
     margins = self.teacher_scores[:, :1] - self.teacher_scores[:, 1:]  # [examples, pool]
     self.margins = margins
     self.margin_edges = np.linspace(margins.min(), margins.max(), config.margin_bins + 1)
@@ -163,14 +168,15 @@ class TASBTask(DPRTask):
     inputs = self.inputs(self.query_tokens(indices[rows]), examples)
     pair_scores = self.teacher_scores[indices, 0][rows], self.teacher_scores[
         indices[rows], 1 + negatives[rows]]
-    # The teacher's in-batch scores: this host's queries with every query's positive.
+    # The teacher's in-batch scores, every query with every query's positive: scored whole on
+    # every host (the scorer splits one global batch over the mesh), this host's rows kept.
     positives = np.array([pair.positive for pair in pairs], np.int32)
     in_batch = score_pairs(self.teacher.params, self.teacher.config, self.store,
-                           [self.question_ids[i] for i in indices[rows]],
-                           np.tile(positives, (len(rows), 1)),
+                           [self.question_ids[i] for i in indices],
+                           np.tile(positives, (len(indices), 1)),
                            batch_size=self.config.teacher.batch_size, mesh=context.mesh)
     return TASBInputs(*inputs, teacher_scores=np.stack(pair_scores, axis=1).astype(np.float32),
-                      teacher_in_batch=in_batch)
+                      teacher_in_batch=in_batch[rows])
 
   def loss(self, params, batch: TASBInputs, rng, deterministic: bool):
     config = self.config

@@ -18,6 +18,7 @@ from orqa_realm.index.handle import open_index
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.tasks.base import StepContext
 from orqa_realm.training import loop
+from tests.tasks.tiny_ict import tiny_source
 from tests.tasks.tiny_orqa import tiny_adore_task
 
 MESH = parallel.make_mesh()
@@ -85,3 +86,13 @@ def test_evaluate_searches_the_frozen_index_with_the_runs_question_tower(tiny_ta
   with pytest.raises(InputError, match="the run was trained over blocks embedded by"):
     evaluation.query_encoder(runs.RunCheckpoint(str(tmp_path / "adore")), "", other,
                              tiny_task.tokenizer, {}, MESH)
+  # Its checkpoints hold no block tower: whoever needs both towers is told what it is.
+  with pytest.raises(InputError, match="an ADORE run holds a question tower only"):
+    runs.open_retriever_run(str(tmp_path / "adore"))
+
+
+def test_a_question_encoder_from_scratch_is_refused(squad_block_store, tiny_bert_dir,
+                                                   small_squad, tmp_path):
+  with pytest.raises(InputError, match="must start from the weights the index was embedded"):
+    tiny_adore_task(squad_block_store.directory, tiny_bert_dir, str(tmp_path / "index"),
+                    small_squad, source=tiny_source(squad_block_store.directory, tiny_bert_dir))

@@ -18,7 +18,7 @@ from orqa_realm.data.pair_inputs import pair_inputs
 from orqa_realm.data.qa import load_qa_dataset
 from orqa_realm.encode import embedding
 from orqa_realm.encode.rerank import score_pairs
-from orqa_realm.index.bm25 import BM25Searcher
+from orqa_realm.index.bm25 import BM25Config, BM25Searcher
 from orqa_realm.index.fusion import FusionConfig
 from orqa_realm.index.rerank import rerank
 from orqa_realm.modeling import partitioning, retriever
@@ -31,7 +31,7 @@ from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
 from tests.tasks.sharding import run_on_four_devices
-from tests.tasks.tiny_cross_encoder import TINY_CROSS_ENCODER, tiny_cross_encoder_task
+from tests.tasks.tiny_cross_encoder import tiny_cross_encoder_task
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_source
 
 MESH = parallel.make_mesh()
@@ -96,6 +96,11 @@ def test_settings_the_mining_does_not_read_are_refused():
     TrainingPairs(qa_dataset=squad, retrieval="dense").check()
   with pytest.raises(InputError, match="read by --negatives_retrieval=dense or hybrid only"):
     TrainingPairs(qa_dataset=squad, index_dir="/some/index").check()
+  with pytest.raises(InputError, match="--bm25_\\* settings are read by"):
+    TrainingPairs(qa_dataset=squad, retrieval="dense", index_dir="/i",
+                  bm25=BM25Config(directory="/bm25")).check()
+  TrainingPairs(qa_dataset=squad, retrieval="dense", index_dir="/i",
+                bm25=BM25Config(directory="/bm25")).check(reads_bm25=True)
   with pytest.raises(InputError, match="--hybrid_\\* settings are read by"):
     TrainingPairs(qa_dataset=squad, retrieval="dense", index_dir="/i",
                   fusion=FusionConfig(alpha=0.5)).check()

@@ -30,7 +30,8 @@ def tiny_task(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_sq
               tmp_path_factory):
   cache = str(tmp_path_factory.mktemp("teacher") / "scores.npz")
   return tiny_distill_task(squad_block_store.directory, tiny_bert_dir, tiny_cross_encoder_run,
-                           small_squad, teacher=TeacherSettings(workdir=tiny_cross_encoder_run, scores=cache))
+                           small_squad,
+                           teacher=TeacherSettings(workdir=tiny_cross_encoder_run, scores=cache))
 
 
 def test_teacher_scores_are_the_cross_encoders_in_batch_order(tiny_task, squad_block_store,
@@ -84,7 +85,8 @@ def test_loss_equals_numpy_on_a_real_batch(tiny_task, loss):
   logits = scale * queries @ blocks.T
   in_batch = []
   for i, row in enumerate(logits):
-    kept = [j for j in range(len(row)) if j == 4 * i or batch.block_ids[j] != batch.block_ids[4 * i]]
+    kept = [j for j in range(len(row))
+            if j == 4 * i or batch.block_ids[j] != batch.block_ids[4 * i]]
     in_batch.append(np.log(np.exp(row[kept]).sum()) - row[4 * i])
   np.testing.assert_allclose(metrics["distill_loss"], distill, rtol=1e-4)
   np.testing.assert_allclose(found, distill + 0.5 * np.mean(in_batch), rtol=1e-4)
