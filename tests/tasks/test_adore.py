@@ -1,9 +1,10 @@
 """ADORE: each question's negatives are the best allowed blocks of its own ranking in the frozen
 index by the current question tower, weighted by the MRR change of swapping them with the
-positive; the loss against NumPy; the run's question tower searches the index in `evaluate`,
-and another index is refused."""
+positive; the loss against NumPy; the run's question tower searches the index in `evaluate`
+(another index is refused) and is what `export` writes."""
 
 import dataclasses
+import json
 
 import jax
 import numpy as np
@@ -18,6 +19,7 @@ from orqa_realm.index.handle import open_index
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.tasks.base import StepContext
 from orqa_realm.training import loop
+from tests.bad_input.cli import run_command
 from tests.tasks.tiny_ict import tiny_source
 from tests.tasks.tiny_orqa import tiny_adore_task
 
@@ -86,9 +88,16 @@ def test_evaluate_searches_the_frozen_index_with_the_runs_question_tower(tiny_ta
   with pytest.raises(InputError, match="the run was trained over blocks embedded by"):
     evaluation.query_encoder(runs.RunCheckpoint(str(tmp_path / "adore")), "", other,
                              tiny_task.tokenizer, {}, MESH)
-  # Its checkpoints hold no block tower: whoever needs both towers is told what it is.
+  # Its checkpoints hold no block tower: whoever needs both towers is told what it is, and the
+  # export writes its question tower.
   with pytest.raises(InputError, match="an ADORE run holds a question tower only"):
     runs.open_retriever_run(str(tmp_path / "adore"))
+  exported = run_command("export", f"--workdir={tmp_path / 'adore'}",
+                         f"--output_dir={tmp_path / 'export'}")
+  assert exported.returncode == 0, exported.stderr[-3000:]
+  record = json.loads((tmp_path / "export" / "export.json").read_text())
+  assert record["task"] == "adore" and record["checkpoint_step"] == 2
+  assert set(record["towers"]) == {"query_encoder"}
 
 
 def test_a_question_encoder_from_scratch_is_refused(squad_block_store, tiny_bert_dir,
