@@ -72,9 +72,6 @@ class DistillTask(DPRTask):
   learns_from_teacher = True
 
   def __init__(self, config: DistillConfig, context: TaskContext):
-    if not config.teacher.workdir:
-      raise InputError("--task=distill learns a cross-encoder's scores: pass --teacher_workdir",
-                       field="teacher_workdir")
     if config.hard_negatives_per_question < 1:
       raise InputError("distillation needs at least one negative per query",
                        field="hard_negatives_per_question")

@@ -77,6 +77,9 @@ class DPRTask(DualEncoderTask):
   def __init__(self, config: DPRConfig, context: TaskContext):
     config.pairs.check()
     config.teacher.check()
+    if self.learns_from_teacher and not config.teacher.workdir:
+      raise InputError(f"--task={self.name} learns a cross-encoder's scores: pass "
+                       "--teacher_workdir", field="teacher_workdir")
     if config.teacher.workdir and not (self.learns_from_teacher or config.teacher.denoises):
       raise InputError(f"--task={self.name} reads --teacher_workdir only to denoise its "
                        "negatives (--denoise_margin); --task=distill learns from its scores",

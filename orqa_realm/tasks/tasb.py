@@ -122,9 +122,6 @@ class TASBTask(DPRTask):
   learns_from_teacher = True
 
   def __init__(self, config: TASBConfig, context: TaskContext):
-    if not config.teacher.workdir:
-      raise InputError("--task=tasb learns a cross-encoder's margins: pass --teacher_workdir",
-                       field="teacher_workdir")
     if config.margin_bins < 1 or config.clusters < 1:
       raise InputError("--tasb_clusters and --tasb_margin_bins must be positive",
                        field="tasb_margin_bins")
