@@ -11,6 +11,7 @@ the index. A flag that none of these read is refused. `--helpfull` lists them by
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import jax
@@ -107,10 +108,13 @@ def main() -> None:
   poll_seconds = refresh.refresher.poll_seconds
   try:
     if uses_index(command):
-      # Given the store, the handle refuses versions built from another corpus (e.g. by a
-      # refresher process started with other settings).
-      index_handle = IndexHandle(index_config.root(), task.store, backend=index_config.backend,
-                                 poll_seconds=poll_seconds)
+      # The handle refuses versions built from another corpus or by another run (e.g. by a
+      # refresher process started with other settings, or for another run into the same root).
+      index_handle = IndexHandle(
+          index_config.root(), task.store, backend=index_config.backend,
+          poll_seconds=poll_seconds,
+          check_version=functools.partial(runs.check_embedded_by_run_in,
+                                          workdir=config.workdir))
     # One refresher per run: the first host's (the others read its versions).
     if command.refresh_index and jax.process_index() == 0:
       run = runs.retriever_run_of(config.workdir, task.name, task.run_model())

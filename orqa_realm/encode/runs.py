@@ -119,6 +119,20 @@ def check_embedded_from(version: IndexVersion, run: RetrieverRun) -> None:
                      "pass that run, or re-embed with this one", path=version.directory)
 
 
+def check_embedded_by_run_in(version: IndexVersion, workdir: str) -> None:
+  """Refuses an index version that was not embedded from a checkpoint of the run in `workdir`
+  (the trainer's own refreshed index: a refresher of another run publishing into the same root
+  would otherwise hand this run another model's embeddings)."""
+  description = run_directory.read_run(workdir)
+  recorded = indexed_run(version)
+  if recorded is None or not is_same_run(recorded, description.workdir, description.run_id):
+    source = ("pretrained weights" if recorded is None else
+              f"the run {recorded['workdir']} (id {recorded.get('run_id')})")
+    raise InputError(f"the version was embedded from {source}, not from the run being trained "
+                     f"({description.workdir}, id {description.run_id}): give this run its own "
+                     "--index_dir", path=version.directory)
+
+
 def trained_block_store(description: run_directory.RunDescription) -> str:
   """The block store a run trains on, as its saved settings name it."""
   try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+from typing import Callable
 
 import jax
 import numpy as np
@@ -58,17 +59,24 @@ def open_index(version: IndexVersion, store=None, *, backend: str = "exact", mes
 class IndexHandle:
   """The newest loadable version of an index root, swapped in between training steps.
 
-  A version that fails to load (e.g. built from another block store) is logged and skipped:
-  the previous one stays in use. Each host loads versions at its own pace, so an exact searcher
+  A version that fails to load (e.g. built from another block store) or that `check_version`
+  refuses (e.g. embedded by another run) is logged and skipped: the previous one stays in use. Each host loads versions at its own pace, so an exact searcher
   spans this host's devices only (`mesh`, by default all of them): a search over every host's
   devices would need every host to load the version at the same moment.
   """
 
   def __init__(self, root: IndexRoot, store=None, *, backend: str = "exact", mesh=None,
-               poll_seconds: float = 10.0):
+               poll_seconds: float = 10.0,
+               check_version: Callable[[IndexVersion], None] | None = None):
     self.root = root
     mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
-    self._open = lambda version: open_index(version, store, backend=backend, mesh=mesh)
+
+    def open_checked(version: IndexVersion) -> LoadedIndex:
+      if check_version is not None:
+        check_version(version)
+      return open_index(version, store, backend=backend, mesh=mesh)
+
+    self._open = open_checked
     self.poll_seconds = poll_seconds
     self._lock = threading.Lock()
     self._current: LoadedIndex | None = None

@@ -1,5 +1,6 @@
 """The asynchronous refresher and the trainer's index handle, on short real ICT runs."""
 
+import functools
 import json
 import os
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from orqa_realm.core import run_directory
+from orqa_realm.encode import embedding, runs
 from orqa_realm.encode.embedding import EmbedSettings, IndexConfig
 from orqa_realm.encode.refresher import Refresher, RefresherThread
 from orqa_realm.index.handle import IndexHandle
@@ -159,4 +161,28 @@ def test_a_version_that_fails_to_load_is_skipped_by_the_handle(squad_block_store
     time.sleep(0.05)
   assert "block_store" in str(handle.last_error)
   assert handle.current().version.version == 1
+  handle.close()
+
+
+def test_the_trainers_handle_skips_versions_another_run_embedded(squad_block_store, tmp_path):
+  run_directory.start_run(tmp_path / "run", task="ict", model={}, settings={})
+  this_run = runs.run_identity(str(tmp_path / "run"))
+  root = IndexRoot(str(tmp_path / "index"))
+  rows = len(squad_block_store)
+
+  def publish(run_identity):
+    root.publish(np.ones((rows, 4), np.float32), store_fingerprint=squad_block_store.fingerprint,
+                 checkpoint_step=1, metadata={embedding.INDEXED_RUN: run_identity})
+
+  publish(dict(workdir=str(tmp_path / "other"), run_id="another"))
+  handle = IndexHandle(root, squad_block_store, poll_seconds=0.05,
+                       check_version=functools.partial(runs.check_embedded_by_run_in,
+                                                       workdir=str(tmp_path / "run")))
+  deadline = time.time() + 60
+  while handle.last_error is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert "not from the run being trained" in str(handle.last_error)
+  assert "id another" in str(handle.last_error) and handle.current() is None
+  publish(this_run)
+  assert handle.wait_for_version(timeout=60).version.version == 2
   handle.close()
