@@ -30,21 +30,15 @@ from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.answers import gold_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
-from orqa_realm.encode import embedding, evaluation, runs
+from orqa_realm.encode import evaluation
 from orqa_realm.index import bm25
-from orqa_realm.index.fusion import NORMALIZATIONS, FusionConfig, fuse_rankings
-from orqa_realm.modeling.retriever import RetrieverConfig
+from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
 
 # The library's settings, under evaluate's flags (its dense, BM25 and hybrid retrieval).
 SETTINGS = FlagBinder("benchmarks/fusion.py")
 SETTINGS.bind("store", StoreSource)
 SETTINGS.bind("questions", QAEvaluation)
-SETTINGS.bind("dense retrieval", runs.RunCheckpoint)
-SETTINGS.bind("index", embedding.IndexSearch)
-SETTINGS.bind("embedding", embedding.EmbedSettings)
-SETTINGS.bind("retriever", RetrieverConfig)
-SETTINGS.bind("bm25", bm25.BM25Config)
-SETTINGS.bind("hybrid", FusionConfig)
+evaluation.bind_retrieval_settings(SETTINGS)
 
 _ALPHAS = flags.DEFINE_list("alphas", ["0.1", "0.2", "0.3", "0.5", "0.7", "1", "1.5", "2", "3"],
                             "BM25 weights to try.")

@@ -53,14 +53,13 @@ from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.answers import answer_hits, gold_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
-from orqa_realm.encode import embedding, evaluation, runs
+from orqa_realm.encode import evaluation, runs
 from orqa_realm.encode.predict import write_predictions
 from orqa_realm.encode.rerank import CrossEncoderReranker, RerankSettings
 from orqa_realm.index import bm25
-from orqa_realm.index.fusion import FusionConfig, HybridSearcher
+from orqa_realm.index.fusion import HybridSearcher
 from orqa_realm.index.rerank import rerank
 from orqa_realm.index.searcher import SearchResult
-from orqa_realm.modeling.retriever import RetrieverConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +79,11 @@ SETTINGS.bind("evaluate", EvaluateCommand)
 SETTINGS.bind("store", StoreSource)
 SETTINGS.bind("questions", QAEvaluation, QAEvaluation(recall_ks=(1, 5, 20, 100)))
 SETTINGS.bind("beir", beir.BEIREvaluation)
-SETTINGS.bind("dense retrieval", runs.RunCheckpoint)
-SETTINGS.bind("index", embedding.IndexSearch)
-SETTINGS.bind("embedding", embedding.EmbedSettings)
-SETTINGS.bind("retriever", RetrieverConfig)
-SETTINGS.bind("bm25", bm25.BM25Config)
-SETTINGS.bind("hybrid", FusionConfig)
+evaluation.bind_retrieval_settings(SETTINGS)
 SETTINGS.bind("tfds", tfds_input.TFDSSettings)
 SETTINGS.bind("rerank", RerankSettings)
 
-DENSE_GROUPS = ("dense retrieval", "index", "embedding", "retriever")
+DENSE_GROUPS = tuple(group for group, _ in evaluation.DENSE_SETTINGS)
 
 
 def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
@@ -207,9 +201,12 @@ def main() -> None:
     else:
       metrics["first_stage"] = evaluation.beir_metrics(
           evaluation.document_run(query_ids, result.ids, result.scores, store), qrels)
-    result = rerank(result, reranker(texts, result.ids[:, :rerank_settings.depth]))
+    result = rerank(result, reranker(texts, result.ids[:, :rerank_settings.depth]),
+                    rerank_settings.first_stage_weight)
     metrics["rerank"] = dict(workdir=reranker.run.workdir, checkpoint_step=reranker.run.step,
-                             depth=min(rerank_settings.depth, depth), **reranker.cost())
+                             depth=min(rerank_settings.depth, depth),
+                             first_stage_weight=rerank_settings.first_stage_weight,
+                             **reranker.cost())
   output_dir = paths.resolve(command.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   if qa.qa_dataset:

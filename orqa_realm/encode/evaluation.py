@@ -26,11 +26,25 @@ from orqa_realm.data.qa import QAExample
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.encode import embedding, runs
 from orqa_realm.encode.predict import BlockReader, Prediction, exact_match_rate
+from orqa_realm.index import bm25
+from orqa_realm.index.fusion import FusionConfig
 from orqa_realm.index.handle import open_index
 from orqa_realm.index.searcher import DenseTextSearcher, SearchResult
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
+
+# The settings of dense, BM25 and hybrid retrieval, by flag group: every command or benchmark
+# that retrieves binds these, so that the same flags mean the same thing everywhere.
+DENSE_SETTINGS = (("dense retrieval", runs.RunCheckpoint), ("index", embedding.IndexSearch),
+                  ("embedding", embedding.EmbedSettings), ("retriever", retriever.RetrieverConfig))
+RETRIEVAL_SETTINGS = DENSE_SETTINGS + (("bm25", bm25.BM25Config), ("hybrid", FusionConfig))
+
+
+def bind_retrieval_settings(binder: config.FlagBinder) -> None:
+  """Binds RETRIEVAL_SETTINGS' groups to `binder`."""
+  for group, settings_class in RETRIEVAL_SETTINGS:
+    binder.bind(group, settings_class)
 
 Given = Mapping[str, tuple[str, Any]]  # settings given on the command line: {field: (flag, value)}
 
