@@ -43,6 +43,10 @@ class RerankSettings:
                                  flag="rerank_checkpoint_step")
   depth: int = setting(100, "First-stage blocks per query the cross-encoder reorders.",
                        flag="rerank_depth")
+  first_stage_weight: float = setting(
+      0.0, "Weight of the first stage's score in the reranked order: each query's cross-encoder "
+      "and first-stage scores are z-normalised and summed, the first stage's times this; 0: "
+      "the cross-encoder's order alone.", flag="rerank_first_stage_weight")
   batch_size: int = setting(64, "(query, block) pairs per cross-encoder call (over all "
                             "devices).", flag="rerank_batch_size")
   dtype: str = setting("float32", "Matmul dtype of the cross-encoder (float32 accumulation).",

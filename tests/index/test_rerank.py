@@ -13,3 +13,17 @@ def test_rerank_reorders_the_top_depth_and_keeps_the_rest_below():
   np.testing.assert_array_equal(result.ids, [[3, 7, 5, 9, 1]])  # 7 before 5: a tie, kept
   np.testing.assert_allclose(result.scores[0, :3], [0.9, 0.1, 0.1])
   assert result.scores[0, 3] < result.scores[0, 2] and result.scores[0, 4] < result.scores[0, 3]
+
+
+def test_interpolation_adds_the_weighted_z_scores_of_both_stages():
+  first = SearchResult(np.array([[7, 3, 5, 9]]), np.array([[9.0, 4.0, 2.0, 1.0]]))
+  second = np.array([[0.2, 0.5, 0.4]], np.float32)
+  z = lambda x: (x - x.mean()) / x.std()
+  expected = z(second[0].astype(np.float64)) + 2.0 * z(np.array([9.0, 4.0, 2.0]))
+  result = rerank(first, second, first_stage_weight=2.0)
+  order = np.argsort(-expected, kind="stable")
+  np.testing.assert_array_equal(result.ids[0, :3], np.array([7, 3, 5])[order])
+  np.testing.assert_allclose(result.scores[0, :3], expected[order], rtol=1e-6)
+  # The cross-encoder alone would put 3 first; the first stage's confidence in 7 outvotes it.
+  assert rerank(first, second).ids[0, 0] == 3 and result.ids[0, 0] == 7
+  assert result.ids[0, 3] == 9
