@@ -57,28 +57,22 @@ class QueryEncoder(NamedTuple):
   orqa_run: runs.ORQARun | None  # the ORQA run it belongs to, if any
 
 
-def _orqa_query_encoder(workdir: str, step: int | None, version: IndexVersion,
-                        tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
-  """An ORQA run's fine-tuned question encoder, over the frozen index it was trained on."""
-  run = runs.restore_orqa_run(workdir, step, mesh)
+def _frozen_index_query_encoder(workdir: str, step: int | None, version: IndexVersion,
+                                tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
+  """The question encoder an ORQA or ADORE run fine-tuned over the frozen index it was trained
+  on (an ORQA run's reader comes with it)."""
+  if run_directory.read_run(workdir).task == runs.ORQA_TASK:
+    orqa_run = runs.restore_orqa_run(workdir, step, mesh)
+    run, params = orqa_run, orqa_run.params["retriever"]
+  else:
+    orqa_run, run = None, runs.restore_query_tower_run(workdir, step, mesh)
+    params = run.params
   encoder = config.settle(run.retriever_config, given, fixed=retriever.ALL_FIELDS,
                           source=f"the run {workdir}")
   runs.check_index_of_run(run, version)
   embedding.check_query_encoder(version, encoder, tokenizer.fingerprint,
                                 fields=retriever.ARCHITECTURE_FIELDS)
-  return QueryEncoder(encoder, run.params["retriever"], run.step, run)
-
-
-def _adore_query_encoder(workdir: str, step: int | None, version: IndexVersion,
-                         tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
-  """An ADORE run's question encoder, over the frozen index it was trained on."""
-  run = runs.restore_query_tower_run(workdir, step, mesh)
-  encoder = config.settle(run.retriever_config, given, fixed=retriever.ALL_FIELDS,
-                          source=f"the run {workdir}")
-  runs.check_index_of_run(run, version)
-  embedding.check_query_encoder(version, encoder, tokenizer.fingerprint,
-                                fields=retriever.ARCHITECTURE_FIELDS)
-  return QueryEncoder(encoder, run.params, run.step, None)
+  return QueryEncoder(encoder, params, run.step, orqa_run)
 
 
 def _run_query_encoder(workdir: str, step: int | None, version: IndexVersion,
@@ -126,10 +120,8 @@ def query_encoder(run: runs.RunCheckpoint, bert: str, version: IndexVersion,
   if not run.workdir:
     return _pretrained_query_encoder(bert, version, tokenizer, given)
   task = run_directory.read_run(run.workdir).task
-  if task == runs.ORQA_TASK:
-    return _orqa_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
-  if task == runs.ADORE_TASK:
-    return _adore_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
+  if task in (runs.ORQA_TASK, runs.ADORE_TASK):
+    return _frozen_index_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
   return _run_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
 
 

@@ -40,12 +40,11 @@ from orqa_realm.data.dpr import NegativeRule, fill_negatives
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
-from orqa_realm.index.handle import open_index
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.ranking_losses import ranknet, reciprocal_rank_swap_weights
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
-from orqa_realm.tasks.common import (RetrieverTaskConfig, check_query_tower_source,
-                                     with_store_path)
+from orqa_realm.tasks.common import (RetrieverTaskConfig, frozen_index_retriever,
+                                     open_frozen_index)
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
 from orqa_realm.tasks.retrieval_eval import answer_recall_of_index
 
@@ -100,19 +99,9 @@ class ADORETask(Task):
   def __init__(self, config: ADOREConfig, context: TaskContext):
     if not config.index_dir:
       raise InputError("--task=adore needs --index_dir, the frozen index", field="index_dir")
-    if config.source.from_scratch and not config.retriever_workdir:
-      raise InputError("--from_scratch would start the question encoder at random, but it must "
-                       "start from the weights the index was embedded with", field="from_scratch")
     config.pairs.check()
-    self.store, self.tokenizer = config.source.open_store()
-    config = with_store_path(config, self.store)
-    self.index = open_index(embedding.latest_version(config.index_dir), self.store,
-                            backend="exact")
-    if config.retriever.bert is None:
-      config = dataclasses.replace(config, retriever=self.saved_retriever(config).config)
+    config, self.store, self.tokenizer, self.index = open_frozen_index(config)
     self.config, self.context = config, context
-    check_query_tower_source(self.index.version, config.retriever, config.retriever_workdir,
-                             self.tokenizer, config.source)
     self.model = retriever.DualEncoder(config.retriever, jnp.dtype(context.dtype), context.remat)
     built = build_examples(config.pairs, self.store,
                            mining_searcher(config.pairs, self.store, self.tokenizer,
@@ -125,8 +114,7 @@ class ADORETask(Task):
 
   @classmethod
   def saved_retriever(cls, config: ADOREConfig) -> SavedRetriever:
-    version = embedding.latest_version(config.index_dir)
-    return SavedRetriever(embedding.indexed_retriever(version), f"the index {version.directory}")
+    return frozen_index_retriever(config.index_dir)
 
   def run_model(self) -> dict[str, Any]:
     return runs.adore_model(self.config.retriever, self.tokenizer.fingerprint,

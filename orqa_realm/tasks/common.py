@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +20,7 @@ from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.index.handle import LoadedIndex, open_index
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.retriever import RetrieverConfig
@@ -178,3 +179,36 @@ def check_query_tower_source(version: IndexVersion, config: RetrieverConfig, wor
   elif source.bert_config() != config.bert:
     raise InputError("the index was embedded with another BERT than --bert, whose weights the "
                      "question encoder would start from", path=version.directory)
+
+
+def frozen_index_retriever(index_dir: str) -> SavedRetriever:
+  """The retriever a frozen index was embedded with, whose question tower a task trains over
+  it (ORQA, ADORE)."""
+  version = embedding.latest_version(index_dir)
+  return SavedRetriever(embedding.indexed_retriever(version), f"the index {version.directory}")
+
+
+class FrozenIndexStart(NamedTuple):
+  """What a task training a question tower over a frozen index starts from."""
+  config: Any  # the task's config, its store path absolute and its retriever the index's
+  store: BlockStore
+  tokenizer: Tokenizer
+  index: LoadedIndex
+
+
+def open_frozen_index(config: Any) -> FrozenIndexStart:
+  """Opens the store and the newest version of `config.index_dir` (exact search),
+  fills in the index's retriever when --bert's is not given, and refuses a question tower that
+  would not start from the weights the index was embedded with."""
+  if config.source.from_scratch and not config.retriever_workdir:
+    raise InputError("--from_scratch would start the question encoder at random, but it must "
+                     "start from the weights the index was embedded with", field="from_scratch")
+  store, tokenizer = config.source.open_store()
+  config = with_store_path(config, store)
+  index = open_index(embedding.latest_version(config.index_dir), store, backend="exact")
+  if config.retriever.bert is None:
+    config = dataclasses.replace(config,
+                                 retriever=frozen_index_retriever(config.index_dir).config)
+  check_query_tower_source(index.version, config.retriever, config.retriever_workdir, tokenizer,
+                           config.source)
+  return FrozenIndexStart(config, store, tokenizer, index)

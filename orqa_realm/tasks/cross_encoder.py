@@ -42,6 +42,7 @@ from orqa_realm.index.rerank import rerank
 from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling import cross_encoder
 from orqa_realm.modeling.cross_encoder import CrossEncoder, CrossEncoderConfig
+from orqa_realm.modeling.hf_import import HFBert
 from orqa_realm.modeling.losses import listwise_softmax_loss
 from orqa_realm.tasks.base import StepContext, Task, TaskContext
 from orqa_realm.tasks.common import StoreAndBert, batch_length_multiple, with_store_path
@@ -102,10 +103,15 @@ class CrossEncoderTask(Task):
   def run_model(self) -> dict[str, Any]:
     return runs.cross_encoder_model(self.config.cross_encoder, self.tokenizer.fingerprint)
 
+  @functools.cached_property
+  def pretrained(self) -> HFBert | None:
+    """--bert's weights (None with --from_scratch), read once however often `init_params` is
+    traced."""
+    return self.config.source.pretrained()
+
   def init_params(self, rng: jax.Array) -> Any:
-    pretrained = self.config.source.pretrained()
     return cross_encoder.init_params(self.config.cross_encoder, rng,
-                                     pretrained.params if pretrained else None)
+                                     self.pretrained.params if self.pretrained else None)
 
   def train_batch(self, step: int, context: StepContext) -> CrossEncoderInputs:
     indices = question_indices(len(self.examples), self.context.batch_size,

@@ -34,7 +34,7 @@ from orqa_realm.modeling.retriever import DualEncoder, embed_in_chunks
 from orqa_realm.tasks.base import SavedRetriever, StepContext, TaskContext
 from orqa_realm.tasks.common import DualEncoderTask, RetrieverTaskConfig, saved_retriever_of
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
-from orqa_realm.tasks.teacher import TeacherSettings, teach
+from orqa_realm.tasks.teacher import TeacherSettings, restore_teacher, teach
 
 
 class DPRInputs(NamedTuple):
@@ -96,9 +96,12 @@ class DPRTask(DualEncoderTask):
                  "negatives drawn at random)", self.name, len(built.examples), built.num_dropped,
                  built.num_random_negatives)
     self.examples = built.examples
+    self.teacher = None  # the cross-encoder run of --teacher_workdir
     self.teacher_scores = None  # [examples, 1 + negatives] with a teacher
     if config.teacher.workdir:
-      taught = teach(config.teacher, self.examples, self.store, self.tokenizer, num_negatives)
+      self.teacher = restore_teacher(config.teacher, self.store)
+      taught = teach(config.teacher, self.teacher, self.examples, self.store, self.tokenizer,
+                     num_negatives)
       self.examples, self.teacher_scores = taught.examples, taught.scores
     self.question_ids = self.tokenizer.tokenize([example.question for example in self.examples])
 

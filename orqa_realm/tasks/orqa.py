@@ -45,13 +45,12 @@ from orqa_realm.data.reader_inputs import LENGTH_MULTIPLE, reader_batch
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
 from orqa_realm.encode.predict import OpenQAPredictor, ReaderSettings, qa_metrics
-from orqa_realm.index.handle import open_index
 from orqa_realm.modeling import mlm, reader, retriever
 from orqa_realm.modeling.losses import early_loss, full_loss
 from orqa_realm.modeling.reader import ReaderConfig, SpanReader
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
 from orqa_realm.tasks.common import (QuestionTaskConfig, batch_length_multiple,
-                                    check_query_tower_source, with_store_path)
+                                    frozen_index_retriever, open_frozen_index)
 
 
 class ORQABatch(NamedTuple):
@@ -90,20 +89,10 @@ class ORQATask(Task):
     for name in ("train_qa_dataset", "index_dir"):
       if not getattr(config, name):
         raise InputError(f"--task=orqa needs --{name}", field=name)
-    if config.source.from_scratch and not config.retriever_workdir:
-      raise InputError("--from_scratch would start the question encoder at random, but it must "
-                       "start from the weights the index was embedded with", field="from_scratch")
-    self.store, self.tokenizer = config.source.open_store()
-    config = with_store_path(config, self.store)
-    self.index = open_index(embedding.latest_version(config.index_dir), self.store,
-                            backend="exact")
-    if config.retriever.bert is None:
-      config = dataclasses.replace(config, retriever=self.saved_retriever(config).config)
+    config, self.store, self.tokenizer, self.index = open_frozen_index(config)
     self.config = dataclasses.replace(config, reader=config.reader.with_bert(
         config.source.bert_config()))
     self.context = context
-    check_query_tower_source(self.index.version, self.config.retriever,
-                             self.config.retriever_workdir, self.tokenizer, config.source)
     dtype = jnp.dtype(context.dtype)
     self.retriever_model = retriever.DualEncoder(self.config.retriever, dtype, context.remat)
     self.reader_model = SpanReader(self.config.reader, dtype, context.remat)
@@ -121,9 +110,7 @@ class ORQATask(Task):
   @classmethod
   def saved_retriever(cls, config: ORQAConfig) -> SavedRetriever:
     """The retriever the index was embedded with: its question encoder is trained."""
-    version = embedding.latest_version(config.index_dir)
-    return SavedRetriever(embedding.indexed_retriever(version),
-                          f"the index {version.directory}")
+    return frozen_index_retriever(config.index_dir)
 
   def run_model(self) -> dict[str, Any]:
     return runs.orqa_model(self.config.retriever, self.tokenizer.fingerprint, self.config.reader,

@@ -40,7 +40,7 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.dpr import DPRExample
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.encode import embedding, runs
+from orqa_realm.encode import embedding
 from orqa_realm.encode.rerank import score_pairs
 from orqa_realm.modeling import partitioning
 from orqa_realm.modeling.ranking_losses import margin_mse
@@ -133,9 +133,6 @@ class TASBTask(DPRTask):
     self.margins = margins
     self.margin_edges = np.linspace(margins.min(), margins.max(), config.margin_bins + 1)
     mesh = parallel.make_mesh()
-    self.teacher = runs.restore_cross_encoder_run(
-        config.teacher.workdir,
-        None if config.teacher.checkpoint_step < 0 else config.teacher.checkpoint_step, mesh)
     self.clusters = cluster_queries(self.starting_query_embeddings(mesh), config.clusters,
                                     context.seed)
     logging.info("tasb: %d training queries in %d clusters (sizes %d-%d)", len(self.examples),

@@ -107,14 +107,19 @@ def denoise(examples: list[DPRExample], scores: np.ndarray, margin: float,
   return Taught(kept_examples, np.stack(kept_scores).astype(np.float32), dropped, noisy)
 
 
-def teach(settings: TeacherSettings, examples: list[DPRExample], store: BlockStore,
-          tokenizer: Tokenizer, num_negatives: int) -> Taught:
-  """The teacher's scores of `examples` (their positive and mined pool), read from the cache or
-  computed, and the examples denoised when the settings say so."""
+def restore_teacher(settings: TeacherSettings, store: BlockStore) -> runs.CrossEncoderRun:
+  """The teacher cross-encoder the settings name, checked to read `store`'s wordpieces."""
   teacher = runs.restore_cross_encoder_run(settings.workdir,
                                            None if settings.checkpoint_step < 0
                                            else settings.checkpoint_step, parallel.make_mesh())
   runs.check_tokenizer(teacher, store.tokenizer_fingerprint, "the block store")
+  return teacher
+
+
+def teach(settings: TeacherSettings, teacher: runs.CrossEncoderRun, examples: list[DPRExample],
+          store: BlockStore, tokenizer: Tokenizer, num_negatives: int) -> Taught:
+  """The `teacher`'s scores of `examples` (their positive and mined pool), read from the cache
+  or computed, and the examples denoised when the settings say so."""
   questions = [example.question for example in examples]
   candidates = negatives_matrix(examples, np.arange(len(examples)))  # [examples, 1 + pool]
   fingerprint = teacher_scores.cache_fingerprint(store, questions, candidates, teacher)
