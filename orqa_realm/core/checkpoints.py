@@ -268,6 +268,15 @@ class CheckpointReader:
                        path=str(epath.Path(self.directory) / str(step))) from e
     finally:
       manager.close()
+    # A partial restore hands back the abstract target where the checkpoint has no such array.
+    missing = [f"params{jax.tree_util.keystr(path)}" for path, leaf
+               in jax.tree_util.tree_leaves_with_path(restored["params"])
+               if isinstance(leaf, jax.ShapeDtypeStruct)]
+    if missing:
+      more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+      raise InputError(f"checkpoint {step} holds no {', '.join(missing[:5])}{more}: it was saved "
+                       "by another model than the one it is read into",
+                       path=str(epath.Path(self.directory) / str(step)))
     return restored["params"]
 
   def close(self) -> None:

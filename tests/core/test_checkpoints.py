@@ -1,9 +1,16 @@
 """Checkpoint reading around the writer: a failed restore's abandoned reads are not reported,
-and a listing that races with a deleted checkpoint is read again."""
+a listing that races with a deleted checkpoint is read again, and params a checkpoint does not
+hold are refused by name."""
 
 import logging
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
 from orqa_realm.core import checkpoints
+from orqa_realm.core.errors import InputError
 
 
 def asyncio_report(message: str) -> logging.LogRecord:
@@ -38,3 +45,17 @@ def test_a_listing_that_races_with_a_deleted_checkpoint_is_read_again(tmp_path, 
   monkeypatch.setattr(reader._manager, "reload", reload_racing_once)
   assert reader.latest_step() is None
   assert failures == [1]
+
+
+def test_params_the_checkpoint_does_not_hold_are_refused_by_name(tmp_path):
+  writer = checkpoints.Checkpointer(tmp_path / "checkpoints", save_every_steps=1, keep=1,
+                                    async_save=False)
+  writer.save(1, {"params": {"query": {"kernel": jnp.ones(3)}}}, force=True)
+  writer.close()
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  vector = jax.ShapeDtypeStruct((3,), jnp.float32, sharding=sharding)
+  with checkpoints.CheckpointReader(tmp_path / "checkpoints") as reader:
+    np.testing.assert_array_equal(
+        reader.restore_params(1, {"query": {"kernel": vector}})["query"]["kernel"], np.ones(3))
+    with pytest.raises(InputError, match=r"checkpoint 1 holds no params\['block'\]\['kernel'\]"):
+      reader.restore_params(1, {"query": {"kernel": vector}, "block": {"kernel": vector}})
