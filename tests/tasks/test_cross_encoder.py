@@ -30,7 +30,6 @@ from orqa_realm.tasks.cross_encoder import CrossEncoderTask, CrossEncoderTaskCon
 from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
-from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_cross_encoder import tiny_cross_encoder_task
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_source
 
@@ -134,14 +133,6 @@ def test_negatives_from_a_dense_index(squad_block_store, tiny_bert_dir, tmp_path
   assert [e.hard_negatives for e in bm25_task.examples[:16]] != [
       e.hard_negatives for e in examples]
 
-
-@pytest.mark.slow  # over a minute: CI runs it in its second step
-def test_four_devices_equal_one(squad_block_store, tiny_bert_dir):
-  found = run_on_four_devices("tests.tasks.sharded_cross_encoder_check",
-                              squad_block_store.directory, tiny_bert_dir)
-  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
-  assert found["accuracy_four"] == found["accuracy_one"]
-  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
 
 
 @pytest.mark.slow

@@ -18,7 +18,6 @@ from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.tasks.base import StepContext
 from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.tasks.teacher import TeacherSettings, denoise
-from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_cross_encoder import tiny_distill_task
 from tests.tasks.tiny_dpr import tiny_ance_task, tiny_dpr_task
 
@@ -129,13 +128,3 @@ def test_settings_that_would_go_unread_are_refused(squad_block_store, tiny_bert_
     TeacherSettings(denoise_margin=1.0).check()
   with pytest.raises(InputError, match="--denoise_pool is read with --denoise_margin only"):
     TeacherSettings(workdir="/r", denoise_pool=9).check()
-
-
-@pytest.mark.slow  # over a minute: CI runs it in its second step
-def test_four_devices_equal_one(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run,
-                               small_squad):
-  found = run_on_four_devices("tests.tasks.sharded_distill_check", squad_block_store.directory,
-                              tiny_bert_dir, tiny_cross_encoder_run, small_squad)
-  # A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
-  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=2e-5)
-  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]

@@ -19,7 +19,6 @@ from orqa_realm.tasks.base import StepContext
 from orqa_realm.tasks.pairs import TrainingPairs
 from orqa_realm.training import loop
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
-from tests.tasks.sharding import run_on_four_devices
 from tests.tasks.tiny_dpr import tiny_dpr_task, tiny_star_task
 from tests.tasks.tiny_ict import tiny_ict_task, tiny_source
 
@@ -73,14 +72,6 @@ def test_loss_equals_numpy_on_a_real_batch(tiny_task):
   np.testing.assert_allclose(loss, np.mean(expected), rtol=1e-5)
   assert 0.0 <= metrics["accuracy"] <= 1.0
 
-
-@pytest.mark.slow  # over a minute: CI runs it in its second step
-def test_four_devices_equal_one(squad_block_store, tiny_bert_dir):
-  found = run_on_four_devices("tests.tasks.sharded_dpr_check", squad_block_store.directory,
-                              tiny_bert_dir)
-  np.testing.assert_allclose(found["loss_four"], found["loss_one"], rtol=1e-6)
-  assert found["accuracy_four"] == found["accuracy_one"]
-  assert found["grad_difference"] <= 1e-5 * found["grad_scale"]
 
 
 def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path):

@@ -1,0 +1,46 @@
+"""Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
+ADORE): the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device. One
+subprocess checks them all (tests/tasks/sharded_task_check.py); each task is its own test."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.tasks.sharding import run_on_four_devices
+
+# A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
+LOSS_TOLERANCE = dict(distill=2e-5)
+TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore")
+
+
+@pytest.fixture(scope="module")
+def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
+          tmp_path_factory):
+  store, bert = squad_block_store.directory, tiny_bert_dir
+  teacher = [store, bert, tiny_cross_encoder_run, small_squad]
+  index_dir = str(tmp_path_factory.mktemp("four_devices") / "tiny_index")
+  specs = dict(
+      dpr=("tests.tasks.tiny_dpr:tiny_dpr_task", [store, bert], {}),
+      cross_encoder=("tests.tasks.tiny_cross_encoder:tiny_cross_encoder_task", [store, bert], {}),
+      distill=("tests.tasks.tiny_cross_encoder:tiny_distill_task", teacher,
+               dict(loss="listwise_kl", in_batch_weight=0.5)),
+      star=("tests.tasks.tiny_dpr:tiny_star_task", [store, bert], {}),
+      tasb=("tests.tasks.tiny_cross_encoder:tiny_tasb_task", teacher, {}),
+      rocketqav2=("tests.tasks.tiny_cross_encoder:tiny_rocketqa_task", teacher, {}),
+      adore=("tests.tasks.tiny_orqa:tiny_adore_task", [store, bert, index_dir, small_squad], {}))
+  return run_on_four_devices("tests.tasks.sharded_task_check", *(
+      json.dumps(dict(name=name, builder=builder, args=args, kwargs=dict(kwargs, batch_size=8)))
+      for name, (builder, args, kwargs) in specs.items()))
+
+
+@pytest.mark.slow  # one subprocess of a few minutes: CI runs it in its second step
+@pytest.mark.parametrize("task", TASKS)
+def test_four_devices_equal_one(found, task):
+  result = found[task]
+  np.testing.assert_allclose(result["loss_four"], result["loss_one"],
+                             rtol=LOSS_TOLERANCE.get(task, 1e-6))
+  assert result["grad_difference"] <= 1e-5 * result["grad_scale"]
+  assert result["grad_scale"] > 0
+  for name, (one, four) in result["metrics"].items():
+    np.testing.assert_allclose(four, one, rtol=2e-5, atol=1e-6, err_msg=name)
