@@ -21,6 +21,7 @@ from orqa_realm import cli
 from orqa_realm.core import config as settings_lib
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.encode.rerank import RerankSettings
 from orqa_realm.serving import display
 from orqa_realm.serving.system import QASystem, SystemSource
 
@@ -38,6 +39,7 @@ class AskCommand:
 SETTINGS = settings_lib.FlagBinder("ask")
 SETTINGS.bind("ask", AskCommand)
 SETTINGS.bind("system", SystemSource)
+SETTINGS.bind("rerank", RerankSettings)
 
 
 def question_batches(arguments: list[str], batch_size: int) -> Iterator[list[str]]:
@@ -60,11 +62,13 @@ def question_batches(arguments: list[str], batch_size: int) -> Iterator[list[str
 
 
 def main(arguments: list[str]) -> None:
+  reranks = SETTINGS.given("rerank_workdir")
+  SETTINGS.check_read(["ask", "system"] + (["rerank"] if reranks else []), "ask")
   command, source = SETTINGS.build("ask"), SETTINGS.build("system")
   for name in ("top_blocks", "batch_size"):
     if getattr(command, name) < 1:
       raise InputError("must be at least 1", field=name)
-  system = QASystem.open(source)
+  system = QASystem.open(source, SETTINGS.build("rerank") if reranks else RerankSettings())
   if command.format == "text":
     what = "answers" if system.reader else "searches (a retriever: no reader, so blocks only)"
     print(f"{system.description['run']} {what} over {system.description['num_blocks']} blocks "

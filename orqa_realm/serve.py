@@ -17,18 +17,22 @@ import uvicorn
 
 from orqa_realm import cli
 from orqa_realm.core import config as settings_lib
+from orqa_realm.encode.rerank import RerankSettings
 from orqa_realm.serving.http_api import ServeConfig, make_app
 from orqa_realm.serving.system import QASystem, SystemSource
 
 SETTINGS = settings_lib.FlagBinder("serve")
 SETTINGS.bind("serve", ServeConfig)
 SETTINGS.bind("system", SystemSource)
+SETTINGS.bind("rerank", RerankSettings)
 
 
 def main() -> None:
+  reranks = SETTINGS.given("rerank_workdir")
+  SETTINGS.check_read(["serve", "system"] + (["rerank"] if reranks else []), "serve")
   config, source = SETTINGS.build("serve"), SETTINGS.build("system")
   started = time.time()
-  system = QASystem.open(source)
+  system = QASystem.open(source, SETTINGS.build("rerank") if reranks else RerankSettings())
   # Compiled before the first request, not during it: every query batch shape a request batch
   # can take (powers of two up to --max_batch_size).
   batch = 1

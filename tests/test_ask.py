@@ -20,3 +20,12 @@ def test_questions_on_stdin_are_answered_one_a_line(tiny_pipeline):
   for answer in answers:
     assert len(answer["hits"]) == 2 and answer["answer"] in answer["source"]["text"]
     assert set(answer["hits"][0]) == {"block", "document_id", "title", "text", "score"}
+
+
+def test_rerank_settings_without_a_cross_encoder_are_refused(tmp_path):
+  result = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.ask", f"--workdir={tmp_path}", "--rerank_depth=5",
+       "a question"], cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True,
+      timeout=300)
+  assert result.returncode == 1
+  assert "--rerank_depth is not read by `ask`" in result.stderr

@@ -1,5 +1,6 @@
 """Two-stage retrieval: a first stage's top `depth` blocks of each query reordered by a second
-stage's scores (a cross-encoder's).
+stage's scores (a cross-encoder's); `RerankingSearcher` is the two stages as one text searcher
+(what `ask` and `serve` search with).
 
 The second stage's scores may be interpolated with the first stage's (each z-normalised over a
 query's `depth` candidates, the first stage's weighted), as is common when the reranker is
@@ -13,10 +14,16 @@ runs) still see them.
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from orqa_realm.index.fusion import normalize_scores
-from orqa_realm.index.searcher import SearchResult
+from orqa_realm.index.searcher import SearchResult, TextSearcher, check_k
+
+# (query texts, [queries, depth] block ids) -> [queries, depth] scores, higher is better.
+PairScorer = Callable[[Sequence[str], np.ndarray], np.ndarray]
 
 
 def interpolated_scores(first_stage_scores: np.ndarray, scores: np.ndarray,
@@ -51,3 +58,25 @@ def rerank(first_stage: SearchResult, scores: np.ndarray,
   tail = reranked[:, -1:] - 1.0 - np.arange(rest, dtype=np.float32)[None, :]
   return SearchResult(np.concatenate([ids, first_stage.ids[:, depth:]], axis=1),
                       np.concatenate([reranked, tail], axis=1))
+
+
+@dataclasses.dataclass(frozen=True)
+class RerankingSearcher:
+  """`first_stage`'s top `depth` blocks of each text reordered by `score` (interpolated with
+  the first stage's scores by `first_stage_weight`, as `rerank`)."""
+  first_stage: TextSearcher
+  score: PairScorer
+  depth: int = 100
+  first_stage_weight: float = 0.0
+
+  @property
+  def num_rows(self) -> int:
+    return self.first_stage.num_rows
+
+  def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
+    check_k(k, self.num_rows)
+    candidates = self.first_stage.search_texts(texts, max(k, min(self.depth, self.num_rows)))
+    depth = min(self.depth, candidates.ids.shape[1])
+    reranked = rerank(candidates, self.score(texts, candidates.ids[:, :depth]),
+                      self.first_stage_weight)
+    return SearchResult(reranked.ids[:, :k], reranked.scores[:, :k])

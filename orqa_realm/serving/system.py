@@ -9,6 +9,8 @@ What a directory holds decides what the system does:
   there is no reader, so it returns blocks.
 
 `--index_dir` and `--block_store` replace the ones the run names, e.g. to answer over a new corpus.
+`--rerank_workdir` (a cross-encoder run) reorders the first stage's top `--rerank_depth` blocks
+before they are shown or read.
 Readers of later kinds (generative, phrase) plug in as another `Reader`.
 """
 
@@ -29,7 +31,9 @@ from orqa_realm.data.blocks import BlockStore, open_store
 from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.encode import embedding, evaluation, runs
 from orqa_realm.encode.predict import BlockReader
-from orqa_realm.index.searcher import DenseTextSearcher, SearchResult
+from orqa_realm.encode.rerank import CrossEncoderReranker, RerankSettings
+from orqa_realm.index.rerank import RerankingSearcher
+from orqa_realm.index.searcher import SearchResult, TextSearcher
 
 # Where a pipeline's workdir holds its stages' outputs (orqa_realm/workflow/open_qa.py writes
 # them there) and its stage records.
@@ -86,10 +90,12 @@ class Reader(Protocol):
 
 class SpanReader:
   """ORQA's span reader: the best span of the top k blocks, its logit plus the block's scaled
-  retrieval score (as it was trained)."""
+  retrieval score (as it was trained), or its logit alone when the blocks were ranked otherwise
+  (`adds_retrieval_scores=False`: reranked scores are not on the scale it learned)."""
 
-  def __init__(self, run: runs.ORQARun, store: BlockStore, tokenizer: Tokenizer, mesh):
-    self.run = run
+  def __init__(self, run: runs.ORQARun, store: BlockStore, tokenizer: Tokenizer, mesh,
+               adds_retrieval_scores: bool = True):
+    self.run, self.adds_retrieval_scores = run, adds_retrieval_scores
     self.num_blocks = run.settings.reader_beam_size
     self._reader = BlockReader(store, tokenizer, run.reader_config, run.settings,
                                continuation=continuation_mask(tokenizer),
@@ -97,8 +103,9 @@ class SpanReader:
 
   def read(self, questions: Sequence[str], result: SearchResult) -> list[tuple[str, float, int]]:
     k = min(self.num_blocks, result.ids.shape[1])
+    scores = result.scores[:, :k]
     predictions = self._reader.read(self.run.params["reader"], questions, result.ids[:, :k],
-                                    result.scores[:, :k])
+                                    scores if self.adds_retrieval_scores else np.zeros_like(scores))
     return [(p.answer, p.score, p.block_rank) for p in predictions]
 
 
@@ -145,13 +152,16 @@ class QASystem:
   """Searches a corpus with a trained query encoder and, with a reader, answers from the top
   blocks."""
 
-  def __init__(self, store: BlockStore, searcher: DenseTextSearcher, reader: Reader | None,
+  def __init__(self, store: BlockStore, searcher: TextSearcher, reader: Reader | None,
                description: dict[str, Any]):
     self.store, self.searcher, self.reader = store, searcher, reader
     self.description = description  # what it was built from (for /info and the console)
 
   @classmethod
-  def open(cls, source: SystemSource, mesh=None) -> QASystem:
+  def open(cls, source: SystemSource, rerank_settings: RerankSettings = RerankSettings(),
+           mesh=None) -> QASystem:
+    """The system `source` names, its first stage reranked by `rerank_settings`' cross-encoder
+    when it names one."""
     mesh = mesh if mesh is not None else parallel.make_mesh()
     located = locate(source)
     store, tokenizer = open_store(located.block_store, located.bert)
@@ -166,8 +176,19 @@ class QASystem:
     searcher, info = evaluation.dense_searcher(
         store, tokenizer, embedding.IndexSearch(located.index_dir, source.index_backend),
         embedding.EmbedSettings(embed_dtype="float32"), encoder_of, mesh)
+    if rerank_settings.workdir:
+      reranker = CrossEncoderReranker(
+          runs.restore_cross_encoder_run(rerank_settings.workdir, rerank_settings.step, mesh),
+          store, tokenizer, rerank_settings, mesh)
+      searcher = RerankingSearcher(searcher, reranker, rerank_settings.depth,
+                                   rerank_settings.first_stage_weight)
+      info.update(rerank=dict(workdir=reranker.run.workdir, checkpoint_step=reranker.run.step,
+                              depth=rerank_settings.depth,
+                              first_stage_weight=rerank_settings.first_stage_weight))
     orqa_run = encoders[0].orqa_run
-    reader = SpanReader(orqa_run, store, tokenizer, mesh) if orqa_run is not None else None
+    reader = (SpanReader(orqa_run, store, tokenizer, mesh,
+                         adds_retrieval_scores=not rerank_settings.workdir)
+              if orqa_run is not None else None)
     description = dict(dataclasses.asdict(located), num_blocks=len(store),
                        reader_step=orqa_run.step if orqa_run else None, **info)
     return cls(store, searcher, reader, description)

@@ -3,7 +3,7 @@
 
 import numpy as np
 
-from orqa_realm.index.rerank import rerank
+from orqa_realm.index.rerank import RerankingSearcher, rerank
 from orqa_realm.index.searcher import SearchResult
 
 
@@ -27,3 +27,30 @@ def test_interpolation_adds_the_weighted_z_scores_of_both_stages():
   # The cross-encoder alone would put 3 first; the first stage's confidence in 7 outvotes it.
   assert rerank(first, second).ids[0, 0] == 3 and result.ids[0, 0] == 7
   assert result.ids[0, 3] == 9
+
+
+class FixedSearcher:
+  """A first stage returning blocks 0..k-1 in order for every text."""
+  num_rows = 10
+
+  def search_texts(self, texts, k):
+    ids = np.tile(np.arange(k), (len(texts), 1))
+    return SearchResult(ids, -ids.astype(np.float32))
+
+
+def test_reranking_searcher_scores_only_the_top_depth():
+  seen = []
+
+  def score(texts, ids):  # the higher the block id, the better
+    seen.append(ids.shape)
+    return ids.astype(np.float32)
+
+  searcher = RerankingSearcher(FixedSearcher(), score, depth=4)
+  result = searcher.search_texts(["a", "b"], 6)
+  assert seen == [(2, 4)]
+  np.testing.assert_array_equal(result.ids, [[3, 2, 1, 0, 4, 5]] * 2)
+  top = searcher.search_texts(["a"], 2)  # fewer asked than reranked: the reranked best two
+  np.testing.assert_array_equal(top.ids, [[3, 2]])
+  # Weighted enough, the first stage's order (0 first) wins back.
+  interpolated = RerankingSearcher(FixedSearcher(), score, depth=4, first_stage_weight=2.0)
+  np.testing.assert_array_equal(interpolated.search_texts(["a"], 4).ids, [[0, 1, 2, 3]])

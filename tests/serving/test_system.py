@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from orqa_realm.core.errors import InputError
+from orqa_realm.encode.rerank import RerankSettings
 from orqa_realm.serving import display
 from orqa_realm.serving.system import Answer, Hit, QASystem, SystemSource
 
@@ -56,3 +57,22 @@ def test_the_display_marks_the_answer_in_its_block():
   assert display.find_answer("in 2015", "15") == -1
   assert display.find_answer("in 2015", "15", within_words=True) == 5
   assert np.isclose(answer.to_json()["source"]["score"], 0.5)
+
+
+def test_a_cross_encoder_reranks_what_the_system_shows_and_reads(tiny_system, pipeline_workdir,
+                                                                tiny_cross_encoder_run):
+  reranked = QASystem.open(SystemSource(workdir=str(pipeline_workdir)),
+                           RerankSettings(workdir=tiny_cross_encoder_run, depth=6))
+  assert reranked.description["rerank"]["workdir"] == tiny_cross_encoder_run
+  first_stage = tiny_system.search(QUESTIONS, k=6)
+  for question, first, second in zip(QUESTIONS, first_stage, reranked.search(QUESTIONS, k=6)):
+    blocks = np.array([[hit.block for hit in second]])
+    assert sorted(blocks[0]) == sorted(hit.block for hit in first)  # the same six, reordered
+    # Each shown score is the cross-encoder's own score of the pair, best first.
+    scores = reranked.searcher.score([question], blocks)[0]
+    np.testing.assert_allclose([hit.score for hit in second], scores, rtol=1e-5)
+    assert list(scores) == sorted(scores, reverse=True)
+  assert not reranked.reader.adds_retrieval_scores
+  for answer, hits in zip(reranked.answer(QUESTIONS, k=6), reranked.search(QUESTIONS, k=6)):
+    assert [hit.block for hit in answer.hits] == [hit.block for hit in hits]
+    assert answer.answer in answer.source.text
