@@ -16,8 +16,7 @@ import os
 
 from orqa_realm import cli
 from orqa_realm.core import config as settings_lib
-from orqa_realm.core.errors import InputError
-from orqa_realm.workflow import open_qa, records, runner, summary
+from orqa_realm.workflow import open_qa, summary
 
 SETTINGS = settings_lib.FlagBinder("pipeline")
 SETTINGS.bind("pipeline", open_qa.OpenQAPipeline)
@@ -26,17 +25,7 @@ SETTINGS.bind("pipeline", open_qa.OpenQAPipeline)
 def main() -> None:
   settings = SETTINGS.build("pipeline")
   stages = open_qa.open_qa_stages(settings)
-  workdir = os.path.abspath(settings.workdir)
-  try:
-    results = runner.run_pipeline(workdir, stages)
-  except runner.StageFailed as e:
-    record = records.record_path(workdir, e.stage.name)
-    raise InputError(f"stage {e.stage.name} failed (exit code {e.returncode}; its message is "
-                     f"above); fix it and run the pipeline again: complete stages are skipped "
-                     f"(its command line is in {record})") from e
-  result = summary.summarize(results, open_qa.EVALUATIONS)
-  path = summary.write_summary(workdir, result)
-  print("\n" + summary.format_table(result) + f"\n\nwrote {path}", flush=True)
+  summary.run_and_summarize(os.path.abspath(settings.workdir), stages, open_qa.EVALUATIONS)
 
 
 if __name__ == "__main__":

@@ -74,18 +74,22 @@ def training_output(directory: str, upstream: Mapping[str, Output]) -> Output | 
   return dict(run_id=description.run_id, step=final_step)
 
 
-def index_output(retriever_stage: str, store_stage: str) -> OutputCheck:
+def index_output(retriever_stage: str, store_stage: str = "", *,
+                 store_dir: str = "") -> OutputCheck:
   """An index is complete once its newest version holds the final checkpoint of the retriever
-  stage's run over the store stage's blocks."""
+  stage's run over the store stage's blocks (or over the store in `store_dir`, one no stage
+  writes)."""
 
   def check(directory: str, upstream: Mapping[str, Output]) -> Output | None:
     version = IndexRoot(directory).latest() if os.path.isdir(directory) else None
     if version is None:
       return None
-    retriever, store = upstream[retriever_stage], upstream[store_stage]
+    retriever = upstream[retriever_stage]
+    store_fingerprint = (upstream[store_stage]["fingerprint"] if store_stage
+                         else BlockStore(store_dir).manifest["fingerprint"])
     run = runs.indexed_run(version) or {}
     if (run.get("run_id"), version.checkpoint_step, version.store_fingerprint) != (
-        retriever["run_id"], retriever["step"], store["fingerprint"]):
+        retriever["run_id"], retriever["step"], store_fingerprint):
       return None
     return dict(version=version.version, run_id=run["run_id"], step=version.checkpoint_step,
                 store_fingerprint=version.store_fingerprint)

@@ -1,15 +1,19 @@
 """The pipeline's summary: each stage's status and time, and the held-out metrics of each
-evaluation side by side, printed as a table and written to `WORKDIR/summary.json`."""
+evaluation side by side, printed as a table and written to `WORKDIR/summary.json`; and a stage
+list run to its summary, as the pipeline commands do."""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from orqa_realm.core import paths
+from orqa_realm.core.errors import InputError
+from orqa_realm.workflow import records, runner
 from orqa_realm.workflow.runner import StageResult
+from orqa_realm.workflow.stages import Stage
 
 SUMMARY = "summary.json"
 METRICS = "metrics.json"
@@ -34,12 +38,21 @@ def _percent(value: float | None) -> str:
   return "-" if value is None else f"{100 * value:.1f}"
 
 
-def format_table(summary: dict[str, Any]) -> str:
-  """The summary as two plain-text tables: stages and times, then the metrics in percent."""
-  lines = [f"{'stage':<10} {'status':<8} {'seconds':>8}  output"]
+def retrieval_label(name: str, metrics: dict[str, Any]) -> str:
+  """An evaluation's row label: its kind of retrieval (dense, bm25, hybrid)."""
+  return metrics.get("retrieval", name)
+
+
+def format_table(summary: dict[str, Any],
+                 label_of: Callable[[str, dict[str, Any]], str] = retrieval_label) -> str:
+  """The summary as two plain-text tables: stages and times, then the metrics in percent, a
+  row per evaluation stage labelled `label_of(stage name, its metrics)`."""
+  width = max(10, *map(len, summary["stages"]))
+  lines = [f"{'stage':<{width}} {'status':<8} {'seconds':>8}  output"]
   for name, stage in summary["stages"].items():
-    lines.append(f"{name:<10} {stage['status']:<8} {stage['seconds']:>8.1f}  {stage['output']}")
-  lines.append(f"{'total':<10} {'':<8} {summary['total_seconds']:>8.1f}")
+    lines.append(f"{name:<{width}} {stage['status']:<8} {stage['seconds']:>8.1f}  "
+                 f"{stage['output']}")
+  lines.append(f"{'total':<{width}} {'':<8} {summary['total_seconds']:>8.1f}")
   evaluations = summary["metrics"]
   if evaluations:
     ks = sorted({key for metrics in evaluations.values()
@@ -50,13 +63,13 @@ def format_table(summary: dict[str, Any]) -> str:
     header = ([f"R{k}" for k in ks] + [f"gold R{k}" for k in gold_ks] + ["EM"])
     lines += ["", f"held-out questions ({next(iter(evaluations.values()))['num_queries']}), "
               "percent: answer recall@k (R@k), gold-paragraph recall@k, reader exact match",
-              f"{'retrieval':<10} " + " ".join(f"{column:>10}" for column in header)]
+              f"{'retrieval':<{width}} " + " ".join(f"{column:>10}" for column in header)]
     for name, metrics in evaluations.items():
       values = ([metrics.get("answer_recall", {}).get(k) for k in ks]
                 + [metrics.get("gold_paragraph_recall", {}).get(k) for k in gold_ks]
                 + [metrics.get("exact_match")])
-      label = metrics.get("retrieval", name)
-      lines.append(f"{label:<10} " + " ".join(f"{_percent(v):>10}" for v in values))
+      lines.append(f"{label_of(name, metrics):<{width}} "
+                   + " ".join(f"{_percent(v):>10}" for v in values))
   return "\n".join(lines)
 
 
@@ -65,3 +78,19 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> str:
   path = os.path.join(workdir, SUMMARY)
   paths.write_json_atomic(path, summary)
   return path
+
+
+def run_and_summarize(workdir: str, stages: Sequence[Stage], evaluations: Sequence[str],
+                      label_of: Callable[[str, dict[str, Any]], str] = retrieval_label) -> None:
+  """Runs `stages` under `workdir` (skipping complete ones), then prints the summary table of
+  the `evaluations` stages and writes summary.json; a failed stage is an error naming it."""
+  try:
+    results = runner.run_pipeline(workdir, stages)
+  except runner.StageFailed as e:
+    record = records.record_path(workdir, e.stage.name)
+    raise InputError(f"stage {e.stage.name} failed (exit code {e.returncode}; its message is "
+                     f"above); fix it and run the pipeline again: complete stages are skipped "
+                     f"(its command line is in {record})") from e
+  result = summarize(results, evaluations)
+  path = write_summary(workdir, result)
+  print("\n" + format_table(result, label_of) + f"\n\nwrote {path}", flush=True)
