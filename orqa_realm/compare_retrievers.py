@@ -34,7 +34,8 @@ def main() -> None:
   comparison = SETTINGS.build("comparison")
   stages = retriever_comparison.comparison_stages(comparison)
   summary.run_and_summarize(os.path.abspath(comparison.workdir), stages,
-                            retriever_comparison.evaluation_stages(comparison), method_label)
+                            retriever_comparison.evaluation_stages(comparison), method_label,
+                            row_title="method")
 
 
 if __name__ == "__main__":

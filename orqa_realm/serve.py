@@ -34,7 +34,8 @@ def main() -> None:
   started = time.time()
   system = QASystem.open(source, SETTINGS.build("rerank") if reranks else RerankSettings())
   # Compiled before the first request, not during it: every query batch shape a request batch
-  # can take (powers of two up to --max_batch_size).
+  # can take (powers of two up to --max_batch_size). A reranker's pairs are padded to lengths
+  # rounded up to 64 wordpieces: those the warm-up does not reach compile on first use.
   batch = 1
   while True:
     system.answer(["warm-up question"] * batch,

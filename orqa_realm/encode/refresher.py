@@ -62,9 +62,11 @@ class Refresher:
     self.on_publish = on_publish
     self.failures = 0
     self._failed_step: int | None = None
+    # Only this run's own versions say which of its checkpoints are indexed: one of another
+    # run in the same root must not stop checkpoint 0 of a fresh run from being indexed.
     latest = self.index_root.latest()
-    self.last_indexed_step = (latest.checkpoint_step
-                              if latest and latest.checkpoint_step is not None else -1)
+    self.last_indexed_step = (latest.checkpoint_step if latest is not None
+                              and runs.is_embedded_by_run_in(latest, workdir) else -1)
 
   def refresh(self, step: int) -> IndexVersion:
     """Indexes checkpoint `step` and publishes it as the newest version."""

@@ -24,6 +24,7 @@ import tqdm
 
 from orqa_realm.core import parallel
 from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.pair_inputs import pack_pairs, pair_lengths
 from orqa_realm.data.reader_inputs import LENGTH_MULTIPLE
@@ -51,6 +52,11 @@ class RerankSettings:
                             "devices).", flag="rerank_batch_size")
   dtype: str = setting("float32", "Matmul dtype of the cross-encoder (float32 accumulation).",
                        flag="rerank_dtype")
+
+  def __post_init__(self):
+    if self.first_stage_weight < 0:
+      raise InputError(f"{self.first_stage_weight}: a negative weight would reverse the first "
+                       "stage's ranking", field="rerank_first_stage_weight")
 
   @property
   def step(self) -> int | None:

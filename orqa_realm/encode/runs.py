@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import jax
 
-from orqa_realm.core import checkpoints, parallel, run_directory
+from orqa_realm.core import checkpoints, parallel, paths, run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.encode import embedding
@@ -123,14 +123,28 @@ def check_embedded_by_run_in(version: IndexVersion, workdir: str) -> None:
   """Refuses an index version that was not embedded from a checkpoint of the run in `workdir`
   (the trainer's own refreshed index: a refresher of another run publishing into the same root
   would otherwise hand this run another model's embeddings)."""
-  description = run_directory.read_run(workdir)
   recorded = indexed_run(version)
+  source = ("pretrained weights" if recorded is None else
+            f"the run {recorded['workdir']} (id {recorded.get('run_id')})")
+  if not (paths.resolve(workdir) / run_directory.RUN_FILE).exists():
+    # A fresh run, before its description is written: no version can be its own yet.
+    raise InputError(f"the version was embedded from {source}, before the run being trained "
+                     f"({workdir}) started: give this run its own --index_dir",
+                     path=version.directory)
+  description = run_directory.read_run(workdir)
   if recorded is None or not is_same_run(recorded, description.workdir, description.run_id):
-    source = ("pretrained weights" if recorded is None else
-              f"the run {recorded['workdir']} (id {recorded.get('run_id')})")
     raise InputError(f"the version was embedded from {source}, not from the run being trained "
                      f"({description.workdir}, id {description.run_id}): give this run its own "
                      "--index_dir", path=version.directory)
+
+
+def is_embedded_by_run_in(version: IndexVersion, workdir: str) -> bool:
+  """Whether `version` was embedded from a checkpoint of the run in `workdir`."""
+  try:
+    check_embedded_by_run_in(version, workdir)
+  except InputError:
+    return False
+  return True
 
 
 def trained_block_store(description: run_directory.RunDescription) -> str:

@@ -60,8 +60,8 @@ class IndexHandle:
   """The newest loadable version of an index root, swapped in between training steps.
 
   A version that fails to load (e.g. built from another block store) or that `check_version`
-  refuses (e.g. embedded by another run) is logged and skipped: the previous one stays in use. Each host loads versions at its own pace, so an exact searcher
-  spans this host's devices only (`mesh`, by default all of them): a search over every host's
+  refuses (e.g. embedded by another run) is logged and skipped: the previous one stays in use.
+  Each host loads versions at its own pace, so an exact searcher spans this host's devices only (`mesh`, by default all of them): a search over every host's
   devices would need every host to load the version at the same moment.
   """
 

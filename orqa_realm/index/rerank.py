@@ -30,6 +30,8 @@ def interpolated_scores(first_stage_scores: np.ndarray, scores: np.ndarray,
                         first_stage_weight: float) -> np.ndarray:
   """[queries, depth] z(scores) + first_stage_weight x z(first_stage_scores), each z-normalised
   per query; `scores` unchanged when the weight is 0."""
+  if first_stage_weight < 0:
+    raise ValueError(f"a first-stage weight of {first_stage_weight} would reverse its ranking")
   if first_stage_weight == 0:
     return scores
   return np.stack([normalize_scores(second, "zscore")
@@ -40,7 +42,7 @@ def interpolated_scores(first_stage_scores: np.ndarray, scores: np.ndarray,
 def rerank(first_stage: SearchResult, scores: np.ndarray,
            first_stage_weight: float = 0.0) -> SearchResult:
   """`first_stage` with its first `scores.shape[1]` blocks of each query reordered by `scores`
-  (interpolated with the first stage's scores when `first_stage_weight` > 0; best first, ties
+  (interpolated with the first stage's scores when `first_stage_weight` is not 0; best first, ties
   kept in first-stage order) and the rest after them in their order.
 
   Args:

@@ -182,9 +182,12 @@ def check_query_tower_source(version: IndexVersion, config: RetrieverConfig, wor
 
 
 def frozen_index_retriever(index_dir: str) -> SavedRetriever:
-  """The retriever a frozen index was embedded with, whose question tower a task trains over
-  it (ORQA, ADORE)."""
-  version = embedding.latest_version(index_dir)
+  """The retriever a frozen index (its newest version) was embedded with, whose question tower
+  a task trains over it (ORQA, ADORE)."""
+  return _retriever_of(embedding.latest_version(index_dir))
+
+
+def _retriever_of(version: IndexVersion) -> SavedRetriever:
   return SavedRetriever(embedding.indexed_retriever(version), f"the index {version.directory}")
 
 
@@ -207,8 +210,8 @@ def open_frozen_index(config: Any) -> FrozenIndexStart:
   config = with_store_path(config, store)
   index = open_index(embedding.latest_version(config.index_dir), store, backend="exact")
   if config.retriever.bert is None:
-    config = dataclasses.replace(config,
-                                 retriever=frozen_index_retriever(config.index_dir).config)
+    # The opened version's, not the newest's: a publish may have landed since.
+    config = dataclasses.replace(config, retriever=_retriever_of(index.version).config)
   check_query_tower_source(index.version, config.retriever, config.retriever_workdir, tokenizer,
                            config.source)
   return FrozenIndexStart(config, store, tokenizer, index)

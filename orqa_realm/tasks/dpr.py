@@ -73,6 +73,9 @@ class DPRTask(DualEncoderTask):
   # Whether the loss reads the teacher's scores (distillation); DPR reads a teacher only to
   # denoise its negatives.
   learns_from_teacher = False
+  # Whether the teacher scores pairs during training too (TAS-B's in-batch pairs); otherwise its
+  # parameters are let go once the training pairs are scored.
+  keeps_teacher = False
 
   def __init__(self, config: DPRConfig, context: TaskContext):
     config.pairs.check()
@@ -96,13 +99,14 @@ class DPRTask(DualEncoderTask):
                  "negatives drawn at random)", self.name, len(built.examples), built.num_dropped,
                  built.num_random_negatives)
     self.examples = built.examples
-    self.teacher = None  # the cross-encoder run of --teacher_workdir
+    self.teacher = None  # the cross-encoder run of --teacher_workdir, when kept
     self.teacher_scores = None  # [examples, 1 + negatives] with a teacher
     if config.teacher.workdir:
-      self.teacher = restore_teacher(config.teacher, self.store)
-      taught = teach(config.teacher, self.teacher, self.examples, self.store, self.tokenizer,
+      teacher = restore_teacher(config.teacher, self.store)
+      taught = teach(config.teacher, teacher, self.examples, self.store, self.tokenizer,
                      num_negatives)
       self.examples, self.teacher_scores = taught.examples, taught.scores
+      self.teacher = teacher if self.keeps_teacher else None
     self.question_ids = self.tokenizer.tokenize([example.question for example in self.examples])
 
   @classmethod

@@ -120,6 +120,7 @@ class TASBTask(DPRTask):
   name = "tasb"
   config_class = TASBConfig
   learns_from_teacher = True
+  keeps_teacher = True
 
   def __init__(self, config: TASBConfig, context: TaskContext):
     if config.margin_bins < 1 or config.clusters < 1:

@@ -9,10 +9,12 @@ index, and its held-out retrieval (alone, and fused with BM25).
 Every method trains with `--train_config` (data, model, batch, steps, learning rate: DPR's
 config) plus only the flags that make it that method (`METHODS`), so that the table compares
 objectives, not budgets. The teacher of the distilling methods is one cross-encoder run
-(`--teacher_workdir`), whose scores of each candidate list are cached once per list shape under
-WORKDIR/teacher_scores and shared by the methods that score the same pairs. ADORE trains the
-question tower of the DPR run over that run's frozen index, so it runs after DPR and has no
-index of its own.
+(`--teacher_workdir`), whose scores of each candidate list are cached under
+WORKDIR/teacher_scores, shared by the methods that score the same pairs, in a file named by what
+the scores depend on (the teacher's run description, the training config, the list): a changed
+teacher or config scores into a new file rather than meeting a stale one. ADORE trains the
+question tower of the DPR run over that run's frozen index (read at the index's block length),
+so it runs after DPR and has no index of its own.
 
 Like the open-QA pipeline, a completed stage is skipped and a killed comparison, run again,
 resumes the stage it was in: a comparison too long for one sitting is run in several.
@@ -26,6 +28,7 @@ import os
 from orqa_realm.core import run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
+from orqa_realm.workflow import flagfiles, records
 from orqa_realm.workflow.open_qa import bundled_path
 from orqa_realm.workflow.stages import Stage, files_output, index_output, training_output
 
@@ -60,7 +63,7 @@ class RetrieverComparison:
       "stage records (pipeline/) and summary.json. A local directory.")
   methods: tuple[str, ...] = setting(
       tuple(METHODS), f"Methods compared, in this order; any of {', '.join(METHODS)} (adore "
-      "needs dpr).")
+      "after dpr, whose index it trains over).")
   train_config: str = setting(
       "configs/dpr_squad_demo.cfg", "Flagfile of `train` every method trains with (data, "
       "retriever, batch, steps, learning rate); each method adds only its own flags.")
@@ -76,7 +79,8 @@ class RetrieverComparison:
   tasb_pool: int = setting(7, "tasb: the mined negatives of a query its negative is drawn from.")
   eval_qa_dataset: str = setting("squad:runs/qa/squad_demo/test.json",
                                  "The held-out questions, FORMAT:PATH.")
-  eval_questions: int = setting(0, "Every n-th held-out question evaluated; 0: all.")
+  eval_questions: int = setting(
+      0, "Most held-out questions evaluated, every n-th from the first; 0: all.")
   eval_recall_ks: tuple[int, ...] = setting((1, 5, 20), "Cut-offs of recall@k.")
   bm25_dir: str = setting(
       "", "A BM25 index of --block_store: each method is also evaluated fused with it "
@@ -93,20 +97,47 @@ def evaluation_stages(comparison: RetrieverComparison) -> list[str]:
 
 
 def check_comparison(comparison: RetrieverComparison) -> None:
-  """Refuses a comparison that cannot run, before any stage does."""
+  """Refuses a comparison that cannot run, before any stage does (a missing teacher found after
+  an hour of DPR training would waste it)."""
+  methods = comparison.methods
   if not comparison.workdir:
     raise InputError("--workdir is required", field="workdir")
-  if unknown := sorted(set(comparison.methods) - set(METHODS)):
+  if not methods:
+    raise InputError("no methods to compare", field="methods")
+  if unknown := sorted(set(methods) - set(METHODS)):
     raise InputError(f"unknown methods {unknown}; choose from {', '.join(METHODS)}",
                      field="methods")
-  if len(set(comparison.methods)) != len(comparison.methods):
+  if len(set(methods)) != len(methods):
     raise InputError("a method is named twice", field="methods")
-  if "adore" in comparison.methods and "dpr" not in comparison.methods:
-    raise InputError("adore trains over the dpr method's index: compare dpr too",
+  if "adore" in methods and ("dpr" not in methods or methods.index("dpr") > methods.index("adore")):
+    raise InputError("adore trains over the dpr method's index: name dpr before it",
                      field="methods")
-  if set(comparison.methods) & set(TEACHER_METHODS) and not comparison.teacher_workdir:
-    raise InputError(f"{sorted(set(comparison.methods) & set(TEACHER_METHODS))} learn from a "
-                     "cross-encoder: pass --teacher_workdir", field="teacher_workdir")
+  if taught := sorted(set(methods) & set(TEACHER_METHODS)):
+    if not comparison.teacher_workdir:
+      raise InputError(f"{taught} learn from a cross-encoder: pass --teacher_workdir",
+                       field="teacher_workdir")
+    if not os.path.isfile(os.path.join(comparison.teacher_workdir, run_directory.RUN_FILE)):
+      raise InputError("not a training run directory (no run.json)",
+                       path=comparison.teacher_workdir, field="teacher_workdir")
+  if not os.path.isfile(os.path.join(comparison.block_store, "manifest.json")):
+    raise InputError("not a block store (no manifest.json)", path=comparison.block_store,
+                     field="block_store")
+  if comparison.bm25_dir and not os.path.isdir(comparison.bm25_dir):
+    raise InputError("no such directory", path=comparison.bm25_dir, field="bm25_dir")
+
+
+def flag_value(args: list[str], name: str) -> str | None:
+  """The last value of --name in `args`, flagfiles inlined (as absl reads them); None if
+  absent."""
+  values = [arg.split("=", 1)[1] for arg in flagfiles.expand(args)
+            if arg.startswith(f"--{name}=")]
+  return values[-1] if values else None
+
+
+def absolute_spec(spec: str) -> str:
+  """FORMAT:PATH with PATH absolute (stage fingerprints then name the same file from anywhere)."""
+  data_format, colon, path = spec.partition(":")
+  return f"{data_format}:{os.path.abspath(path)}" if colon else spec
 
 
 def comparison_stages(comparison: RetrieverComparison) -> list[Stage]:
@@ -116,9 +147,11 @@ def comparison_stages(comparison: RetrieverComparison) -> list[Stage]:
   out = lambda *parts: os.path.join(os.path.abspath(comparison.workdir), *parts)
   block_store = os.path.abspath(comparison.block_store)
   teacher = comparison.teacher_workdir and os.path.abspath(comparison.teacher_workdir)
+  train_config = f"--flagfile={bundled_path(comparison.train_config, 'train_config')}"
+  index_config = f"--flagfile={bundled_path(comparison.index_config, 'index_config')}"
   shared = (f"--block_store={block_store}", f"--bert={comparison.bert}")
   evaluation = (*shared, "--embed_dtype=float32",
-                f"--eval_qa_dataset={comparison.eval_qa_dataset}",
+                f"--eval_qa_dataset={absolute_spec(comparison.eval_qa_dataset)}",
                 f"--eval_questions={comparison.eval_questions}",
                 "--eval_recall_ks=" + ",".join(map(str, comparison.eval_recall_ks)))
   indexed_by = lambda method: "dpr" if method == "adore" else method  # whose index it searches
@@ -128,27 +161,35 @@ def comparison_stages(comparison: RetrieverComparison) -> list[Stage]:
   searched = lambda method: (f"--workdir={run_of(method)}", f"--index_dir={index_of(method)}")
   searched_after = lambda method: (f"train_{method}", f"index_{indexed_by(method)}")
   stages = []
+  # ADORE reads blocks as the index it trains over was embedded (a block length of the index
+  # config, where it gives one, not the training config's).
+  index_block_length = flag_value([index_config], "block_length")
   for method in comparison.methods:
-    values = dict(teacher=teacher, denoise_margin=comparison.denoise_margin,
-                  tasb_pool=comparison.tasb_pool, dpr_run=run_of("dpr"),
-                  dpr_index=index_of("dpr"),
-                  teacher_scores=out("teacher_scores",
-                                     f"{TEACHER_SCORE_LISTS.get(method, method)}.npz"))
     # A retrained teacher (its settings, steps) trains the method again.
     teacher_record = ((os.path.join(teacher, run_directory.RUN_FILE),)
                       if method in TEACHER_METHODS else ())
+    score_list = TEACHER_SCORE_LISTS.get(method, method)
+    cache_key = records.fingerprint(dict(
+        list=score_list, teacher=[records.file_fingerprint(path) for path in teacher_record],
+        train=flagfiles.expand([train_config]), shared=shared, pool=(
+            comparison.tasb_pool if score_list == "tasb_pool" else None)))
+    values = dict(teacher=teacher, denoise_margin=comparison.denoise_margin,
+                  tasb_pool=comparison.tasb_pool, dpr_run=run_of("dpr"),
+                  dpr_index=index_of("dpr"),
+                  teacher_scores=out("teacher_scores", f"{score_list}-{cache_key}.npz"))
+    method_flags = [flag.format(**values) for flag in METHODS[method]]
+    if method == "adore" and index_block_length is not None:
+      method_flags.append(f"--block_length={index_block_length}")
     stages.append(Stage(
         f"train_{method}", f"{method}: training", "train",
-        (f"--flagfile={bundled_path(comparison.train_config, 'train_config')}",
-         *(flag.format(**values) for flag in METHODS[method]), *shared,
-         f"--workdir={run_of(method)}"),
+        (train_config, *method_flags, *shared, f"--workdir={run_of(method)}"),
         run_of(method), training_output,
         after=searched_after("dpr") if method == "adore" else (), input_files=teacher_record))
     if method != "adore":
       stages.append(Stage(
           f"index_{method}", f"{method}: index of the blocks", "embed",
-          (f"--flagfile={bundled_path(comparison.index_config, 'index_config')}", *shared,
-           f"--workdir={run_of(method)}", f"--index_dir={index_of(method)}"),
+          (index_config, *shared, f"--workdir={run_of(method)}",
+           f"--index_dir={index_of(method)}"),
           index_of(method), index_output(f"train_{method}", store_dir=block_store),
           after=(f"train_{method}",)))
     stages.append(Stage(

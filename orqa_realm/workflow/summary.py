@@ -44,9 +44,10 @@ def retrieval_label(name: str, metrics: dict[str, Any]) -> str:
 
 
 def format_table(summary: dict[str, Any],
-                 label_of: Callable[[str, dict[str, Any]], str] = retrieval_label) -> str:
+                 label_of: Callable[[str, dict[str, Any]], str] = retrieval_label,
+                 row_title: str = "retrieval") -> str:
   """The summary as two plain-text tables: stages and times, then the metrics in percent, a
-  row per evaluation stage labelled `label_of(stage name, its metrics)`."""
+  row per evaluation stage labelled `label_of(stage name, its metrics)` under `row_title`."""
   width = max(10, *map(len, summary["stages"]))
   lines = [f"{'stage':<{width}} {'status':<8} {'seconds':>8}  output"]
   for name, stage in summary["stages"].items():
@@ -63,7 +64,7 @@ def format_table(summary: dict[str, Any],
     header = ([f"R{k}" for k in ks] + [f"gold R{k}" for k in gold_ks] + ["EM"])
     lines += ["", f"held-out questions ({next(iter(evaluations.values()))['num_queries']}), "
               "percent: answer recall@k (R@k), gold-paragraph recall@k, reader exact match",
-              f"{'retrieval':<{width}} " + " ".join(f"{column:>10}" for column in header)]
+              f"{row_title:<{width}} " + " ".join(f"{column:>10}" for column in header)]
     for name, metrics in evaluations.items():
       values = ([metrics.get("answer_recall", {}).get(k) for k in ks]
                 + [metrics.get("gold_paragraph_recall", {}).get(k) for k in gold_ks]
@@ -81,9 +82,11 @@ def write_summary(workdir: str, summary: dict[str, Any]) -> str:
 
 
 def run_and_summarize(workdir: str, stages: Sequence[Stage], evaluations: Sequence[str],
-                      label_of: Callable[[str, dict[str, Any]], str] = retrieval_label) -> None:
+                      label_of: Callable[[str, dict[str, Any]], str] = retrieval_label,
+                      row_title: str = "retrieval") -> None:
   """Runs `stages` under `workdir` (skipping complete ones), then prints the summary table of
-  the `evaluations` stages and writes summary.json; a failed stage is an error naming it."""
+  the `evaluations` stages (`format_table`) and writes summary.json; a failed stage is an error
+  naming it."""
   try:
     results = runner.run_pipeline(workdir, stages)
   except runner.StageFailed as e:
@@ -93,4 +96,4 @@ def run_and_summarize(workdir: str, stages: Sequence[Stage], evaluations: Sequen
                      f"(its command line is in {record})") from e
   result = summarize(results, evaluations)
   path = write_summary(workdir, result)
-  print("\n" + format_table(result, label_of) + f"\n\nwrote {path}", flush=True)
+  print("\n" + format_table(result, label_of, row_title) + f"\n\nwrote {path}", flush=True)

@@ -186,3 +186,22 @@ def test_the_trainers_handle_skips_versions_another_run_embedded(squad_block_sto
   publish(this_run)
   assert handle.wait_for_version(timeout=60).version.version == 2
   handle.close()
+
+
+def test_the_refresher_starts_from_its_own_runs_newest_version(squad_block_store, tiny_bert_dir,
+                                                              tmp_path):
+  """A version of another run in the root does not count as indexed: checkpoint 0 of a fresh
+  run must still be indexed (the trainer waits for it)."""
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  root = IndexRoot(str(tmp_path / "index"))
+  rows = len(squad_block_store)
+
+  def publish(step, run_identity):
+    root.publish(np.ones((rows, 4), np.float32), store_fingerprint=squad_block_store.fingerprint,
+                 checkpoint_step=step, metadata={embedding.INDEXED_RUN: run_identity})
+
+  publish(5, dict(workdir=str(tmp_path / "other"), run_id="another"))
+  assert make_refresher(task, tmp_path / "run", tmp_path / "index").last_indexed_step == -1
+  run_directory.start_run(tmp_path / "run", task="ict", model={}, settings={})
+  publish(3, runs.run_identity(str(tmp_path / "run")))
+  assert make_refresher(task, tmp_path / "run", tmp_path / "index").last_indexed_step == 3

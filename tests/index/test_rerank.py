@@ -2,7 +2,10 @@
 (ties in first-stage order), the rest kept after them, scored below."""
 
 import numpy as np
+import pytest
 
+from orqa_realm.core.errors import InputError
+from orqa_realm.encode.rerank import RerankSettings
 from orqa_realm.index.rerank import RerankingSearcher, rerank
 from orqa_realm.index.searcher import SearchResult
 
@@ -54,3 +57,11 @@ def test_reranking_searcher_scores_only_the_top_depth():
   # Weighted enough, the first stage's order (0 first) wins back.
   interpolated = RerankingSearcher(FixedSearcher(), score, depth=4, first_stage_weight=2.0)
   np.testing.assert_array_equal(interpolated.search_texts(["a"], 4).ids, [[0, 1, 2, 3]])
+
+
+def test_a_negative_first_stage_weight_is_refused():
+  first = SearchResult(np.array([[1, 2]]), np.array([[2.0, 1.0]]))
+  with pytest.raises(ValueError, match="reverse its ranking"):
+    rerank(first, np.array([[0.0, 1.0]]), first_stage_weight=-1.0)
+  with pytest.raises(InputError, match="reverse the first stage's ranking"):
+    RerankSettings(first_stage_weight=-0.5)

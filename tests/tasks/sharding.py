@@ -38,11 +38,11 @@ def one_device_against_all(task, params, batch):
               metrics_four=metrics_four, grad_scale=grad_scale, grad_difference=grad_difference)
 
 
-def run_on_four_devices(module: str, *args: str) -> dict:
+def run_on_four_devices(module: str, *args: str, timeout: float = 600) -> dict:
   """Runs `python -m module args...` with 4 simulated CPU devices and returns the JSON object
   its last output line holds (what the check found, for the test to assert on)."""
   result = subprocess.run(
       [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-      timeout=600, env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+      timeout=timeout, env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])

@@ -134,7 +134,6 @@ def test_negatives_from_a_dense_index(squad_block_store, tiny_bert_dir, tmp_path
       e.hard_negatives for e in examples]
 
 
-
 @pytest.mark.slow
 def test_train_then_rerank_from_the_commands(squad_block_store, tiny_bert_dir, tmp_path):
   """`train --task=cross_encoder` logs its loss and its reranking evaluation; `evaluate

@@ -73,7 +73,6 @@ def test_loss_equals_numpy_on_a_real_batch(tiny_task):
   assert 0.0 <= metrics["accuracy"] <= 1.0
 
 
-
 def test_beir_pairs_train_on_judged_positives(tokenizer, tiny_bert_dir, tmp_path):
   texts = ["Aspirin reduces the risk of heart attack.", "Aspirin reduces fever.",
            "Heart attacks are caused by blocked arteries.", "Vitamin C does not cure colds.",

@@ -31,7 +31,7 @@ def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
       adore=("tests.tasks.tiny_orqa:tiny_adore_task", [store, bert, index_dir, small_squad], {}))
   return run_on_four_devices("tests.tasks.sharded_task_check", *(
       json.dumps(dict(name=name, builder=builder, args=args, kwargs=dict(kwargs, batch_size=8)))
-      for name, (builder, args, kwargs) in specs.items()))
+      for name, (builder, args, kwargs) in specs.items()), timeout=1800)
 
 
 @pytest.mark.slow  # one subprocess of a few minutes: CI runs it in its second step
