@@ -127,10 +127,11 @@ def global_from_local(batch: Any, mesh: Mesh) -> Any:
 
 
 def to_global(batch: Any, mesh: Mesh) -> Any:
-  """Turns a batch that every host holds whole (a pytree of [global_batch, ...] numpy arrays,
-  e.g. the blocks being embedded) into global jax Arrays sharded over the batch axis, each host
-  contributing its own rows; jax Arrays are resharded."""
-  rows = host_local_rows(jax.tree.leaves(batch)[0].shape[0])
+  """Turns a batch that every host holds whole (a pytree of [rows, ...] numpy arrays, e.g. the
+  blocks being embedded) into global jax Arrays sharded over the batch axis, each host
+  contributing its own share of each array's rows (arrays may differ in rows: a query's blocks
+  follow it, so [queries] and [queries x blocks per query] split alike); jax Arrays are
+  resharded."""
   return global_from_local(
-      jax.tree.map(lambda array: array if isinstance(array, jax.Array) else np.asarray(array)[rows],
-                   batch), mesh)
+      jax.tree.map(lambda array: array if isinstance(array, jax.Array)
+                   else np.asarray(array)[host_local_rows(np.shape(array)[0])], batch), mesh)
