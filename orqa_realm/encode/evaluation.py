@@ -57,11 +57,12 @@ class QueryEncoder(NamedTuple):
   orqa_run: runs.ORQARun | None  # the ORQA run it belongs to, if any
 
 
-def _frozen_index_query_encoder(workdir: str, step: int | None, version: IndexVersion,
-                                tokenizer: Tokenizer, given: Given, mesh) -> QueryEncoder:
+def _frozen_index_query_encoder(task: str, workdir: str, step: int | None,
+                                version: IndexVersion, tokenizer: Tokenizer, given: Given,
+                                mesh) -> QueryEncoder:
   """The question encoder an ORQA or ADORE run fine-tuned over the frozen index it was trained
   on (an ORQA run's reader comes with it)."""
-  if run_directory.read_run(workdir).task == runs.ORQA_TASK:
+  if task == runs.ORQA_TASK:
     orqa_run = runs.restore_orqa_run(workdir, step, mesh)
     run, params = orqa_run, orqa_run.params["retriever"]
   else:
@@ -121,7 +122,8 @@ def query_encoder(run: runs.RunCheckpoint, bert: str, version: IndexVersion,
     return _pretrained_query_encoder(bert, version, tokenizer, given)
   task = run_directory.read_run(run.workdir).task
   if task in (runs.ORQA_TASK, runs.ADORE_TASK):
-    return _frozen_index_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
+    return _frozen_index_query_encoder(task, run.workdir, run.step, version, tokenizer, given,
+                                       mesh)
   return _run_query_encoder(run.workdir, run.step, version, tokenizer, given, mesh)
 
 

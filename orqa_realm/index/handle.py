@@ -61,8 +61,9 @@ class IndexHandle:
 
   A version that fails to load (e.g. built from another block store) or that `check_version`
   refuses (e.g. embedded by another run) is logged and skipped: the previous one stays in use.
-  Each host loads versions at its own pace, so an exact searcher spans this host's devices only (`mesh`, by default all of them): a search over every host's
-  devices would need every host to load the version at the same moment.
+  Each host loads versions at its own pace, so an exact searcher spans this host's devices only
+  (`mesh`, by default all of them): a search over every host's devices would need every host to
+  load the version at the same moment.
   """
 
   def __init__(self, root: IndexRoot, store=None, *, backend: str = "exact", mesh=None,
