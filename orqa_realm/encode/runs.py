@@ -20,7 +20,8 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import cross_encoder, mlm, partitioning, reader, retriever
+from orqa_realm.modeling import (cross_encoder, mlm, multi_vector, partitioning, reader,
+                                 retriever)
 
 ORQA_TASK = "orqa"
 # ADORE trains only a question tower over a frozen index, as ORQA's retriever half does.
@@ -64,6 +65,10 @@ def retriever_run_of(workdir: str, task: str, model: dict[str, Any],
                      "pairs and embeds nothing, where a dual-encoder retriever run (ict, dpr, "
                      "ance, realm, ...) is expected; a cross-encoder reranks (evaluate "
                      "--rerank_workdir)", path=workdir)
+  if multi_vector.MULTI_VECTOR in model:
+    raise InputError(f"the run (task {task!r}) is {model_kind(model)}, whose blocks are sets "
+                     "of vectors, where a dual-encoder retriever run (ict, dpr, ance, realm, ...) "
+                     f"is expected: search it with --retrieval={task}", path=workdir)
   if "retriever" not in model:
     raise InputError(f"a run of task {task!r} holds no retriever", path=workdir)
   if task == ADORE_TASK:
@@ -164,8 +169,8 @@ def trained_bert(description: run_directory.RunDescription) -> str:
     raise InputError("the run's settings name no BERT", path=description.workdir) from e
 
 
-def check_tokenizer(run: RetrieverRun | CrossEncoderRun, tokenizer_fingerprint: str,
-                    source: str) -> None:
+def check_tokenizer(run: RetrieverRun | CrossEncoderRun | MultiVectorRun,
+                    tokenizer_fingerprint: str, source: str) -> None:
   """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
   if run.tokenizer_fingerprint != tokenizer_fingerprint:
     raise InputError(f"the run trained with tokenizer {run.tokenizer_fingerprint}, {source} was "
@@ -361,7 +366,7 @@ def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEnco
   key = next((key for key in (cross_encoder.CROSS_ENCODER, cross_encoder.JOINT_RANKER)
               if key in model), None)
   if key is None:
-    kind = "a dual-encoder retriever" if "retriever" in model else "another model"
+    kind = model_kind(model)
     raise InputError(f"the run (task {description.task!r}) is {kind}, where a cross-encoder run "
                      "(--task=cross_encoder) is expected: a dual encoder retrieves (evaluate "
                      "--workdir), a cross-encoder reranks", path=workdir)
@@ -377,3 +382,51 @@ def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEnco
       params = checkpoint_reader.restore_params(step, shapes)
   return CrossEncoderRun(description.workdir, config, model["tokenizer_fingerprint"], params,
                          step, description.run_id)
+
+
+def model_kind(model: dict[str, Any]) -> str:
+  """What a run's model description holds, in words, for messages."""
+  if multi_vector.MULTI_VECTOR in model:
+    return f"a multi-vector retriever ({model[multi_vector.MULTI_VECTOR]['kind']})"
+  if cross_encoder.CROSS_ENCODER in model:
+    return "a cross-encoder"
+  if "retriever" in model:
+    return "a dual-encoder retriever"
+  return "another model"
+
+
+def multi_vector_model(config: multi_vector.MultiVectorConfig, tokenizer_fingerprint: str
+                       ) -> dict[str, Any]:
+  """The model description of a run that trains the multi-vector retriever `config`."""
+  return {multi_vector.MULTI_VECTOR: config.to_dict(),
+          "tokenizer_fingerprint": tokenizer_fingerprint}
+
+
+class MultiVectorRun(NamedTuple):
+  """A trained multi-vector retriever, read back from its run directory."""
+  workdir: str
+  config: multi_vector.MultiVectorConfig
+  tokenizer_fingerprint: str
+  params: dict[str, Any]
+  step: int
+  run_id: str | None = None
+
+
+def restore_multi_vector_run(workdir: str, step: int | None, mesh) -> MultiVectorRun:
+  """The multi-vector retriever of `workdir` at checkpoint `step` (None: the newest),
+  replicated over `mesh`; a run of another kind is refused, naming what it is."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if multi_vector.MULTI_VECTOR not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
+                     "multi-vector retriever run (--task=colbert, me_bert or poly_encoder) is "
+                     "expected", path=workdir)
+  config = multi_vector.config_from_dict(model[multi_vector.MULTI_VECTOR])
+  shapes = checkpoints.abstract_with_sharding(partitioning.unbox(
+      jax.eval_shape(lambda: multi_vector.init_params(config, jax.random.key(0)))),
+                                              parallel.replicated(mesh))
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, shapes)
+  return MultiVectorRun(description.workdir, config, model["tokenizer_fingerprint"], params,
+                        step, description.run_id)

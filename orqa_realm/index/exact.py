@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,19 +38,39 @@ def merge_top_k(scores: jax.Array, ids: jax.Array, k: int) -> tuple[jax.Array, j
   return best_scores, jnp.take_along_axis(ids, positions, axis=-1)
 
 
-def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: int,
-                 num_rows: int) -> tuple[jax.Array, jax.Array]:
-  """Top k of one device's shard, scanned in chunks: [B, D] x [rows, D] -> [B, k] scores, ids.
+def shard_layout(num_rows: int, num_devices: int, chunk_size: int) -> tuple[int, int]:
+  """(chunk size, rows per device) of a corpus split into equal device shards scanned in equal
+  chunks: the chunk no larger than a shard, the shard padded to whole chunks."""
+  rows_per_device = math.ceil(num_rows / num_devices)
+  chunk_size = min(chunk_size, rows_per_device)
+  return chunk_size, math.ceil(rows_per_device / chunk_size) * chunk_size
 
+
+def dot_scores(queries: jax.Array, chunk: jax.Array) -> jax.Array:
+  """[B, D] queries x [chunk, D] rows -> [B, chunk] float32 inner products."""
+  return jnp.dot(queries, chunk.T, preferred_element_type=jnp.float32)
+
+
+def shard_top_k(queries: Any, shard: Any, *, k: int, chunk_size: int, num_rows: int,
+                score: Callable[[Any, Any], jax.Array] = dot_scores
+                ) -> tuple[jax.Array, jax.Array]:
+  """Top k of one device's shard (inside `shard_map` over `parallel.DATA_AXIS`), scanned in
+  chunks of `chunk_size` rows: `score(queries, chunk)` -> [B, chunk] for every chunk, merged
+  into a running [B, k] list of scores and global row ids.
+
+  `queries` and `shard` are pytrees (a [B, D] array and a [rows, D] array for dense search; sets
+  of vectors for multi-vector search), every leaf of `shard` with the rows on its leading axis.
   k may exceed a chunk (each chunk is merged whole into the running list) but not the shard;
-  `ExactSearcher` asks each shard for at most its own rows."""
-  rows_per_shard, dim = shard.shape
+  the searchers ask each shard for at most its own rows."""
+  rows_per_shard = jax.tree.leaves(shard)[0].shape[0]
   first_row = lax.axis_index(parallel.DATA_AXIS) * rows_per_shard
-  chunks = shard.reshape(rows_per_shard // chunk_size, chunk_size, dim)  # [chunks, chunk, D]
+  num_chunks = rows_per_shard // chunk_size
+  chunks = jax.tree.map(lambda leaf: leaf.reshape(num_chunks, chunk_size, *leaf.shape[1:]),
+                        shard)  # [chunks, chunk, ...]
 
   def scan_chunk(best, chunk_and_index):
     chunk, chunk_index = chunk_and_index
-    scores = jnp.dot(queries, chunk.T, preferred_element_type=jnp.float32)  # [B, chunk]
+    scores = score(queries, chunk)  # [B, chunk]
     ids = first_row + chunk_index * chunk_size + jnp.arange(chunk_size)  # [chunk]
     # Padding rows (past the corpus) must never be chosen.
     scores = jnp.where(ids < num_rows, scores, -jnp.inf)
@@ -57,12 +79,12 @@ def _shard_top_k(queries: jax.Array, shard: jax.Array, *, k: int, chunk_size: in
                          k)
     return merged, None
 
-  num_queries = queries.shape[0]
+  num_queries = jax.tree.leaves(queries)[0].shape[0]
   # The running top-k differs per device ("varying" over the mesh axis) from the first chunk on.
   initial = lax.pcast((jnp.full((num_queries, k), -jnp.inf, jnp.float32),
                        jnp.full((num_queries, k), num_rows, jnp.int32)),
                       (parallel.DATA_AXIS,), to="varying")
-  best, _ = lax.scan(scan_chunk, initial, (chunks, jnp.arange(chunks.shape[0])))
+  best, _ = lax.scan(scan_chunk, initial, (chunks, jnp.arange(num_chunks)))
   return best
 
 
@@ -98,9 +120,7 @@ class ExactSearcher:
     self._num_rows, self.dim = embeddings.shape
     self.dtype = jnp.dtype(dtype)
     self.query_batch_size = query_batch_size
-    rows_per_device = math.ceil(self._num_rows / self.mesh.size)
-    self.chunk_size = min(chunk_size, rows_per_device)
-    rows_per_device = math.ceil(rows_per_device / self.chunk_size) * self.chunk_size
+    self.chunk_size, rows_per_device = shard_layout(self._num_rows, self.mesh.size, chunk_size)
     padded = np.zeros((rows_per_device * self.mesh.size, self.dim), self.dtype)
     padded[:self._num_rows] = embeddings
     self._corpus = jax.device_put(padded, NamedSharding(self.mesh, PartitionSpec(parallel.DATA_AXIS)))
@@ -116,7 +136,7 @@ class ExactSearcher:
 
     def search(queries: jax.Array, corpus: jax.Array, k: int):
       # Each shard offers at most its own rows; together they hold all num_rows >= k rows.
-      shard_search = functools.partial(_shard_top_k, k=min(k, rows_per_shard),
+      shard_search = functools.partial(shard_top_k, k=min(k, rows_per_shard),
                                        chunk_size=chunk_size, num_rows=num_rows)
       # [B, devices * k]: the shards' lists side by side in corpus order (XLA all-gathers them).
       shard_scores, shard_ids = jax.shard_map(

@@ -21,7 +21,24 @@ class RetrievalLoss(NamedTuple):
 def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Array,
                           score_scale: float = 1.0,
                           block_ids: jax.Array | None = None) -> RetrievalLoss:
-  """Softmax over all blocks of the batch (ICT, DPR).
+  """Softmax over all blocks of the batch (ICT, DPR) of the scaled inner products: see
+  `in_batch_softmax_of_scores`.
+
+  Args:
+    query_embeddings: [num_queries, dim].
+    block_embeddings: [num_queries x g, dim].
+    score_scale: multiplies the scores (an inverse temperature; ~20 for cosine scores).
+    block_ids: [num_queries x g] int, which corpus block each row is (None: all distinct).
+  """
+  logits = score_scale * jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
+                                    preferred_element_type=jnp.float32)  # [queries, blocks]
+  return in_batch_softmax_of_scores(logits, block_ids)
+
+
+def in_batch_softmax_of_scores(logits: jax.Array,
+                               block_ids: jax.Array | None = None) -> RetrievalLoss:
+  """Softmax over all blocks of the batch, given every query's score of every block (any
+  retriever: inner products, MaxSim).
 
   The blocks come in one group per query, its positive first, then its hard negatives (DPR):
   query i's positive is block i x g, g = num_blocks / num_queries (1 for ICT). Every other
@@ -29,20 +46,17 @@ def in_batch_softmax_loss(query_embeddings: jax.Array, block_embeddings: jax.Arr
   same rows of the batch as the query, so that a host can build its own rows alone.
 
   Args:
-    query_embeddings: [num_queries, dim].
-    block_embeddings: [num_queries x g, dim].
-    score_scale: multiplies the scores (an inverse temperature; ~20 for cosine scores).
+    logits: [num_queries, num_queries x g] float32 scores, already scaled.
     block_ids: [num_queries x g] int, which corpus block each row is. A row holding the same
       block as query i's positive (another question's positive from the same paragraph, or a
       negative that is that block) is left out of query i's softmax instead of counting as a
       negative for its own positive. None: every row is a distinct block.
   """
-  num_queries, num_blocks = query_embeddings.shape[0], block_embeddings.shape[0]
+  num_queries, num_blocks = logits.shape
   if num_blocks < num_queries or num_blocks % num_queries:
     raise ValueError(f"{num_blocks} blocks for {num_queries} queries: every query needs its "
                      "positive block, and the same number of hard negatives")
-  logits = score_scale * jnp.einsum("qd,bd->qb", query_embeddings, block_embeddings,
-                                    preferred_element_type=jnp.float32)  # [queries, blocks]
+  logits = logits.astype(jnp.float32)
   queries = jnp.arange(num_queries)
   positives = queries * (num_blocks // num_queries)  # [queries]
   if block_ids is not None:

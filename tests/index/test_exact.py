@@ -91,3 +91,6 @@ def test_four_devices_equal_one():
   assert report["max_score_difference"] <= 1e-5
   assert report["same_ids_beyond_a_shard"]
   assert report["rows_match"]
+  assert report["maxsim_shards"] == 4
+  assert report["maxsim_same_ids"]
+  assert report["maxsim_max_score_difference"] <= 1e-5

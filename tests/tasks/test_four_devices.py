@@ -1,5 +1,5 @@
 """Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
-ADORE): the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device. One
+ADORE, and the multi-vector ColBERT, ME-BERT and poly-encoder): the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device. One
 subprocess checks them all (tests/tasks/sharded_task_check.py); each task is its own test."""
 
 import json
@@ -11,7 +11,8 @@ from tests.tasks.sharding import run_on_four_devices
 
 # A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
 LOSS_TOLERANCE = dict(distill=2e-5)
-TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore")
+TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore", "colbert",
+         "me_bert", "poly_encoder")
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,15 @@ def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
       star=("tests.tasks.tiny_dpr:tiny_star_task", [store, bert], {}),
       tasb=("tests.tasks.tiny_cross_encoder:tiny_tasb_task", teacher, {}),
       rocketqav2=("tests.tasks.tiny_cross_encoder:tiny_rocketqa_task", teacher, {}),
-      adore=("tests.tasks.tiny_orqa:tiny_adore_task", [store, bert, index_dir, small_squad], {}))
+      adore=("tests.tasks.tiny_orqa:tiny_adore_task", [store, bert, index_dir, small_squad], {}),
+      # ColBERT with its optional distillation (ColBERTv2), the others without.
+      colbert=("tests.tasks.tiny_late_interaction:tiny_late_interaction_task",
+               ["colbert", store, bert],
+               dict(teacher_workdir=tiny_cross_encoder_run, qa_dataset=small_squad)),
+      me_bert=("tests.tasks.tiny_late_interaction:tiny_late_interaction_task",
+               ["me_bert", store, bert], dict(qa_dataset=small_squad)),
+      poly_encoder=("tests.tasks.tiny_late_interaction:tiny_late_interaction_task",
+                    ["poly_encoder", store, bert], dict(qa_dataset=small_squad)))
   return run_on_four_devices("tests.tasks.sharded_task_check", *(
       json.dumps(dict(name=name, builder=builder, args=args, kwargs=dict(kwargs, batch_size=8)))
       for name, (builder, args, kwargs) in specs.items()), timeout=1800)
