@@ -29,6 +29,7 @@ from orqa_realm.core.config import differences, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.index import storage
 from orqa_realm.index.exact import next_power_of_two
 from orqa_realm.index.scann_index import ScannConfig
 from orqa_realm.index.storage import IndexRoot, IndexVersion, StorageDtype
@@ -222,7 +223,13 @@ def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
     latest = root.latest()
   except InputError:  # a pointer to a lost version: the publish repairs it
     return
-  if latest is None or "retriever" not in latest.metadata:  # none, or unusable (old layout)
+  if latest is None:
+    return
+  if latest.kind != storage.DENSE:
+    raise InputError(f"the index root holds a {latest.kind.replace('_', '-')} index (version "
+                     f"{latest.version}), not dense embeddings: use another --index_dir",
+                     path=root.root, field="index_dir")
+  if "retriever" not in latest.metadata:  # unusable (old layout)
     return
   # A store grown from the root's (preprocess --grow_from) continues it.
   if latest.store_fingerprint != store.fingerprint and store.ancestor(
@@ -248,6 +255,7 @@ def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
 
 def indexed_retriever(version: IndexVersion) -> retriever.RetrieverConfig:
   """The retriever whose block tower embedded `version` (recorded in its manifest)."""
+  version.check_kind(storage.DENSE)
   if "retriever" not in version.metadata or "tokenizer_fingerprint" not in version.metadata:
     raise InputError("this index version was published by an earlier orqa_realm and does not "
                      "record the retriever it was embedded with: re-embed it",

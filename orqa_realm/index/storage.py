@@ -4,6 +4,10 @@
       LATEST                 {"version": 12}: replaced by an atomic rename, never edited in place
       versions/000012/       manifest.json, embeddings.npy (+ embedding_scales.npy), scann/
 
+A version is of one kind: dense embeddings (one vector a block, above) or a multi-vector index
+(`multi_vector_index.py`: a set of vectors a block, e.g. ColBERT's), whose files it writes
+through `IndexRoot.publish_files`; each reader refuses the other kind.
+
 A version is written under a temporary name and renamed when complete, and the pointer only ever
 names complete versions, so a reader never sees a half-written index. One writer (the refresher)
 per root; any number of readers. The manifest records the block store (fingerprint and size) the
@@ -17,6 +21,7 @@ import dataclasses
 import json
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any, Literal
 
 import ml_dtypes
@@ -35,6 +40,10 @@ EMBEDDINGS = "embeddings.npy"
 SCALES = "embedding_scales.npy"
 SCANN_DIR = "scann"
 
+# The kinds of payload a version holds (its manifest's `kind`; dense when absent).
+DENSE = "dense"
+MULTI_VECTOR = "multi_vector"
+
 StorageDtype = Literal["float32", "bfloat16", "int8"]
 STORAGE_DTYPES = ("float32", "bfloat16", "int8")
 
@@ -51,18 +60,29 @@ class IndexVersion:
   storage_dtype: str
   scann_config: ScannConfig | None  # None when no ScaNN index was built
   metadata: dict[str, Any]
+  kind: str = DENSE  # DENSE or MULTI_VECTOR
+  # What a version of another kind than dense records of its storage (its manifest entry named
+  # by the kind).
+  details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def check_kind(self, kind: str) -> None:
+    """Refuses a version of another kind than `kind`, naming both."""
+    if self.kind != kind:
+      raise InputError(f"this index version holds a {self.kind.replace('_', '-')} index, where a "
+                       f"{kind.replace('_', '-')} index is expected", path=self.directory,
+                       field="index_dir")
 
   @property
   def manifest_path(self) -> str:
     return str(epath.Path(self.directory) / MANIFEST)
 
 
-def _save_array(path: epath.Path, array: np.ndarray) -> None:
+def save_array(path: epath.Path, array: np.ndarray) -> None:
   with path.open("wb") as f:
     np.save(f, array)
 
 
-def _load_array(path: epath.Path) -> np.ndarray:
+def load_array(path: epath.Path) -> np.ndarray:
   """A .npy file: memory-mapped when local, read whole when remote."""
   if not paths.is_remote(path):
     return np.load(path, mmap_mode="r")
@@ -78,15 +98,15 @@ def save_embeddings(directory: paths.PathLike, embeddings: np.ndarray,
   """
   directory = epath.Path(directory)
   if storage_dtype == "float32":
-    _save_array(directory / EMBEDDINGS, embeddings.astype(np.float32))
+    save_array(directory / EMBEDDINGS, embeddings.astype(np.float32))
   elif storage_dtype == "bfloat16":
     # .npy has no bfloat16: store the bit patterns as uint16.
-    _save_array(directory / EMBEDDINGS, embeddings.astype(ml_dtypes.bfloat16).view(np.uint16))
+    save_array(directory / EMBEDDINGS, embeddings.astype(ml_dtypes.bfloat16).view(np.uint16))
   elif storage_dtype == "int8":
     scales = np.maximum(np.abs(embeddings).max(axis=1), 1e-12) / 127.0  # [num_rows]
     codes = np.clip(np.round(embeddings / scales[:, None]), -127, 127).astype(np.int8)
-    _save_array(directory / EMBEDDINGS, codes)
-    _save_array(directory / SCALES, scales.astype(np.float32))
+    save_array(directory / EMBEDDINGS, codes)
+    save_array(directory / SCALES, scales.astype(np.float32))
   else:
     raise ValueError(f"storage dtype {storage_dtype!r} is not one of {STORAGE_DTYPES}")
 
@@ -94,8 +114,9 @@ def save_embeddings(directory: paths.PathLike, embeddings: np.ndarray,
 def load_embeddings(version: IndexVersion) -> np.ndarray:
   """The version's embeddings as float32 [num_rows, dim] (memory-mapped when stored locally as
   float32)."""
+  version.check_kind(DENSE)
   path = epath.Path(version.directory) / EMBEDDINGS
-  stored = _load_array(path)
+  stored = load_array(path)
   if stored.shape != (version.num_rows, version.embedding_size):
     raise InputError(f"holds embeddings of shape {stored.shape}, the manifest says "
                      f"({version.num_rows}, {version.embedding_size})", path=path)
@@ -103,7 +124,7 @@ def load_embeddings(version: IndexVersion) -> np.ndarray:
     return stored
   if version.storage_dtype == "bfloat16":
     return np.asarray(stored).view(ml_dtypes.bfloat16).astype(np.float32)
-  scales = _load_array(epath.Path(version.directory) / SCALES)
+  scales = load_array(epath.Path(version.directory) / SCALES)
   return np.asarray(stored, np.float32) * scales[:, None]
 
 
@@ -125,7 +146,8 @@ def _read_manifest(directory: str) -> IndexVersion:
       store_fingerprint=manifest["block_store"]["fingerprint"],
       checkpoint_step=manifest.get("checkpoint_step"), storage_dtype=manifest["storage_dtype"],
       scann_config=ScannConfig(**scann) if scann is not None else None,
-      metadata=manifest.get("metadata", {}))
+      metadata=manifest.get("metadata", {}), kind=manifest.get("kind", DENSE),
+      details=manifest.get(manifest.get("kind", DENSE)) or {})
 
 
 class IndexRoot:
@@ -170,10 +192,36 @@ class IndexRoot:
               scann_config: ScannConfig | None = None,
               scann_searcher: ScannSearcher | None = None,
               metadata: dict[str, Any] | None = None) -> IndexVersion:
-    """Writes a new version (embeddings, optional ScaNN index) and points LATEST at it. The
-    ScaNN index is built with `scann_config`, or is `scann_searcher` (e.g. a previous version's
-    with the new rows upserted), which must hold exactly `embeddings`' rows."""
+    """Writes a new version of dense embeddings (and an optional ScaNN index) and points LATEST
+    at it. The ScaNN index is built with `scann_config`, or is `scann_searcher` (e.g. a
+    previous version's with the new rows upserted), which must hold exactly `embeddings`'
+    rows."""
     embeddings = np.asarray(embeddings, np.float32)
+    if scann_searcher is not None and scann_searcher.num_rows != len(embeddings):
+      raise ValueError(f"the ScaNN index holds {scann_searcher.num_rows} rows, the version "
+                       f"{len(embeddings)}")
+
+    def write(partial: epath.Path) -> dict[str, Any]:
+      save_embeddings(partial, embeddings, storage_dtype)
+      if scann_config is None and scann_searcher is None:
+        return dict(scann=None)
+      searcher = scann_searcher or ScannSearcher.build(embeddings, scann_config)
+      with paths.directory_to_write(partial / SCANN_DIR) as scann_dir:
+        searcher.save(scann_dir)
+      return dict(scann=dataclasses.asdict(searcher.config))
+
+    return self.publish_files(write, kind=DENSE, num_rows=len(embeddings),
+                              embedding_size=embeddings.shape[1], storage_dtype=storage_dtype,
+                              store_fingerprint=store_fingerprint,
+                              checkpoint_step=checkpoint_step, metadata=metadata)
+
+  def publish_files(self, write: Callable[[epath.Path], dict[str, Any]], *, kind: str,
+                    num_rows: int, embedding_size: int, storage_dtype: str,
+                    store_fingerprint: str, checkpoint_step: int | None,
+                    metadata: dict[str, Any] | None = None) -> IndexVersion:
+    """Publishes a new version of `kind` whose files `write(directory)` writes (returning
+    manifest entries of its own: for a kind other than dense, its details under the kind's
+    name), then points LATEST at it: the version appears whole or not at all."""
     versions = self.versions()
     version = (versions[-1] if versions else 0) + 1
     self._versions_dir.mkdir(parents=True, exist_ok=True)
@@ -181,22 +229,12 @@ class IndexRoot:
     partial = self._versions_dir / f".partial-{version:06d}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
     try:
-      save_embeddings(partial, embeddings, storage_dtype)
-      scann_manifest = None
-      if scann_searcher is not None and scann_searcher.num_rows != len(embeddings):
-        raise ValueError(f"the ScaNN index holds {scann_searcher.num_rows} rows, the version "
-                         f"{len(embeddings)}")
-      if scann_config is not None or scann_searcher is not None:
-        searcher = scann_searcher or ScannSearcher.build(embeddings, scann_config)
-        with paths.directory_to_write(partial / SCANN_DIR) as scann_dir:
-          searcher.save(scann_dir)
-        scann_manifest = dataclasses.asdict(searcher.config)
-      manifest = dict(
-          format=FORMAT, format_version=VERSION, version=version, num_rows=len(embeddings),
-          embedding_size=embeddings.shape[1], storage_dtype=storage_dtype,
-          block_store=dict(fingerprint=store_fingerprint, num_blocks=len(embeddings)),
-          checkpoint_step=checkpoint_step, scann=scann_manifest, created=time.time(),
-          metadata=metadata or {})
+      manifest = {"scann": None, **write(partial)}
+      manifest.update(
+          format=FORMAT, format_version=VERSION, kind=kind, version=version, num_rows=num_rows,
+          embedding_size=embedding_size, storage_dtype=storage_dtype,
+          block_store=dict(fingerprint=store_fingerprint, num_blocks=num_rows),
+          checkpoint_step=checkpoint_step, created=time.time(), metadata=metadata or {})
       (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True),
                                       encoding="utf-8")
       partial.rename(self.version_dir(version))
