@@ -15,6 +15,12 @@ or straight from Hugging Face weights (no projection: a fresh one would be rando
 The version records the retriever's settings and the tokenizer, so that `evaluate` and ORQA
 search it only with the query encoder it belongs to.
 
+From a multi-vector run (`--task=colbert`, `me_bert`, `poly_encoder`), the blocks' vectors are
+published as a multi-vector index, compressed as ColBERTv2 does unless `--colbert_nbits=0`:
+
+    python -m orqa_realm.embed --block_store=runs/blocks/squad_demo --workdir=runs/colbert_squad \
+        --index_dir=runs/index/colbert_squad [--colbert_nbits=2]
+
 After the store grew (`preprocess --grow_from`), `--grow` embeds only the added blocks and
 publishes them with the newest version's embeddings (and its ScaNN index, upserted), given the
 run and checkpoint that embedded that version:
@@ -39,7 +45,8 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
 from orqa_realm.encode import embedding, growing, runs
-from orqa_realm.modeling import partitioning, retriever
+from orqa_realm.encode import multi_vector as multi_vector_encode
+from orqa_realm.modeling import multi_vector, partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
 
 
@@ -57,6 +64,10 @@ SETTINGS.bind("run", runs.RunCheckpoint)
 SETTINGS.bind("store", StoreSource)
 SETTINGS.bind("retriever", retriever.RetrieverConfig)
 SETTINGS.bind("index", embedding.IndexConfig)
+SETTINGS.bind("multi-vector index", multi_vector_encode.MultiVectorIndexConfig)
+
+DENSE_GROUPS = ["embed", "run", "store", "retriever", "index"]
+MULTI_VECTOR_GROUPS = ["embed", "run", "store", "multi-vector index"]
 
 
 def run_retriever(run: runs.RunCheckpoint, tokenizer_fingerprint: str, store_directory: str,
@@ -96,6 +107,10 @@ def main() -> None:
     raise InputError("--checkpoint_step names a checkpoint of --workdir, which is not given",
                      field="checkpoint_step")
   mesh = parallel.make_mesh()
+  if run.workdir and multi_vector.MULTI_VECTOR in run_directory.read_run(run.workdir).model:
+    embed_multi_vector(run, store, tokenizer, mesh)
+    return
+  SETTINGS.check_read(DENSE_GROUPS, "embed of a dense retriever")
   if run.workdir:
     config, params, step = run_retriever(run, tokenizer.fingerprint, store.directory, mesh)
   else:
@@ -110,6 +125,25 @@ def main() -> None:
                  blocks_per_second=version.metadata["blocks_per_second"])
   if grow:
     summary["embedded_blocks"] = version.num_rows - version.metadata["grown_from"]["num_rows"]
+  print(f"published {version.directory}: {json.dumps(summary)}")
+
+
+def embed_multi_vector(run: runs.RunCheckpoint, store, tokenizer, mesh) -> None:
+  """Publishes the store's vectors by the multi-vector run's checkpoint."""
+  SETTINGS.check_read(MULTI_VECTOR_GROUPS, "embed of a multi-vector run")
+  if SETTINGS.build("embed").grow:
+    raise InputError("--grow extends dense indexes only: embed the grown store whole",
+                     field="grow")
+  restored = runs.restore_multi_vector_run(run.workdir, run.step, mesh)
+  runs.check_tokenizer(restored, tokenizer.fingerprint, store.directory)
+  version = multi_vector_encode.embed_and_publish(
+      store, tokenizer, restored.params, restored.config, SETTINGS.build("multi-vector index"),
+      checkpoint_step=restored.step, run=runs.run_identity(run.workdir), mesh=mesh,
+      show_progress=sys.stderr.isatty())
+  summary = dict(version=version.version, checkpoint_step=version.checkpoint_step,
+                 kind=restored.config.kind, num_blocks=version.num_rows,
+                 storage=version.storage_dtype, **version.details,
+                 blocks_per_second=version.metadata["blocks_per_second"])
   print(f"published {version.directory}: {json.dumps(summary)}")
 
 

@@ -26,6 +26,13 @@ ORQA run's own question encoder searches with `--workdir` set to the same run.
 The retriever is dense by default; `--retrieval=bm25` ranks blocks by BM25 instead (no index or
 question encoder needed; --bert names the tokenizer of the store and of a reader), and
 `--retrieval=hybrid` fuses both rankings (`--hybrid_alpha`, `--hybrid_depth`).
+`--retrieval=colbert` (or `me_bert`, `poly_encoder`) searches a multi-vector index with the
+query encoder of the run it was embedded from, exactly or with PLAID
+(`--multi_vector_backend=plaid` over a compressed index):
+
+    python -m orqa_realm.evaluate --retrieval=colbert --block_store=runs/blocks/squad_demo \
+        --workdir=runs/colbert_squad --index_dir=runs/index/colbert_squad \
+        --eval_qa_dataset=squad:runs/qa/squad_demo/test.json --output_dir=runs/eval/colbert
 
 With --rerank_workdir (a cross-encoder run, `--task=cross_encoder`), the first stage's top
 --rerank_depth blocks of each query are reordered by the cross-encoder's scores before any
@@ -41,6 +48,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from typing import Any, Literal
 
 from orqa_realm import cli
@@ -54,6 +62,7 @@ from orqa_realm.data.answers import answer_hits, gold_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.encode import evaluation, runs
+from orqa_realm.encode import multi_vector as multi_vector_encode
 from orqa_realm.encode.predict import write_predictions
 from orqa_realm.encode.rerank import CrossEncoderReranker, RerankSettings
 from orqa_realm.index import bm25
@@ -66,9 +75,11 @@ from orqa_realm.index.searcher import SearchResult
 class EvaluateCommand:
   """What is evaluated, and where the results go."""
   output_dir: str = setting("", "Where metrics.json, the plot and predictions.jsonl go.")
-  retrieval: Literal["dense", "bm25", "hybrid"] = setting(
+  retrieval: Literal["dense", "bm25", "hybrid", "colbert", "me_bert", "poly_encoder"] = setting(
       "dense", "dense: the question encoder over --index_dir; bm25: BM25 over --block_store "
-      "(--bm25_*); hybrid: both, fused by normalised dense + --hybrid_alpha x BM25 score.")
+      "(--bm25_*); hybrid: both, fused by normalised dense + --hybrid_alpha x BM25 score; "
+      "colbert, me_bert, poly_encoder: that multi-vector run (--workdir) over its index "
+      "(--index_dir, --multi_vector_backend).")
   reader_workdir: str = setting(
       "", "An ORQA run whose reader answers the --eval_qa_dataset questions from the top k "
       "retrieved blocks (exact match, predictions.jsonl).")
@@ -82,6 +93,9 @@ SETTINGS.bind("beir", beir.BEIREvaluation)
 evaluation.bind_retrieval_settings(SETTINGS)
 SETTINGS.bind("tfds", tfds_input.TFDSSettings)
 SETTINGS.bind("rerank", RerankSettings)
+SETTINGS.bind("multi-vector search", multi_vector_encode.MultiVectorSearch)
+
+MULTI_VECTOR_KINDS = ("colbert", "me_bert", "poly_encoder")  # --retrieval values of run kinds
 
 DENSE_GROUPS = tuple(group for group, _ in evaluation.DENSE_SETTINGS)
 
@@ -95,6 +109,8 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
     groups.append("bm25")
   if command.retrieval == "hybrid":
     groups.append("hybrid")
+  if command.retrieval in MULTI_VECTOR_KINDS:
+    groups.append("multi-vector search")
   if SETTINGS.given("rerank_workdir"):
     groups.append("rerank")
   return groups
@@ -103,6 +119,10 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
 def text_searcher(command: EvaluateCommand, source: StoreSource, store, tokenizer, mesh):
   """The --retrieval searcher of the store's blocks, and what it was built from."""
   info: dict[str, Any] = dict(retrieval=command.retrieval)
+  if command.retrieval in MULTI_VECTOR_KINDS:
+    searcher, multi_vector_info = multi_vector_encode.text_searcher(
+        store, tokenizer, SETTINGS.build("multi-vector search"), command.retrieval, mesh)
+    return searcher, dict(info, **multi_vector_info)
   if command.retrieval in ("bm25", "hybrid"):
     bm25_config = SETTINGS.build("bm25")
     sparse = bm25.open_or_build(store, bm25_config)
@@ -193,8 +213,12 @@ def main() -> None:
     depth = min(len(store), max(depth, reader_run.settings.reader_beam_size))
   if reranker is not None:
     depth = min(len(store), max(depth, rerank_settings.depth))
+  started = time.time()
   result = searcher.search_texts(texts, depth)
-  metrics = dict(source=where, num_queries=len(texts), num_blocks=len(store), **searcher_info)
+  search_seconds = time.time() - started
+  metrics = dict(source=where, num_queries=len(texts), num_blocks=len(store), **searcher_info,
+                 search_seconds=round(search_seconds, 2),
+                 queries_per_second=round(len(texts) / search_seconds, 1))
   if reranker is not None:
     if qa.qa_dataset:
       metrics["first_stage"], _ = qa_retrieval_metrics(result, store, examples, ks)

@@ -146,6 +146,21 @@ def tiny_cross_encoder_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -
 
 
 @pytest.fixture(scope="session")
+def tiny_colbert_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
+  """The workdir of a 6-step run of the tiny ColBERT (tests/tasks/tiny_late_interaction.py),
+  logging every 3 steps and evaluated at its end on 20 of the slice's questions."""
+  from orqa_realm.training import loop
+  from tests.tasks.tiny_late_interaction import tiny_colbert_task
+
+  workdir = str(tmp_path_factory.mktemp("runs") / "tiny_colbert")
+  loop.train(tiny_colbert_task(squad_block_store.directory, tiny_bert_dir),
+             loop.TrainConfig(workdir=workdir, num_train_steps=6, batch_size=8,
+                              learning_rate=1e-3, warmup_steps=1, log_every_steps=3,
+                              checkpoint_every_steps=6, async_checkpoints=False))
+  return workdir
+
+
+@pytest.fixture(scope="session")
 def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
   """Real embeddings: MiniLM (mean pooling, as trained) over the SQuAD blocks cut to 64
   wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)"""

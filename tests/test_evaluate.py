@@ -164,3 +164,40 @@ def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_in
   assert hybrid["fusion"] == dict(alpha=0.5, depth=50, normalization="minmax")
   assert hybrid["index_version"] == 1 and hybrid["num_queries"] == len(examples)
   assert 0.0 <= hybrid["answer_recall"]["@1"] <= hybrid["answer_recall"]["@5"] <= 1.0
+
+
+@pytest.mark.slow
+def test_cli_embeds_and_evaluates_a_colbert_run(squad_block_store, tiny_colbert_run, tmp_path):
+  """embed publishes the tiny ColBERT's compressed index; evaluate searches it exactly and with
+  PLAID (every centroid probed: the exact ranking), and refuses the flags of the other kind."""
+  store = squad_block_store.directory
+  command = lambda name, *flags: subprocess.run(
+      [sys.executable, "-m", f"orqa_realm.{name}", f"--block_store={store}",
+       f"--workdir={tiny_colbert_run}", f"--index_dir={tmp_path / 'index'}", *flags],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  embedded = command("embed", "--colbert_nbits=2", "--colbert_centroids=256",
+                     "--embed_dtype=float32")
+  assert embedded.returncode == 0, embedded.stderr[-3000:]
+  summary = json.loads(embedded.stdout.strip().splitlines()[-1].split(": ", 1)[1])
+  assert summary["kind"] == "colbert" and summary["storage"] == "residual_2bit"
+  assert summary["bytes_per_vector"] == 6 and summary["checkpoint_step"] == 6
+  dense_flag = command("embed", "--index_storage_dtype=int8")
+  assert dense_flag.returncode != 0
+  assert "--index_storage_dtype is not read by `embed of a multi-vector run`" in dense_flag.stderr
+  evaluate = lambda output, *flags: command(
+      "evaluate", "--retrieval=colbert", f"--eval_qa_dataset=squad:{DEMO_SQUAD}",
+      "--eval_questions=40", "--eval_recall_ks=1,5,20", "--embed_dtype=float32",
+      f"--output_dir={tmp_path / output}", *flags)
+  exact = evaluate("exact")
+  assert exact.returncode == 0, exact.stderr[-3000:]
+  plaid = evaluate("plaid", "--multi_vector_backend=plaid", "--plaid_ncells=256",
+                   "--plaid_centroid_score_threshold=-1e9", "--plaid_ndocs=8000")
+  assert plaid.returncode == 0, plaid.stderr[-3000:]
+  exact_metrics, plaid_metrics = (json.loads((tmp_path / name / "metrics.json").read_text())
+                                  for name in ("exact", "plaid"))
+  assert exact_metrics["retrieval"] == "colbert" and exact_metrics["num_queries"] == 40
+  assert exact_metrics["index_storage"]["nbits"] == 2 and plaid_metrics["backend"] == "plaid"
+  assert plaid_metrics["answer_recall"] == exact_metrics["answer_recall"]
+  assert exact_metrics["queries_per_second"] > 0
+  wrong_kind = evaluate("wrong", "--hybrid_alpha=0.5")
+  assert "--hybrid_alpha is not read by `evaluate --retrieval=colbert`" in wrong_kind.stderr

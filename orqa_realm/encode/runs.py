@@ -111,7 +111,7 @@ def is_same_run(recorded: dict[str, Any], workdir: str, run_id: str | None) -> b
   return recorded["workdir"] == workdir
 
 
-def check_embedded_from(version: IndexVersion, run: RetrieverRun) -> None:
+def check_embedded_from(version: IndexVersion, run: RetrieverRun | MultiVectorRun) -> None:
   """Refuses an index that was not embedded from a checkpoint of `run`: another run's query
   tower, even of the same architecture and step, was never trained against these blocks."""
   recorded = indexed_run(version)

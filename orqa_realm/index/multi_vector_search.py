@@ -63,7 +63,7 @@ class TokenVectors(NamedTuple):
 ScoreFn = Callable[[VectorSet, VectorSet], jax.Array]  # [q] x [n] sets -> [q, n] scores
 
 
-class MultiVectorSearcher:
+class ExactMultiVectorSearcher:
   """Exact top-k of query vector sets over a corpus of block vector sets, by `score`.
 
   Args:

@@ -137,14 +137,17 @@ class PLAIDSearcher:
 
   def search_sets(self, queries: VectorSet, k: int) -> SearchResult:
     """[num_queries, n, dim] query vectors ([num_queries, n] mask) -> the k best blocks of
-    each, best first (padded with id -1 and score -inf when fewer are candidates)."""
+    each, best first. When fewer than k blocks are candidates, the list is topped up with the
+    lowest-numbered other blocks at score -inf, so that every query has k valid ids."""
     check_k(k, self.num_rows)
     vectors, mask = np.asarray(queries.vectors, np.float32), np.asarray(queries.mask)
-    ids = np.full((len(vectors), k), -1, np.int64)
+    ids = np.empty((len(vectors), k), np.int64)
     scores = np.full((len(vectors), k), -np.inf, np.float32)
     for row, (query, query_mask) in enumerate(zip(vectors, mask)):
       found_ids, found_scores = self.search_one(query[query_mask != 0], k)
-      ids[row, :len(found_ids)], scores[row, :len(found_ids)] = found_ids, found_scores
+      others = np.setdiff1d(np.arange(k + len(found_ids)), found_ids)[:k - len(found_ids)]
+      ids[row] = np.concatenate([found_ids, others])
+      scores[row, :len(found_ids)] = found_scores
     return SearchResult(ids, scores)
 
 

@@ -1,5 +1,6 @@
 """The protocols every retrieval backend implements: `Searcher` over query embeddings (exact,
-ScaNN) and `TextSearcher` over query texts (BM25, fusion, a dense searcher with its query
+ScaNN), `MultiVectorSearcher` over sets of query vectors (exact MaxSim, PLAID) and
+`TextSearcher` over query texts (BM25, fusion, a dense or multi-vector searcher with its query
 encoder), so that evaluation and training treat every retriever alike."""
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
+
+from orqa_realm.modeling.multi_vector import VectorSet
 
 
 class SearchResult(NamedTuple):
@@ -38,6 +41,18 @@ class TextSearcher(Protocol):
     """The k best blocks of each text, best first."""
 
 
+class MultiVectorSearcher(Protocol):
+  """Finds the k best blocks for each query's set of vectors (exact MaxSim, PLAID)."""
+
+  @property
+  def num_rows(self) -> int:
+    """Blocks in the index."""
+
+  def search_sets(self, queries: VectorSet, k: int) -> SearchResult:
+    """[num_queries, n, dim] query vectors with their [num_queries, n] mask -> the k best
+    blocks of each, best first."""
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseTextSearcher:
   """A dense searcher behind the query encoder that embeds texts for it."""
@@ -65,3 +80,17 @@ def check_search_args(queries: np.ndarray, k: int, *, num_rows: int, dim: int) -
     raise ValueError(f"expected queries of shape [num_queries, {dim}], got {queries.shape}")
   check_k(k, num_rows)
   return queries
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiVectorTextSearcher:
+  """A multi-vector searcher behind the query encoder that turns texts into vector sets."""
+  encode: Callable[[Sequence[str]], VectorSet]  # texts -> [num_texts, n, dim] vectors and mask
+  searcher: MultiVectorSearcher
+
+  @property
+  def num_rows(self) -> int:
+    return self.searcher.num_rows
+
+  def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
+    return self.searcher.search_sets(self.encode(texts), k)

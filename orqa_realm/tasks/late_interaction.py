@@ -36,7 +36,7 @@ from orqa_realm.data.multi_vector_inputs import MarkerIds, VectorInputs
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.encode import multi_vector as encode
 from orqa_realm.encode import runs
-from orqa_realm.index.multi_vector_search import MultiVectorSearcher
+from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.hf_import import HFBert
 from orqa_realm.modeling.losses import in_batch_softmax_of_scores
@@ -176,7 +176,7 @@ class LateInteractionTask(Task):
     config, dtype = self.config.retriever, jnp.dtype(self.context.dtype)
     corpus = encode.encode_blocks(self.store, self.tokenizer, params, config, dtype=dtype,
                                   mesh=mesh)
-    searcher = MultiVectorSearcher(corpus, functools.partial(multi_vector.scores, config),
+    searcher = ExactMultiVectorSearcher(corpus, functools.partial(multi_vector.scores, config),
                                    mesh=mesh)
     queries = encode.encode_queries([example.question for example in self.eval_examples],
                                     self.tokenizer, params, config, dtype=dtype, mesh=mesh)

@@ -12,7 +12,7 @@ import numpy as np
 
 from orqa_realm.core import parallel
 from orqa_realm.index.exact import ExactSearcher
-from orqa_realm.index.multi_vector_search import MultiVectorSearcher
+from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.bert import BertConfig
 from tests.index.test_multi_vector_search import random_corpus, random_queries
@@ -23,9 +23,9 @@ def multi_vector_report(rng) -> dict:
   corpus = random_corpus(rng, 301, 8, 12)
   queries = random_queries(rng, 9, 5, 8)
   score = functools.partial(multi_vector.scores, multi_vector.ColBERTConfig(BertConfig()))
-  one = MultiVectorSearcher(corpus, score, mesh=parallel.make_mesh(jax.devices()[:1]),
+  one = ExactMultiVectorSearcher(corpus, score, mesh=parallel.make_mesh(jax.devices()[:1]),
                             chunk_size=16)
-  four = MultiVectorSearcher(corpus, score, mesh=parallel.make_mesh(), chunk_size=16)
+  four = ExactMultiVectorSearcher(corpus, score, mesh=parallel.make_mesh(), chunk_size=16)
   result_one, result_four = one.search_sets(queries, 100), four.search_sets(queries, 100)
   return dict(maxsim_same_ids=bool((result_one.ids == result_four.ids).all()),
               maxsim_max_score_difference=float(np.abs(result_one.scores

@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from orqa_realm.index.multi_vector_search import MultiVectorSearcher, TokenVectors
+from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, TokenVectors
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.multi_vector import ColBERTConfig, PolyEncoderConfig, VectorSet
@@ -48,7 +48,7 @@ def test_search_equals_numpy_scan(config, query_vectors):
   rng = np.random.default_rng(0)
   corpus = random_corpus(rng, 203, 8, 12)
   queries = random_queries(rng, 11, query_vectors, 8)
-  searcher = MultiVectorSearcher(corpus, functools.partial(multi_vector.scores, config),
+  searcher = ExactMultiVectorSearcher(corpus, functools.partial(multi_vector.scores, config),
                                  chunk_size=16, query_batch_size=8)
   padded = corpus.padded()
   expected = numpy_scores(config.kind, *queries, *padded)  # [queries, blocks]
@@ -64,7 +64,7 @@ def test_search_equals_numpy_scan(config, query_vectors):
 def test_bad_queries_are_refused():
   rng = np.random.default_rng(0)
   config = ColBERTConfig(BERT)
-  searcher = MultiVectorSearcher(random_corpus(rng, 20, 8, 5),
+  searcher = ExactMultiVectorSearcher(random_corpus(rng, 20, 8, 5),
                                  functools.partial(multi_vector.scores, config))
   with pytest.raises(ValueError, match=r"\[num_queries, n, 8\]"):
     searcher.search_sets(VectorSet(np.zeros((2, 3, 4)), np.ones((2, 3))), 5)

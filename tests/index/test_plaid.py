@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from orqa_realm.index.multi_vector_search import MultiVectorSearcher, TokenVectors
+from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, TokenVectors
 from orqa_realm.index.plaid import PLAIDSearcher, PLAIDSettings, inverted_lists
 from orqa_realm.index.residual_codec import compress, decompress, train_codec
 from orqa_realm.modeling import multi_vector
@@ -30,7 +30,7 @@ def corpus():
   picks = rng.integers(len(vectors), size=(30, 8))
   queries = vectors[picks] + 0.2 * rng.normal(size=(30, 8, 32)).astype(np.float32) / np.sqrt(32)
   queries /= np.linalg.norm(queries, axis=-1, keepdims=True)
-  exact = MultiVectorSearcher(TokenVectors(decompress(codec, compressed), lengths), SCORE,
+  exact = ExactMultiVectorSearcher(TokenVectors(decompress(codec, compressed), lengths), SCORE,
                               chunk_size=64)
   return dict(codec=codec, compressed=compressed, lengths=lengths,
               queries=VectorSet(queries.astype(np.float32), np.ones((30, 8), np.int32)),

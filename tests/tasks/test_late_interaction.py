@@ -13,26 +13,21 @@ from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.multi_vector_inputs import MarkerIds
-from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.encode import multi_vector as encode
 from orqa_realm.encode import runs
 from orqa_realm.modeling import partitioning
 from orqa_realm.modeling.multi_vector import MultiVectorEncoder
 from orqa_realm.tasks.base import StepContext
-from orqa_realm.training import loop
-from tests.conftest import DEMO_SQUAD
 from tests.modeling.test_multi_vector import numpy_scores
-from tests.tasks.tiny_late_interaction import tiny_late_interaction_task
+from tests.tasks.tiny_late_interaction import tiny_colbert_task, tiny_late_interaction_task
 
 MESH = parallel.make_mesh()
 
 
 @pytest.fixture(scope="module")
 def colbert_task(squad_block_store, tiny_bert_dir):
-  """The tiny ColBERT task, evaluated on 20 of the questions."""
-  return tiny_late_interaction_task(
-      "colbert", squad_block_store.directory, tiny_bert_dir,
-      evaluation=QAEvaluation(qa_dataset=f"squad:{DEMO_SQUAD}", questions=20))
+  """The tiny ColBERT task of the `tiny_colbert_run` fixture."""
+  return tiny_colbert_task(squad_block_store.directory, tiny_bert_dir)
 
 
 def test_batch_marks_queries_and_blocks_and_groups_candidates(colbert_task):
@@ -112,20 +107,9 @@ def test_a_teacher_needs_a_mined_negative(squad_block_store, tiny_bert_dir,
                                hard_negatives_per_question=0)
 
 
-@pytest.fixture(scope="module")
-def trained_colbert(colbert_task, tmp_path_factory):
-  """A tiny ColBERT run of 6 steps, evaluated at its end: (workdir, its metrics records)."""
-  workdir = tmp_path_factory.mktemp("colbert") / "run"
-  config = loop.TrainConfig(workdir=str(workdir), batch_size=8, num_train_steps=6,
-                            learning_rate=1e-3, warmup_steps=1, log_every_steps=3,
-                            checkpoint_every_steps=6, async_checkpoints=False)
-  loop.train(colbert_task, config)
-  with open(workdir / "metrics.jsonl") as f:
-    return str(workdir), [json.loads(line) for line in f]
-
-
-def test_a_run_logs_its_losses_and_its_recall(trained_colbert):
-  _, records = trained_colbert
+def test_a_run_logs_its_losses_and_its_recall(tiny_colbert_run):
+  with open(f"{tiny_colbert_run}/metrics.jsonl", encoding="utf-8") as f:
+    records = [json.loads(line) for line in f]
   assert [r["step"] for r in records if "loss" in r] == [3, 6]
   assert all(r["loss"] == r["in_batch_loss"] > 0 for r in records if "loss" in r)
   final = [r for r in records if "eval_answer_recall@20" in r]
@@ -133,9 +117,9 @@ def test_a_run_logs_its_losses_and_its_recall(trained_colbert):
   assert 0.0 <= final[0]["eval_answer_recall@1"] <= final[0]["eval_answer_recall@20"] <= 1.0
 
 
-def test_runs_of_one_kind_are_refused_where_another_is_expected(trained_colbert, colbert_task,
+def test_runs_of_one_kind_are_refused_where_another_is_expected(tiny_colbert_run, colbert_task,
                                                                 tiny_cross_encoder_run):
-  workdir, _ = trained_colbert
+  workdir = tiny_colbert_run
   restored = runs.restore_multi_vector_run(workdir, None, MESH)
   assert restored.config == colbert_task.config.retriever and restored.step == 6
   with pytest.raises(InputError, match=r"multi-vector retriever \(colbert\).*dual-encoder"):
@@ -146,10 +130,10 @@ def test_runs_of_one_kind_are_refused_where_another_is_expected(trained_colbert,
     runs.restore_multi_vector_run(tiny_cross_encoder_run, None, MESH)
 
 
-def test_evaluation_recall_is_exact_search_over_the_store(colbert_task, trained_colbert):
+def test_evaluation_recall_is_exact_search_over_the_store(colbert_task, tiny_colbert_run):
   """The task's recall equals a NumPy MaxSim of every held-out question against every block."""
   task = colbert_task
-  params = runs.restore_multi_vector_run(trained_colbert[0], None, MESH).params
+  params = runs.restore_multi_vector_run(tiny_colbert_run, None, MESH).params
   metrics = task.evaluate(params, MESH)
   config = task.config.retriever
   corpus = encode.encode_blocks(task.store, task.tokenizer, params, config, mesh=MESH)

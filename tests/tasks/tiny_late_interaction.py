@@ -4,6 +4,8 @@ over the SQuAD block store."""
 
 import dataclasses
 
+from orqa_realm.data.qa import QAEvaluation
+
 from orqa_realm.modeling.multi_vector import ColBERTConfig, MEBERTConfig, PolyEncoderConfig
 from orqa_realm.tasks.late_interaction import (ColBERTTask, ColBERTTaskConfig, MEBERTTask,
                                                MEBERTTaskConfig, PolyEncoderTask,
@@ -32,3 +34,11 @@ def tiny_late_interaction_task(kind: str, block_store: str, bert_dir: str, batch
                         hard_negatives_per_question=2,
                         teacher=TeacherSettings(workdir=teacher_workdir))
   return task_class(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
+
+
+def tiny_colbert_task(block_store: str, bert_dir: str, **overrides):
+  """The tiny ColBERT task evaluated on 20 of the slice's questions (the `tiny_colbert_run`
+  fixture's)."""
+  return tiny_late_interaction_task(
+      "colbert", block_store, bert_dir,
+      evaluation=QAEvaluation(qa_dataset=f"squad:{DEMO_SQUAD}", questions=20), **overrides)
