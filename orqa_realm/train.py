@@ -23,6 +23,8 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import tfds_input
 from orqa_realm.encode import embedding, refresher, runs
+from orqa_realm.encode import multi_vector as multi_vector_encode
+from orqa_realm.index import storage
 from orqa_realm.index.handle import IndexHandle
 from orqa_realm.tasks.base import Need, Task
 from orqa_realm.tasks.registry import TASKS
@@ -47,6 +49,7 @@ SETTINGS.bind("loop", loop.TrainConfig)
 SETTINGS.bind("index refresher", loop.RefreshConfig)
 SETTINGS.bind("index", embedding.IndexSearch)
 SETTINGS.bind("index publishing", embedding.IndexConfig)
+SETTINGS.bind("multi-vector index publishing", multi_vector_encode.MultiVectorIndexConfig)
 SETTINGS.bind("tfds", tfds_input.TFDSSettings)
 for _name, _task in TASKS.items():
   SETTINGS.bind(f"task {_name}", _task.config_class)
@@ -78,10 +81,28 @@ def check_flags() -> TrainCommand:
     raise InputError(f"--task={command.task} trains no block tower: a refresher would have "
                      "nothing to index", field="refresh_index")
   groups = ["train", "loop", "tfds", f"task {command.task}"]
-  groups += ["index refresher", "index"] if uses_index(command) else []
-  groups += ["index publishing"] if command.refresh_index else []
+  dense = TASKS[command.task].index_kind == storage.DENSE
+  if uses_index(command):
+    # A multi-vector run's index is read by no task: there is no index handle to configure.
+    groups += ["index refresher", "index"] if dense else ["index refresher"]
+  if command.refresh_index:
+    groups.append("index publishing" if dense else "multi-vector index publishing")
   SETTINGS.check_read(groups, f"train --task={command.task}")
   return command
+
+
+def run_refresher(task: Task, workdir: str, index_config, index_handle: IndexHandle | None
+                  ) -> refresher.Refresher:
+  """The refresher of this run's checkpoints: dense embeddings or, for a multi-vector task,
+  block vectors; it wakes the index handle (if any) when it publishes."""
+  notify = (lambda version: index_handle.notify()) if index_handle is not None else None
+  if task.index_kind == storage.DENSE:
+    run = runs.retriever_run_of(workdir, task.name, task.run_model())
+    return refresher.refresher_for_run(run, task.store, index_config, on_publish=notify)
+  model = task.run_model()
+  run = runs.MultiVectorRunInfo(workdir, task.config.retriever, model["tokenizer_fingerprint"])
+  return refresher.multi_vector_refresher_for_run(run, task.store, task.tokenizer, index_config,
+                                                  on_publish=notify)
 
 
 def main() -> None:
@@ -94,12 +115,14 @@ def main() -> None:
     parallel.initialize_multihost()
   tfds_input.use_settings(SETTINGS.build("tfds"))
   refresh = SETTINGS.build("index refresher")
-  index_config = SETTINGS.build("index publishing")
+  dense = task_class.index_kind == storage.DENSE
+  index_config = SETTINGS.build("index publishing" if dense else
+                                "multi-vector index publishing")
   task = task_class(task_settings(task_class), config.task_context())
   print(f"task {task.name} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} host(s); global batch {config.batch_size}", flush=True)
   settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
-  if uses_index(command):
+  if uses_index(command) and dense:
     settings.update(refresh=dataclasses.asdict(refresh),
                     index=dataclasses.asdict(SETTINGS.build("index")))
   if command.refresh_index:
@@ -107,7 +130,7 @@ def main() -> None:
   refresher_thread, index_handle = None, None
   poll_seconds = refresh.refresher.poll_seconds
   try:
-    if uses_index(command):
+    if uses_index(command) and dense:
       # The handle refuses versions built from another corpus or by another run (e.g. by a
       # refresher process started with other settings, or for another run into the same root).
       index_handle = IndexHandle(
@@ -117,9 +140,7 @@ def main() -> None:
                                           workdir=config.workdir))
     # One refresher per run: the first host's (the others read its versions).
     if command.refresh_index and jax.process_index() == 0:
-      run = runs.retriever_run_of(config.workdir, task.name, task.run_model())
-      worker = refresher.refresher_for_run(run, task.store, index_config,
-                                           on_publish=lambda version: index_handle.notify())
+      worker = run_refresher(task, config.workdir, index_config, index_handle)
       refresher_thread = refresher.RefresherThread(worker, poll_seconds=poll_seconds).start()
     loop.train(task, config, refresh=refresh, settings=settings,
                flags_text=SETTINGS.given_flags_text(),

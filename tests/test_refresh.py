@@ -120,3 +120,48 @@ def logged_index_versions(workdir) -> dict[int, int]:
   with open(pathlib.Path(workdir) / "metrics.jsonl", encoding="utf-8") as f:
     return {record["step"]: int(record["index_version"]) for record in map(json.loads, f)
             if "index_version" in record}
+
+
+@pytest.mark.slow
+def test_multi_vector_runs_are_refreshed_as_multi_vector_indexes(
+    squad_block_store, tiny_bert_dir, tiny_colbert_run, small_squad, tmp_path):
+  """`refresh` beside a ColBERT run and `train --task=colbert --refresh_index` both publish
+  multi-vector versions, compressed as asked; a dense index setting is refused for them."""
+  index_dir = tmp_path / "index"
+  refresh = lambda *flags: subprocess.Popen(
+      [sys.executable, "-m", "orqa_realm.refresh", f"--workdir={tiny_colbert_run}",
+       f"--index_dir={index_dir}", "--embed_dtype=float32", "--refresh_poll_seconds=0.2",
+       *flags], cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+  refused = refresh("--index_storage_dtype=int8")
+  assert refused.wait(timeout=300) != 0
+  assert ("--index_storage_dtype is not read by `refresh of a multi-vector run`"
+          in refused.communicate()[1])
+  process = refresh("--colbert_nbits=1", "--colbert_centroids=64")
+  root = IndexRoot(str(index_dir))
+  deadline = time.monotonic() + 300
+  while root.latest_version() is None:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no version published in 300 s"
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  _, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  version = root.latest()
+  assert version.kind == "multi_vector" and version.checkpoint_step == 6
+  assert version.storage_dtype == "residual_1bit" and version.details["num_centroids"] == 64
+  # The trainer's own refresher thread.
+  trained = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.train", "--task=colbert",
+       f"--workdir={tmp_path / 'run'}", f"--block_store={squad_block_store.directory}",
+       f"--bert={tiny_bert_dir}", "--from_scratch", "--colbert_dim=16", "--query_length=12",
+       "--block_length=48", f"--train_qa_dataset={small_squad}", "--hard_negative_depth=20",
+       f"--bm25_dir={tmp_path / 'bm25'}", "--batch_size=8", "--num_train_steps=2",
+       "--checkpoint_every_steps=2", "--dtype=float32", "--refresh_index",
+       f"--index_dir={tmp_path / 'trained_index'}", "--colbert_nbits=0",
+       "--embed_dtype=float32", "--refresh_poll_seconds=0.2"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  versions = IndexRoot(str(tmp_path / "trained_index"))
+  assert versions.latest() is not None and versions.latest().kind == "multi_vector"
+  assert versions.latest().storage_dtype == "float16"

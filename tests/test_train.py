@@ -21,6 +21,10 @@ UNREAD = {
     "rocketqav2": "tasb_clusters=4",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
+    # Each multi-vector kind reads only its own settings.
+    "colbert": "block_vectors=4",
+    "me_bert": "query_augmentation=false",
+    "poly_encoder": "skip_punctuation=false",
 }
 # A flag of the index refresher, unread without --refresh_index by a task that needs no index.
 REFRESHER_FLAG = "index_backend=scann"
@@ -60,18 +64,24 @@ def test_every_task_refuses_a_flag_it_does_not_read():
            for task, flag in UNREAD.items()]
   lines += [["--task=ict", "--workdir=/nonexistent/run", f"--{REFRESHER_FLAG}"],
             ["--task=ance", "--workdir=/nonexistent/run", "--index_storage_dtype=int8"],
-            ["--task=orqa", "--workdir=/nonexistent/run", "--refresh_index"]]
+            ["--task=orqa", "--workdir=/nonexistent/run", "--refresh_index"],
+            # A refresher publishes the kind of index the task's checkpoints make.
+            ["--task=colbert", "--workdir=/nonexistent/run", "--refresh_index",
+             "--index_storage_dtype=int8"],
+            ["--task=dpr", "--workdir=/nonexistent/run", "--refresh_index", "--colbert_nbits=1"]]
   messages = refusals(lines)
   for (task, flag), message in zip(UNREAD.items(), messages):
     name = flag.partition("=")[0]
     assert message is not None, task
     assert f"--{name} is not read by `train --task={task}`" in message, message
-  index_flag, publishing_flag, orqa_refresh = messages[-3:]
+  index_flag, publishing_flag, orqa_refresh, dense_storage, colbert_storage = messages[-5:]
   assert "--index_backend is not read by `train --task=ict`" in index_flag
   assert "(it is read by: index, index publishing)" in index_flag
   # ANCE reads the refreshed index; how versions are published is read only with a refresher.
   assert "--index_storage_dtype is not read by `train --task=ance`" in publishing_flag
   assert "trains no block tower" in orqa_refresh
+  assert "--index_storage_dtype is not read by `train --task=colbert`" in dense_storage
+  assert "--colbert_nbits is not read by `train --task=dpr`" in colbert_storage
 
 
 def test_helpfull_lists_the_flags_of_each_task_in_its_group():

@@ -63,9 +63,9 @@ def make_encoder(config: MultiVectorConfig, dtype, mesh, side: str):
 def block_batch_inputs(store: BlockStore, blocks: Sequence[int], config: MultiVectorConfig,
                        ids: MarkerIds, length: int) -> VectorInputs:
   """[len(blocks), length] inputs of store blocks as `config` reads them."""
+  skip = isinstance(config, ColBERTConfig) and config.skip_punctuation
   return block_inputs(store, blocks, ids, length=length, block_format=config.block_format,
-                      markers=config.markers,
-                      skip_punctuation=isinstance(config, ColBERTConfig) and config.skip_punctuation)
+                      markers=config.markers, skip_punctuation=skip)
 
 
 def query_batch_inputs(tokenizer: Tokenizer, queries: Sequence[Sequence[int]],

@@ -1,5 +1,8 @@
 """The asynchronous index refresher: new checkpoint -> block tower -> embeddings -> new version.
 
+Dense retrievers publish embeddings (`Refresher`), multi-vector ones (ColBERT, ME-BERT, the
+poly-encoder) their blocks' vectors (`MultiVectorRefresher`); the rest is the same.
+
 It runs beside training, as a thread of the trainer (`RefresherThread`, woken when a checkpoint
 is committed) or as its own process or host (`python -m orqa_realm.refresh`, which re-reads the
 checkpoint directory every `poll_seconds`), so that on a pod it can use other devices than the
@@ -21,8 +24,11 @@ from absl import logging
 from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.encode import embedding, runs
+from orqa_realm.encode import multi_vector as multi_vector_encode
 from orqa_realm.index.storage import IndexVersion
+from orqa_realm.modeling.multi_vector import MultiVectorConfig
 from orqa_realm.modeling.retriever import RetrieverConfig
 
 
@@ -57,7 +63,7 @@ class Refresher:
     self.index = index
     self.index_root = index.root()
     # Refused now rather than at the first refresh, on a thread whose errors are only logged.
-    embedding.check_publishable(self.index_root, config, store)
+    self.check_publishable()
     self.mesh = mesh if mesh is not None else parallel.make_mesh(jax.local_devices())
     self.on_publish = on_publish
     self.failures = 0
@@ -68,6 +74,18 @@ class Refresher:
     self.last_indexed_step = (latest.checkpoint_step if latest is not None
                               and runs.is_embedded_by_run_in(latest, workdir) else -1)
 
+  def check_publishable(self) -> None:
+    """Refuses an index root this refresher could not publish into."""
+    embedding.check_publishable(self.index_root, self.config, self.store)
+
+  def publish_checkpoint(self, step: int) -> IndexVersion:
+    """Embeds the store with checkpoint `step` and publishes it."""
+    params = runs.restore_retriever(self.reader, step, self.config, self.mesh, tower="block")
+    # The run's description exists once it has a checkpoint (a fresh run writes it first).
+    return embedding.embed_and_publish(self.store, params, self.config, self.index,
+                                       checkpoint_step=step,
+                                       run=runs.run_identity(self.workdir), mesh=self.mesh)
+
   def refresh(self, step: int) -> IndexVersion:
     """Indexes checkpoint `step` and publishes it as the newest version."""
     started = time.time()
@@ -75,11 +93,7 @@ class Refresher:
       raise FileNotFoundError(
           f"checkpoint {step} of {self.reader.directory} was deleted before it could be indexed "
           "(the trainer keeps --keep_checkpoints); the newest one will be indexed instead")
-    params = runs.restore_retriever(self.reader, step, self.config, self.mesh, tower="block")
-    # The run's description exists once it has a checkpoint (a fresh run writes it first).
-    version = embedding.embed_and_publish(self.store, params, self.config, self.index,
-                                          checkpoint_step=step,
-                                          run=runs.run_identity(self.workdir), mesh=self.mesh)
+    version = self.publish_checkpoint(step)
     self.last_indexed_step = max(self.last_indexed_step, step)
     logging.info("published index version %d from checkpoint %d in %.1fs", version.version,
                  step, time.time() - started)
@@ -112,6 +126,26 @@ class Refresher:
 
   def close(self) -> None:
     self.reader.close()
+
+
+class MultiVectorRefresher(Refresher):
+  """A refresher of a multi-vector run: each checkpoint's block vectors, published as a
+  multi-vector version (compressed as `index.storage` says). `tokenizer` gives the special
+  wordpieces of its inputs."""
+
+  def __init__(self, *, tokenizer: Tokenizer, config: MultiVectorConfig,
+               index: multi_vector_encode.MultiVectorIndexConfig, **kwargs):
+    self.tokenizer = tokenizer
+    super().__init__(config=config, index=index, **kwargs)
+
+  def check_publishable(self) -> None:
+    multi_vector_encode.check_publishable(self.index_root, self.config, self.store)
+
+  def publish_checkpoint(self, step: int) -> IndexVersion:
+    params = runs.restore_multi_vector_params(self.reader, step, self.config, self.mesh)
+    return multi_vector_encode.embed_and_publish(
+        self.store, self.tokenizer, params, self.config, self.index, checkpoint_step=step,
+        run=runs.run_identity(self.workdir), mesh=self.mesh)
 
 
 class RefresherThread:
@@ -149,3 +183,14 @@ def refresher_for_run(run: runs.RetrieverRun, store: BlockStore, index: embeddin
   runs.check_tokenizer(run, store.tokenizer_fingerprint, store.directory)
   return Refresher(workdir=run.workdir, store=store,
                    config=run.retriever, index=index, mesh=mesh, on_publish=on_publish)
+
+
+def multi_vector_refresher_for_run(
+    run: runs.MultiVectorRunInfo, store: BlockStore, tokenizer: Tokenizer,
+    index: multi_vector_encode.MultiVectorIndexConfig, *, mesh=None,
+    on_publish: Callable[[IndexVersion], None] | None = None) -> MultiVectorRefresher:
+  """A refresher of the multi-vector `run`'s checkpoints into `index`, encoding `store` (refused
+  when it was tokenized with another vocabulary than the run's)."""
+  runs.check_tokenizer(run, store.tokenizer_fingerprint, store.directory)
+  return MultiVectorRefresher(workdir=run.workdir, store=store, tokenizer=tokenizer,
+                              config=run.config, index=index, mesh=mesh, on_publish=on_publish)

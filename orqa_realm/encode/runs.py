@@ -169,7 +169,7 @@ def trained_bert(description: run_directory.RunDescription) -> str:
     raise InputError("the run's settings name no BERT", path=description.workdir) from e
 
 
-def check_tokenizer(run: RetrieverRun | CrossEncoderRun | MultiVectorRun,
+def check_tokenizer(run: RetrieverRun | CrossEncoderRun | MultiVectorRun | MultiVectorRunInfo,
                     tokenizer_fingerprint: str, source: str) -> None:
   """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
   if run.tokenizer_fingerprint != tokenizer_fingerprint:
@@ -402,6 +402,14 @@ def multi_vector_model(config: multi_vector.MultiVectorConfig, tokenizer_fingerp
           "tokenizer_fingerprint": tokenizer_fingerprint}
 
 
+class MultiVectorRunInfo(NamedTuple):
+  """A run that trains a multi-vector retriever, as its description says."""
+  workdir: str
+  config: multi_vector.MultiVectorConfig
+  tokenizer_fingerprint: str
+  run_id: str | None = None
+
+
 class MultiVectorRun(NamedTuple):
   """A trained multi-vector retriever, read back from its run directory."""
   workdir: str
@@ -412,21 +420,35 @@ class MultiVectorRun(NamedTuple):
   run_id: str | None = None
 
 
-def restore_multi_vector_run(workdir: str, step: int | None, mesh) -> MultiVectorRun:
-  """The multi-vector retriever of `workdir` at checkpoint `step` (None: the newest),
-  replicated over `mesh`; a run of another kind is refused, naming what it is."""
+def open_multi_vector_run(workdir: str) -> MultiVectorRunInfo:
+  """The multi-vector retriever `workdir` trains; a run of another kind is refused, naming
+  what it is."""
   description = run_directory.read_run(workdir)
   model = description.model
   if multi_vector.MULTI_VECTOR not in model:
     raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
                      "multi-vector retriever run (--task=colbert, me_bert or poly_encoder) is "
                      "expected", path=workdir)
-  config = multi_vector.config_from_dict(model[multi_vector.MULTI_VECTOR])
-  shapes = checkpoints.abstract_with_sharding(partitioning.unbox(
-      jax.eval_shape(lambda: multi_vector.init_params(config, jax.random.key(0)))),
-                                              parallel.replicated(mesh))
+  return MultiVectorRunInfo(description.workdir,
+                            multi_vector.config_from_dict(model[multi_vector.MULTI_VECTOR]),
+                            model["tokenizer_fingerprint"], description.run_id)
+
+
+def restore_multi_vector_params(checkpoint_reader: checkpoints.CheckpointReader, step: int,
+                                config: multi_vector.MultiVectorConfig, mesh) -> dict[str, Any]:
+  """The multi-vector retriever's params of checkpoint `step`, replicated over `mesh`."""
+  shapes = partitioning.unbox(
+      jax.eval_shape(lambda: multi_vector.init_params(config, jax.random.key(0))))
+  return checkpoint_reader.restore_params(
+      step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
+
+
+def restore_multi_vector_run(workdir: str, step: int | None, mesh) -> MultiVectorRun:
+  """The multi-vector retriever of `workdir` at checkpoint `step` (None: the newest),
+  replicated over `mesh`."""
+  info = open_multi_vector_run(workdir)
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
     step = checkpoint_step(checkpoint_reader, step)
-    params = checkpoint_reader.restore_params(step, shapes)
-  return MultiVectorRun(description.workdir, config, model["tokenizer_fingerprint"], params,
-                        step, description.run_id)
+    params = restore_multi_vector_params(checkpoint_reader, step, info.config, mesh)
+  return MultiVectorRun(info.workdir, info.config, info.tokenizer_fingerprint, params, step,
+                        info.run_id)

@@ -10,6 +10,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 
+from orqa_realm.index import storage
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling.bert import RematPolicy
 from orqa_realm.modeling.retriever import ARCHITECTURE_FIELDS, RetrieverConfig
@@ -90,6 +91,8 @@ class Task(abc.ABC):
   fixed_retriever_fields: ClassVar[tuple[str, ...]] = ARCHITECTURE_FIELDS
   # Whether the task trains the block tower (whose checkpoints a refresher can index).
   trains_block_tower: ClassVar[bool] = True
+  # The kind of index its checkpoints are published as (`index.storage`: dense or multi-vector).
+  index_kind: ClassVar[str] = storage.DENSE
   config: Any  # the task's settings (an instance of `config_class`), as the task uses them
 
   @classmethod

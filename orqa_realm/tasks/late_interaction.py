@@ -36,6 +36,7 @@ from orqa_realm.data.multi_vector_inputs import MarkerIds, VectorInputs
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.encode import multi_vector as encode
 from orqa_realm.encode import runs
+from orqa_realm.index import storage
 from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.hf_import import HFBert
@@ -92,6 +93,7 @@ class PolyEncoderTaskConfig(LateInteractionConfig):
 class LateInteractionTask(Task):
   """Trains the multi-vector retriever of `config.retriever`'s kind."""
   config: LateInteractionConfig
+  index_kind = storage.MULTI_VECTOR
 
   def __init__(self, config: LateInteractionConfig, context: TaskContext):
     config.pairs.check()

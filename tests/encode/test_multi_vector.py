@@ -2,7 +2,7 @@
 blocks encoded by the tiny ColBERT run. The version records its run and retriever; publishing
 into a root of another kind, store or retriever is refused; only the run and checkpoint that
 embedded the index may search it; PLAID with every centroid probed finds exact MaxSim's top 10;
-exact search equals the task's own evaluation."""
+the refresher publishes what embed does."""
 
 import dataclasses
 
@@ -12,8 +12,8 @@ import pytest
 from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
 from orqa_realm.encode import multi_vector as encode
-from orqa_realm.encode import runs
-from orqa_realm.index import storage
+from orqa_realm.encode import refresher, runs
+from orqa_realm.index import multi_vector_index, storage
 from orqa_realm.index.multi_vector_index import MultiVectorStorage
 from orqa_realm.index.plaid import PLAIDSettings
 from orqa_realm.index.storage import IndexRoot
@@ -111,3 +111,25 @@ def test_backends_that_cannot_search_the_index_are_refused(published, squad_bloc
   with pytest.raises(InputError, match="pass --workdir"):
     encode.text_searcher(squad_block_store, tokenizer,
                          dataclasses.replace(settings, workdir=""), "colbert", MESH)
+
+
+def test_the_refresher_publishes_what_embed_does(published, squad_block_store, tokenizer,
+                                                 tmp_path):
+  run = published["run"]
+  index = dataclasses.replace(published["index"], index_dir=str(tmp_path / "refreshed"))
+  worker = refresher.multi_vector_refresher_for_run(
+      runs.open_multi_vector_run(run.workdir), squad_block_store, tokenizer, index, mesh=MESH)
+  try:
+    assert worker.last_indexed_step == -1
+    version = worker.refresh(6)
+  finally:
+    worker.close()
+  assert version.kind == storage.MULTI_VECTOR and version.checkpoint_step == 6
+  refreshed, embedded = (multi_vector_index.load(v) for v in (version, published["version"]))
+  np.testing.assert_array_equal(refreshed.lengths, embedded.lengths)
+  np.testing.assert_array_equal(refreshed.compressed.codes, embedded.compressed.codes)
+  np.testing.assert_array_equal(refreshed.compressed.residuals, embedded.compressed.residuals)
+  # A dense refresher refuses the multi-vector root, before any work.
+  with pytest.raises(InputError, match="multi-vector retriever"):
+    refresher.refresher_for_run(runs.open_retriever_run(run.workdir), squad_block_store,
+                                index)
