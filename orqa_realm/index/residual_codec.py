@@ -80,7 +80,9 @@ def train_codec(sample: np.ndarray, *, num_centroids: int, nbits: int, normalize
   num_heldout = max(1, int(len(sample) * heldout_fraction))
   heldout, fitted = sample[order[:num_heldout]], sample[order[num_heldout:]]
   num_centroids = min(num_centroids, len(fitted))
-  kmeans = KMeans(n_clusters=num_centroids, n_init=1, max_iter=max_iterations,
+  # Random initial centroids, as faiss's k-means (ColBERT's) starts: k-means++ seeding is
+  # sequential over the centroids and took minutes for thousands of them on a 2-core CPU.
+  kmeans = KMeans(n_clusters=num_centroids, init="random", n_init=1, max_iter=max_iterations,
                   random_state=seed).fit(fitted)
   centroids = kmeans.cluster_centers_.astype(np.float32)
   if normalized:

@@ -35,9 +35,12 @@ def maxsim(queries: jax.Array, query_mask: jax.Array, passages: jax.Array,
     [q, n] sum over counted query vectors of the best inner product with a matchable passage
     vector.
   """
-  similarity = jnp.einsum("qid,njd->qnij", queries, passages,
-                          preferred_element_type=jnp.float32)  # [q, n, query_tokens, tokens]
-  return _sum_of_best(similarity, query_mask[:, None, :], passage_mask[None, :, None, :])
+  # [q, query_tokens, n, tokens]: one matmul of the query vectors with all passage vectors, in
+  # the layout it produces (transposing the similarities cost more than the matmul saves).
+  similarity = jnp.einsum("qid,njd->qinj", queries, passages,
+                          preferred_element_type=jnp.float32)
+  best = _best_match(similarity, passage_mask[None, None])  # [q, query_tokens, n]
+  return jnp.sum(best * query_mask.astype(jnp.float32)[:, :, None], axis=1)
 
 
 def paired_maxsim(queries: jax.Array, query_mask: jax.Array, candidates: jax.Array,
@@ -52,18 +55,19 @@ def paired_maxsim(queries: jax.Array, query_mask: jax.Array, candidates: jax.Arr
   Returns:
     [b, c] scores.
   """
-  similarity = jnp.einsum("bid,bcjd->bcij", queries, candidates,
-                          preferred_element_type=jnp.float32)  # [b, c, query_tokens, tokens]
-  return _sum_of_best(similarity, query_mask[:, None, :], candidate_mask[:, :, None, :])
+  similarity = jnp.einsum("bid,bcjd->bicj", queries, candidates,
+                          preferred_element_type=jnp.float32)  # [b, query_tokens, c, tokens]
+  best = _best_match(similarity, candidate_mask[:, None])  # [b, query_tokens, c]
+  return jnp.sum(best * query_mask.astype(jnp.float32)[:, :, None], axis=1)
 
 
-def _sum_of_best(similarity: jax.Array, query_mask: jax.Array,
-                 passage_mask: jax.Array) -> jax.Array:
-  """[..., query_tokens, tokens] similarities -> [...]: the best matchable token per query
-  vector (0 when the passage has none), summed over the counted query vectors."""
-  masked = jnp.where(passage_mask, similarity, _MASKED)
-  best = jnp.where(jnp.any(passage_mask, axis=-1), jnp.max(masked, axis=-1), 0.0)
-  return jnp.sum(best * query_mask.astype(jnp.float32), axis=-1)
+def _best_match(similarity: jax.Array, passage_mask: jax.Array) -> jax.Array:
+  """[..., tokens] similarities -> [...]: the best matchable token's (0 when the passage has
+  none). `passage_mask` broadcasts against `similarity`."""
+  # A bias rather than a select: one fused add, measured faster on CPU.
+  bias = jnp.where(passage_mask, 0.0, _MASKED).astype(jnp.float32)
+  best = jnp.max(similarity + bias, axis=-1)
+  return jnp.where(jnp.any(passage_mask, axis=-1), best, 0.0)
 
 
 def multi_vector_max(queries: jax.Array, passages: jax.Array,
