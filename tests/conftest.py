@@ -146,14 +146,22 @@ def tiny_cross_encoder_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -
 
 
 @pytest.fixture(scope="session")
-def tiny_colbert_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
-  """The workdir of a 6-step run of the tiny ColBERT (tests/tasks/tiny_late_interaction.py),
-  logging every 3 steps and evaluated at its end on 20 of the slice's questions."""
+def tiny_colbert_task(squad_block_store, tiny_bert_dir):
+  """The tiny ColBERT task (tests/tasks/tiny_late_interaction.py), evaluated on 20 of the
+  slice's questions."""
+  from tests.tasks.tiny_late_interaction import tiny_colbert_task as build
+
+  return build(squad_block_store.directory, tiny_bert_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_colbert_run(tiny_colbert_task, tmp_path_factory) -> str:
+  """The workdir of a 6-step run of the tiny ColBERT task, logging every 3 steps and evaluated
+  at its end."""
   from orqa_realm.training import loop
-  from tests.tasks.tiny_late_interaction import tiny_colbert_task
 
   workdir = str(tmp_path_factory.mktemp("runs") / "tiny_colbert")
-  loop.train(tiny_colbert_task(squad_block_store.directory, tiny_bert_dir),
+  loop.train(tiny_colbert_task,
              loop.TrainConfig(workdir=workdir, num_train_steps=6, batch_size=8,
                               learning_rate=1e-3, warmup_steps=1, log_every_steps=3,
                               checkpoint_every_steps=6, async_checkpoints=False))

@@ -73,8 +73,8 @@ def test_error_shrinks_with_the_bits(vectors, codecs):
   centroid_only = float(np.mean(np.sum(
       codecs[1].centroids[compress(codecs[1], vectors).codes] * vectors, axis=1)))
   assert centroid_only < cosines[1] < cosines[2] < cosines[4]
-  # Measured 0.972, 0.988, 0.997 (centroids alone: 0.933).
-  assert cosines[1] >= 0.96 and cosines[2] >= 0.98 and cosines[4] >= 0.995
+  # Measured 0.946, 0.972, 0.992 (centroids alone: 0.887, k-means from random centroids).
+  assert cosines[1] >= 0.94 and cosines[2] >= 0.965 and cosines[4] >= 0.99
 
 
 def test_default_centroids_follow_colbertv2():

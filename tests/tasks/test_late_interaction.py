@@ -19,15 +19,15 @@ from orqa_realm.modeling import partitioning
 from orqa_realm.modeling.multi_vector import MultiVectorEncoder
 from orqa_realm.tasks.base import StepContext
 from tests.modeling.test_multi_vector import numpy_scores
-from tests.tasks.tiny_late_interaction import tiny_colbert_task, tiny_late_interaction_task
+from tests.tasks.tiny_late_interaction import tiny_late_interaction_task
 
 MESH = parallel.make_mesh()
 
 
 @pytest.fixture(scope="module")
-def colbert_task(squad_block_store, tiny_bert_dir):
+def colbert_task(tiny_colbert_task):
   """The tiny ColBERT task of the `tiny_colbert_run` fixture."""
-  return tiny_colbert_task(squad_block_store.directory, tiny_bert_dir)
+  return tiny_colbert_task
 
 
 def test_batch_marks_queries_and_blocks_and_groups_candidates(colbert_task):
@@ -63,8 +63,10 @@ def numpy_in_batch_loss(scores: np.ndarray, block_ids: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("kind", ["colbert", "me_bert", "poly_encoder"])
-def test_loss_equals_numpy_on_a_real_batch(kind, squad_block_store, tiny_bert_dir):
-  task = tiny_late_interaction_task(kind, squad_block_store.directory, tiny_bert_dir)
+def test_loss_equals_numpy_on_a_real_batch(kind, squad_block_store, tiny_bert_dir, small_squad,
+                                           colbert_task):
+  task = colbert_task if kind == "colbert" else tiny_late_interaction_task(
+      kind, squad_block_store.directory, tiny_bert_dir, qa_dataset=small_squad)
   params = partitioning.unbox(task.init_params(jax.random.key(0)))
   batch = task.train_batch(0, StepContext(MESH))
   loss, metrics = task.loss(params, batch, jax.random.key(1), deterministic=True)
