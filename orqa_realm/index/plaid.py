@@ -103,16 +103,33 @@ class PLAIDSearcher:
     starts, stops = self.lists.offsets[cells], self.lists.offsets[cells + 1]
     return np.unique(self.lists.blocks[_ranges(starts, stops - starts)])
 
-  def centroid_interaction(self, blocks: np.ndarray, centroid_scores: np.ndarray,
-                           kept_centroids: np.ndarray | None) -> np.ndarray:
-    """[blocks] approximate MaxSim with every vector replaced by its centroid's scores, vectors
-    of centroids not in `kept_centroids` ([centroids] bool; None: all) left out."""
+  def pruned_interaction(self, blocks: np.ndarray, centroid_scores: np.ndarray,
+                         kept_cells: np.ndarray) -> np.ndarray:
+    """[blocks] approximate MaxSim of the (sorted) candidate `blocks` over their vectors of the
+    `kept_cells` centroids only, each replaced by its centroid's scores (each query vector's max
+    starting at 0).
+
+    Read from the inverted lists of the kept centroids alone, (centroid, block) pair by pair: a
+    block's max over its vectors of one centroid is that centroid's score, however many of its
+    vectors the centroid holds, so the corpus's vectors are never touched."""
+    starts = self.lists.offsets[kept_cells]
+    sizes = self.lists.offsets[kept_cells + 1] - starts
+    pair_blocks = self.lists.blocks[_ranges(starts, sizes)]  # [pairs]
+    pair_cells = np.repeat(kept_cells, sizes)
+    position = np.searchsorted(blocks, pair_blocks)  # the pair's block among the candidates
+    inside = blocks[np.minimum(position, len(blocks) - 1)] == pair_blocks
+    position, pair_cells = position[inside], pair_cells[inside]
+    order = np.argsort(position, kind="stable")
+    position, pair_cells = position[order], pair_cells[order]
+    lengths = np.bincount(position, minlength=len(blocks))  # kept pairs of each candidate
+    return _segment_max_sum(centroid_scores[pair_cells], lengths, initial=0.0)
+
+  def centroid_interaction(self, blocks: np.ndarray, centroid_scores: np.ndarray) -> np.ndarray:
+    """[blocks] approximate MaxSim with every vector of the blocks replaced by its centroid's
+    scores."""
     lengths = self.lengths[blocks]
     codes = self.codes[_ranges(self.offsets[blocks], lengths)]
-    scores = centroid_scores[codes]  # [vectors, n]
-    if kept_centroids is not None:
-      scores = np.where(kept_centroids[codes][:, None], scores, 0.0)
-    return _segment_max_sum(scores, lengths, initial=0.0)
+    return _segment_max_sum(centroid_scores[codes], lengths, initial=0.0)
 
   def exact_scores(self, blocks: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """[blocks] MaxSim of `queries` [n, dim] over the blocks' decompressed vectors."""
@@ -128,10 +145,11 @@ class PLAIDSearcher:
     settings = self.settings
     centroid_scores = self.codec.centroids @ queries.T  # [centroids, n]
     blocks = self.candidates(centroid_scores)
-    kept = centroid_scores.max(axis=1) >= settings.centroid_score_threshold
-    blocks = np.sort(_best(blocks, self.centroid_interaction(blocks, centroid_scores, kept),
+    kept_cells = np.flatnonzero(centroid_scores.max(axis=1)
+                                >= settings.centroid_score_threshold)
+    blocks = np.sort(_best(blocks, self.pruned_interaction(blocks, centroid_scores, kept_cells),
                            settings.ndocs)[0])
-    blocks = np.sort(_best(blocks, self.centroid_interaction(blocks, centroid_scores, None),
+    blocks = np.sort(_best(blocks, self.centroid_interaction(blocks, centroid_scores),
                            max(settings.ndocs // 4, k))[0])
     return _best(blocks, self.exact_scores(blocks, queries), k)
 

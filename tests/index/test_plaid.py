@@ -69,3 +69,19 @@ def test_default_plaid_recalls_the_exact_top_ten(corpus):
   exact = corpus["exact"].search_sets(corpus["queries"], 10).ids
   recall = np.mean([len(set(f) & set(e)) / 10 for f, e in zip(found, exact)])
   assert recall >= 0.95, recall
+
+
+def test_pruned_interaction_equals_a_scan_of_each_blocks_vectors(corpus):
+  """The pair-wise interaction over the kept centroids' lists equals, block by block, the max
+  over its vectors of kept centroids of their scores (0 when none is kept), summed."""
+  plaid = PLAIDSearcher(corpus["codec"], corpus["compressed"], corpus["lengths"])
+  scores = corpus["codec"].centroids @ corpus["queries"].vectors[3].T  # [centroids, 8]
+  kept = np.flatnonzero(scores.max(axis=1) >= 0.3)
+  blocks = np.arange(0, 400, 3)
+  found = plaid.pruned_interaction(blocks, scores, kept)
+  offsets = np.concatenate([[0], np.cumsum(corpus["lengths"])])
+  for block, value in zip(blocks, found):
+    codes = corpus["compressed"].codes[offsets[block]:offsets[block + 1]].astype(int)
+    codes = codes[np.isin(codes, kept)]
+    best = scores[codes].max(axis=0) if len(codes) else np.zeros(8)
+    assert value == pytest.approx(np.maximum(best, 0).sum(), rel=1e-5)
