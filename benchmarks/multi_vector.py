@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -33,6 +34,7 @@ from common import machine_description, print_table
 
 from orqa_realm.core import config as settings_lib
 from orqa_realm.core import parallel
+from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
 from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
@@ -44,7 +46,7 @@ from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, Token
 from orqa_realm.index.plaid import PLAIDSearcher, PLAIDSettings
 from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling import multi_vector
-from orqa_realm.modeling.multi_vector import VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
 
 _WORKDIR = flags.DEFINE_string("workdir", "", "A ColBERT (or ME-BERT) run.")
 _NBITS = flags.DEFINE_list("nbits", ["4", "2", "1"], "Residual bits compared.")
@@ -66,7 +68,7 @@ K = 10
 
 class Queries(NamedTuple):
   texts: list[str]
-  quality: callable  # SearchResult -> {metric: value}
+  quality: Callable[[SearchResult], dict[str, float]]
   depth: int
 
 
@@ -151,6 +153,12 @@ def main(argv):
   run = runs.restore_multi_vector_run(_WORKDIR.value, None, mesh)
   runs.check_tokenizer(run, tokenizer.fingerprint, store.directory)
   config = run.config
+  if isinstance(config, multi_vector.PolyEncoderConfig):
+    raise InputError("PLAID and the reference rows rank by MaxSim: a poly-encoder run is "
+                     "measured by evaluate --retrieval=poly_encoder", field="workdir")
+  for nbits in _NBITS.value:
+    if int(nbits) not in residual_codec.NBITS:
+      raise InputError(f"--nbits: {nbits} is not one of {residual_codec.NBITS}", field="nbits")
   queries_data = load_queries(store)
   started = time.perf_counter()
   corpus = encode.encode_blocks(store, tokenizer, run.params, config, mesh=mesh)

@@ -42,8 +42,9 @@ from orqa_realm.core import checkpoints, parallel, run_directory
 from orqa_realm.core import config as settings_lib
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.blocks import StoreSource
+from orqa_realm.data.blocks import BlockStore, StoreSource
 from orqa_realm.data.pretrained import resolve_model_dir
+from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.encode import embedding, growing, runs
 from orqa_realm.encode import multi_vector as multi_vector_encode
 from orqa_realm.modeling import multi_vector, partitioning, retriever
@@ -128,7 +129,8 @@ def main() -> None:
   print(f"published {version.directory}: {json.dumps(summary)}")
 
 
-def embed_multi_vector(run: runs.RunCheckpoint, store, tokenizer, mesh) -> None:
+def embed_multi_vector(run: runs.RunCheckpoint, store: BlockStore, tokenizer: Tokenizer,
+                       mesh: jax.sharding.Mesh) -> None:
   """Publishes the store's vectors by the multi-vector run's checkpoint."""
   SETTINGS.check_read(MULTI_VECTOR_GROUPS, "embed of a multi-vector run")
   if SETTINGS.build("embed").grow:

@@ -122,9 +122,10 @@ def main() -> None:
   print(f"task {task.name} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} host(s); global batch {config.batch_size}", flush=True)
   settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
+  if uses_index(command):
+    settings.update(refresh=dataclasses.asdict(refresh))
   if uses_index(command) and dense:
-    settings.update(refresh=dataclasses.asdict(refresh),
-                    index=dataclasses.asdict(SETTINGS.build("index")))
+    settings.update(index=dataclasses.asdict(SETTINGS.build("index")))
   if command.refresh_index:
     settings.update(index=dataclasses.asdict(index_config))
   refresher_thread, index_handle = None, None

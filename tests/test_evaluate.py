@@ -198,6 +198,9 @@ def test_cli_embeds_and_evaluates_a_colbert_run(squad_block_store, tiny_colbert_
   assert exact_metrics["retrieval"] == "colbert" and exact_metrics["num_queries"] == 40
   assert exact_metrics["index_storage"]["nbits"] == 2 and plaid_metrics["backend"] == "plaid"
   assert plaid_metrics["answer_recall"] == exact_metrics["answer_recall"]
-  assert exact_metrics["queries_per_second"] > 0
+  assert exact_metrics["first_stage_queries_per_second"] > 0
   wrong_kind = evaluate("wrong", "--hybrid_alpha=0.5")
   assert "--hybrid_alpha is not read by `evaluate --retrieval=colbert`" in wrong_kind.stderr
+  exact_with_plaid_flag = evaluate("unread", "--plaid_ndocs=64")
+  assert ("--plaid_ndocs is not read by `evaluate --retrieval=colbert`"
+          in exact_with_plaid_flag.stderr)

@@ -165,10 +165,13 @@ def indexed_retriever(version: IndexVersion) -> MultiVectorConfig:
   return multi_vector.config_from_dict(version.metadata["retriever"])
 
 
-def check_publishable(root: IndexRoot, config: MultiVectorConfig, store: BlockStore) -> None:
-  """Refuses to publish `store`'s vectors by `config` into a root whose newest version is dense,
-  of another store, or of another retriever's blocks (its readers could not search it); checks
-  the root is writable, before any encoding."""
+def check_publishable(root: IndexRoot, config: MultiVectorConfig, store: BlockStore,
+                      settings: MultiVectorStorage) -> None:
+  """Refuses to publish `store`'s vectors by `config`, stored as `settings` say, into a root
+  whose newest version is dense, of another store, or of another retriever's blocks (its readers
+  could not search it), or a compression that cannot pack its vectors; checks the root is
+  writable. All before any encoding."""
+  settings.check_fits(config.dim)
   paths.check_writable(root.root)
   try:
     latest = root.latest()
@@ -200,7 +203,7 @@ def embed_and_publish(store: BlockStore, tokenizer: Tokenizer, params: Any,
   """Encodes every block of `store` with `params` (checkpoint `checkpoint_step` of `run`,
   `runs.run_identity`) and publishes the vectors as a new version of `index.index_dir`."""
   root = index.root()
-  check_publishable(root, config, store)
+  check_publishable(root, config, store, index.storage)
   started = time.time()
   corpus = encode_blocks(store, tokenizer, params, config,
                          batch_size=index.embedding.embed_batch_size,
@@ -246,8 +249,8 @@ class MultiVectorSearch:
   index_dir: str = setting("", "The multi-vector index root (python -m orqa_realm.embed).")
   backend: MultiVectorBackend = setting(
       "exact", "exact: MaxSim (or the poly-encoder's score) of every block, on the devices; "
-      "plaid: PLAID over a compressed index (ColBERT and ME-BERT).", flag="multi_vector_backend")
-  plaid: PLAIDSettings = nested(PLAIDSettings())
+      "plaid: PLAID over a compressed index (ColBERT and ME-BERT; --plaid_*).",
+      flag="multi_vector_backend")
   embedding: embedding.EmbedSettings = nested(embedding.EmbedSettings())
 
   @property
@@ -256,8 +259,9 @@ class MultiVectorSearch:
 
 
 def open_searcher(version: IndexVersion, store: BlockStore, config: MultiVectorConfig,
-                  settings: MultiVectorSearch, mesh):
-  """The `settings.backend` searcher over `version` (checked to be `store`'s blocks)."""
+                  settings: MultiVectorSearch, plaid: PLAIDSettings, mesh):
+  """The `settings.backend` searcher over `version` (checked to be `store`'s blocks); `plaid`:
+  PLAID's settings, with that backend."""
   storage.check_matches_store(version, store)
   index = multi_vector_index.load(version)
   if settings.backend == "exact":
@@ -270,24 +274,27 @@ def open_searcher(version: IndexVersion, store: BlockStore, config: MultiVectorC
     raise InputError("PLAID searches a compressed index: this version stores its vectors "
                      "uncompressed (embed with --colbert_nbits=1, 2 or 4)",
                      path=version.directory, field="multi_vector_backend")
-  return PLAIDSearcher(index.codec, index.compressed, index.lengths, settings.plaid)
+  return PLAIDSearcher(index.codec, index.compressed, index.lengths, plaid)
 
 
 def text_searcher(store: BlockStore, tokenizer: Tokenizer, settings: MultiVectorSearch,
-                  kind: str, mesh) -> tuple[MultiVectorTextSearcher, dict[str, Any]]:
+                  kind: str, mesh, plaid: PLAIDSettings = PLAIDSettings()
+                  ) -> tuple[MultiVectorTextSearcher, dict[str, Any]]:
   """The newest version of `settings.index_dir` behind the query encoder of the run it was
   embedded from (of kind `kind`: colbert, me_bert or poly_encoder), and what they were built
-  from (for metrics.json)."""
+  from (for metrics.json). Everything is checked before the run's parameters are read."""
   if not settings.workdir:
     raise InputError(f"--retrieval={kind} searches with a trained run's query encoder: pass "
                      "--workdir", field="workdir")
   version = embedding.latest_version(settings.index_dir)
-  run = runs.restore_multi_vector_run(settings.workdir, settings.step, mesh)
-  if run.config.kind != kind:
-    raise InputError(f"--retrieval={kind}, but the run trains {run.config.kind}",
+  indexed_retriever(version)  # a dense index is refused here
+  info = runs.open_multi_vector_run(settings.workdir)
+  if info.config.kind != kind:
+    raise InputError(f"--retrieval={kind}, but the run trains {info.config.kind}",
                      path=settings.workdir, field="retrieval")
+  run = runs.restore_multi_vector_run(settings.workdir, settings.step, mesh)
   check_query_encoder(version, run)
-  searcher = open_searcher(version, store, run.config, settings, mesh)
+  searcher = open_searcher(version, store, run.config, settings, plaid, mesh)
 
   def encode(texts: Sequence[str]) -> VectorSet:
     return encode_queries(texts, tokenizer, run.params, run.config,
@@ -298,5 +305,5 @@ def text_searcher(store: BlockStore, tokenizer: Tokenizer, settings: MultiVector
       index_version=version.version, index_checkpoint_step=version.checkpoint_step,
       index_run=runs.indexed_run(version), index_storage=version.details,
       query_checkpoint_step=run.step, backend=settings.backend,
-      plaid=dataclasses.asdict(settings.plaid) if settings.backend == "plaid" else None,
+      plaid=dataclasses.asdict(plaid) if settings.backend == "plaid" else None,
       retriever=run.config.to_dict())

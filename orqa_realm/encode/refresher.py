@@ -139,7 +139,8 @@ class MultiVectorRefresher(Refresher):
     super().__init__(config=config, index=index, **kwargs)
 
   def check_publishable(self) -> None:
-    multi_vector_encode.check_publishable(self.index_root, self.config, self.store)
+    multi_vector_encode.check_publishable(self.index_root, self.config, self.store,
+                                          self.index.storage)
 
   def publish_checkpoint(self, step: int) -> IndexVersion:
     params = runs.restore_multi_vector_params(self.reader, step, self.config, self.mesh)

@@ -45,12 +45,31 @@ class MultiVectorStorage:
   kmeans_sample: int = setting(
       0, "Vectors sampled for k-means; 0: 64 per centroid (at most all).",
       flag="colbert_kmeans_sample")
-  kmeans_iterations: int = setting(20, "k-means iterations.", flag="colbert_kmeans_iterations")
+  kmeans_iterations: int = setting(4, "k-means iterations (ColBERTv2's default).",
+                                   flag="colbert_kmeans_iterations")
 
   def __post_init__(self):
     if self.nbits not in (0, *residual_codec.NBITS):
       raise InputError(f"--colbert_nbits={self.nbits} is not 0 (uncompressed) or one of "
                        f"{residual_codec.NBITS}", field="colbert_nbits")
+    for flag, value, least in (("colbert_centroids", self.num_centroids, 0),
+                               ("colbert_kmeans_sample", self.kmeans_sample, 0),
+                               ("colbert_kmeans_iterations", self.kmeans_iterations, 1)):
+      if value < least:
+        raise InputError(f"--{flag}={value} must be at least {least}", field=flag)
+    compression_changed = any(getattr(self, field.name) != field.default
+                              for field in dataclasses.fields(self) if field.name != "nbits")
+    if not self.nbits and compression_changed:
+      raise InputError("--colbert_centroids and --colbert_kmeans_* set the compression, which "
+                       "--colbert_nbits=0 turns off", field="colbert_nbits")
+
+  def check_fits(self, dim: int) -> None:
+    """Refuses a compression that cannot pack `dim`-dimensional vectors in whole bytes."""
+    if self.nbits:
+      try:
+        residual_codec.check_fits(dim, self.nbits)
+      except ValueError as e:
+        raise InputError(f"--colbert_nbits={self.nbits}: {e}", field="colbert_nbits") from e
 
 
 class MultiVectorIndex(NamedTuple):

@@ -23,7 +23,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from orqa_realm.core import parallel
 from orqa_realm.index.exact import merge_top_k, next_power_of_two, shard_layout, shard_top_k
 from orqa_realm.index.searcher import SearchResult, check_k
-from orqa_realm.modeling.multi_vector import VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
 
 
 class TokenVectors(NamedTuple):

@@ -7,13 +7,16 @@ For each query (its vectors Q, [n, dim]):
      best centroids (an inverted list from centroid to blocks, built when the index is loaded);
   3. centroid interaction with pruning: a block's approximate score is MaxSim with each of its
      vectors replaced by its centroid, over the vectors whose centroid scores at least
-     `centroid_score_threshold` for some query vector (each query vector's max starting at 0);
-     the best `ndocs` stay;
+     `centroid_score_threshold` for some query vector (each query vector's max starting at
+     -9999, as ColBERT's does: a block without such a vector ranks last); the best `ndocs`
+     stay;
   4. centroid interaction without pruning over those; the best ndocs / 4 stay;
   5. exact MaxSim over their decompressed vectors ranks the final k.
-The defaults are ColBERT's for k <= 100 (ncells 2, threshold 0.45, ndocs 1024). With every
-centroid probed, no threshold and ndocs at least the corpus, the ranking is exact MaxSim over the
-decompressed vectors, which the tests check.
+The defaults are ColBERT's for k <= 100 (ncells 2, threshold 0.45, ndocs 1024). Unlike ColBERT,
+no stage keeps fewer than k blocks, and a query with fewer than k candidates takes every block
+as one, so that k blocks are always ranked by their scores. With every centroid probed, no
+threshold and ndocs at least the corpus, the ranking is exact MaxSim over the decompressed
+vectors, which the tests check.
 
 Queries are searched one at a time on the host with NumPy, as ColBERT's CPU search does.
 """
@@ -26,10 +29,11 @@ from typing import NamedTuple
 import numpy as np
 
 from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.index import residual_codec
 from orqa_realm.index.residual_codec import CompressedVectors, ResidualCodec
 from orqa_realm.index.searcher import SearchResult, check_k
-from orqa_realm.modeling.multi_vector import VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +47,16 @@ class PLAIDSettings:
   ndocs: int = setting(
       1024, "Candidates kept by the first centroid interaction; a quarter of them are scored "
       "exactly.", flag="plaid_ndocs")
+
+  def __post_init__(self):
+    for flag, value in (("plaid_ncells", self.ncells), ("plaid_ndocs", self.ndocs)):
+      if value < 1:
+        raise InputError(f"--{flag}={value} must be at least 1", field=flag)
+
+
+# What each query vector's best centroid score starts from in centroid interaction (ColBERT's):
+# below any inner product of unit vectors, finite so that sums stay comparable.
+_NO_MATCH = -9999.0
 
 
 class InvertedLists(NamedTuple):
@@ -71,12 +85,12 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 def _segment_max_sum(scores: np.ndarray, lengths: np.ndarray, initial: float) -> np.ndarray:
   """[total, n] scores of consecutive segments of `lengths` rows -> [segments]: per segment,
-  each column's max (at least `initial`; `initial` for an empty segment), summed over columns."""
+  each column's max (`initial` for an empty segment), summed over columns."""
   best = np.full((len(lengths), scores.shape[1]), initial, np.float32)
   nonempty = lengths > 0
   if nonempty.any():
     starts = (np.cumsum(lengths) - lengths)[nonempty]
-    best[nonempty] = np.maximum(np.maximum.reduceat(scores, starts, axis=0), initial)
+    best[nonempty] = np.maximum.reduceat(scores, starts, axis=0)
   return best.sum(axis=1)
 
 
@@ -107,7 +121,7 @@ class PLAIDSearcher:
                          kept_cells: np.ndarray) -> np.ndarray:
     """[blocks] approximate MaxSim of the (sorted) candidate `blocks` over their vectors of the
     `kept_cells` centroids only, each replaced by its centroid's scores (each query vector's max
-    starting at 0).
+    starting at -9999).
 
     Read from the inverted lists of the kept centroids alone, (centroid, block) pair by pair: a
     block's max over its vectors of one centroid is that centroid's score, however many of its
@@ -122,14 +136,14 @@ class PLAIDSearcher:
     order = np.argsort(position, kind="stable")
     position, pair_cells = position[order], pair_cells[order]
     lengths = np.bincount(position, minlength=len(blocks))  # kept pairs of each candidate
-    return _segment_max_sum(centroid_scores[pair_cells], lengths, initial=0.0)
+    return _segment_max_sum(centroid_scores[pair_cells], lengths, initial=_NO_MATCH)
 
   def centroid_interaction(self, blocks: np.ndarray, centroid_scores: np.ndarray) -> np.ndarray:
     """[blocks] approximate MaxSim with every vector of the blocks replaced by its centroid's
     scores."""
     lengths = self.lengths[blocks]
     codes = self.codes[_ranges(self.offsets[blocks], lengths)]
-    return _segment_max_sum(centroid_scores[codes], lengths, initial=0.0)
+    return _segment_max_sum(centroid_scores[codes], lengths, initial=_NO_MATCH)
 
   def exact_scores(self, blocks: np.ndarray, queries: np.ndarray) -> np.ndarray:
     """[blocks] MaxSim of `queries` [n, dim] over the blocks' decompressed vectors."""
@@ -140,33 +154,31 @@ class PLAIDSearcher:
     return _segment_max_sum(vectors @ queries.T, lengths, initial=-np.inf)
 
   def search_one(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """The k best blocks (ids, scores; fewer if fewer are candidates) of one query's [n, dim]
-    vectors."""
+    """The k best blocks (ids, scores) of one query's [n, dim] vectors."""
+    if not len(queries):
+      raise ValueError("a query without vectors cannot be searched")
     settings = self.settings
     centroid_scores = self.codec.centroids @ queries.T  # [centroids, n]
     blocks = self.candidates(centroid_scores)
+    if len(blocks) < k:
+      blocks = np.arange(self.num_rows)
     kept_cells = np.flatnonzero(centroid_scores.max(axis=1)
                                 >= settings.centroid_score_threshold)
     blocks = np.sort(_best(blocks, self.pruned_interaction(blocks, centroid_scores, kept_cells),
-                           settings.ndocs)[0])
+                           max(settings.ndocs, k))[0])
     blocks = np.sort(_best(blocks, self.centroid_interaction(blocks, centroid_scores),
                            max(settings.ndocs // 4, k))[0])
     return _best(blocks, self.exact_scores(blocks, queries), k)
 
   def search_sets(self, queries: VectorSet, k: int) -> SearchResult:
     """[num_queries, n, dim] query vectors ([num_queries, n] mask) -> the k best blocks of
-    each, best first. When fewer than k blocks are candidates, the list is topped up with the
-    lowest-numbered other blocks at score -inf, so that every query has k valid ids."""
+    each, best first."""
     check_k(k, self.num_rows)
     vectors, mask = np.asarray(queries.vectors, np.float32), np.asarray(queries.mask)
-    ids = np.empty((len(vectors), k), np.int64)
-    scores = np.full((len(vectors), k), -np.inf, np.float32)
-    for row, (query, query_mask) in enumerate(zip(vectors, mask)):
-      found_ids, found_scores = self.search_one(query[query_mask != 0], k)
-      others = np.setdiff1d(np.arange(k + len(found_ids)), found_ids)[:k - len(found_ids)]
-      ids[row] = np.concatenate([found_ids, others])
-      scores[row, :len(found_ids)] = found_scores
-    return SearchResult(ids, scores)
+    found = [self.search_one(query[query_mask != 0], k)
+             for query, query_mask in zip(vectors, mask)]
+    return SearchResult(np.array([ids for ids, _ in found], np.int64).reshape(-1, k),
+                        np.array([scores for _, scores in found], np.float32).reshape(-1, k))
 
 
 def _best(blocks: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,6 +42,15 @@ class CompressedVectors(NamedTuple):
     return self.codes.dtype.itemsize + self.residuals.shape[1]
 
 
+def check_fits(dim: int, nbits: int) -> None:
+  """A ValueError unless vectors of `dim` dimensions compress to `nbits` bits each in whole
+  bytes."""
+  if nbits not in NBITS:
+    raise ValueError(f"nbits={nbits} is not one of {NBITS}")
+  if dim * nbits % 8:
+    raise ValueError(f"{dim} dimensions x {nbits} bits do not fill whole bytes")
+
+
 def default_num_centroids(num_vectors: int) -> int:
   """ColBERTv2's number of centroids: the power of two at most 16 sqrt(n) (at most n)."""
   target = 16 * math.sqrt(max(num_vectors, 1))
@@ -54,8 +63,11 @@ def _normalize(vectors: np.ndarray) -> np.ndarray:
 
 def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray,
                       batch_size: int = 16384) -> np.ndarray:
-  """[n] int64 index of each vector's nearest centroid (Euclidean; for unit vectors and unit
-  centroids, the largest inner product), `batch_size` vectors at a time."""
+  """[n] int64 index of each vector's nearest centroid, `batch_size` vectors at a time.
+
+  Euclidean, as k-means assigns: for unit vectors and unit centroids (ColBERT's) it is the
+  largest inner product, ColBERT's assignment; for unnormalised ones (the poly-encoder's) the
+  nearest is what keeps residuals small."""
   half_norms = 0.5 * np.sum(centroids * centroids, axis=1)  # [c]
   codes = np.empty(len(vectors), np.int64)
   for start in range(0, len(vectors), batch_size):
@@ -66,15 +78,13 @@ def nearest_centroids(vectors: np.ndarray, centroids: np.ndarray,
 
 
 def train_codec(sample: np.ndarray, *, num_centroids: int, nbits: int, normalized: bool,
-                seed: int = 0, max_iterations: int = 20,
+                seed: int = 0, max_iterations: int = 4,
                 heldout_fraction: float = 0.05) -> ResidualCodec:
-  """Centroids by k-means (scikit-learn) over `sample` [n, dim] vectors of the corpus, and
-  bucket cutoffs and weights from the residuals of a held-out part of it (ColBERTv2's recipe)."""
-  if nbits not in NBITS:
-    raise ValueError(f"nbits={nbits} is not one of {NBITS}")
+  """Centroids by k-means (scikit-learn; ColBERTv2's 4 iterations by default) over `sample`
+  [n, dim] vectors of the corpus, and bucket cutoffs and weights from the residuals of a
+  held-out part of it (ColBERTv2's recipe)."""
   sample = np.asarray(sample, np.float32)
-  if sample.shape[1] * nbits % 8:
-    raise ValueError(f"{sample.shape[1]} dimensions x {nbits} bits do not fill whole bytes")
+  check_fits(sample.shape[1], nbits)
   rng = np.random.default_rng(seed)
   order = rng.permutation(len(sample))
   num_heldout = max(1, int(len(sample) * heldout_fraction))
@@ -123,9 +133,16 @@ def compress(codec: ResidualCodec, vectors: np.ndarray,
   return CompressedVectors(codes, packed)
 
 
-def decompress(codec: ResidualCodec, compressed: CompressedVectors) -> np.ndarray:
-  """[n, dim] float32 vectors restored from their centroid and bucketed residual."""
+def decompress(codec: ResidualCodec, compressed: CompressedVectors,
+               batch_size: int = 65536) -> np.ndarray:
+  """[n, dim] float32 vectors restored from their centroid and bucketed residual,
+  `batch_size` at a time (the unpacked buckets of a whole corpus would be 8 / nbits times its
+  residuals)."""
   dim = codec.centroids.shape[1]
-  residuals = codec.bucket_weights[_unpack(compressed.residuals, codec.nbits, dim)]
-  vectors = codec.centroids[compressed.codes.astype(np.int64)] + residuals
-  return _normalize(vectors) if codec.normalized else vectors
+  vectors = np.empty((len(compressed.codes), dim), np.float32)
+  for start in range(0, len(vectors), batch_size):
+    stop = start + batch_size
+    residuals = codec.bucket_weights[_unpack(compressed.residuals[start:stop], codec.nbits, dim)]
+    restored = codec.centroids[compressed.codes[start:stop].astype(np.int64)] + residuals
+    vectors[start:stop] = _normalize(restored) if codec.normalized else restored
+  return vectors

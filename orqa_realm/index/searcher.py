@@ -11,7 +11,7 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from orqa_realm.modeling.multi_vector import VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
 
 
 class SearchResult(NamedTuple):

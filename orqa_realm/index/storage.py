@@ -204,7 +204,7 @@ class IndexRoot:
     def write(partial: epath.Path) -> dict[str, Any]:
       save_embeddings(partial, embeddings, storage_dtype)
       if scann_config is None and scann_searcher is None:
-        return dict(scann=None)
+        return {"scann": None}
       searcher = scann_searcher or ScannSearcher.build(embeddings, scann_config)
       with paths.directory_to_write(partial / SCANN_DIR) as scann_dir:
         searcher.save(scann_dir)
@@ -229,7 +229,7 @@ class IndexRoot:
     partial = self._versions_dir / f".partial-{version:06d}-{uuid.uuid4().hex[:8]}"
     partial.mkdir()
     try:
-      manifest = {"scann": None, **write(partial)}
+      manifest = write(partial)
       manifest.update(
           format=FORMAT, format_version=VERSION, kind=kind, version=version, num_rows=num_rows,
           embedding_size=embedding_size, storage_dtype=storage_dtype,

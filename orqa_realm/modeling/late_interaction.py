@@ -14,8 +14,16 @@ passage with no unmasked vector scores 0. Scores are float32 whatever the vector
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+
+
+class VectorSet(NamedTuple):
+  """The vectors of a batch of queries or passages, and which of them count."""
+  vectors: jax.Array  # [batch, n, dim]
+  mask: jax.Array  # [batch, n]: 1 where a vector may be scored
 
 # Below any similarity: a masked-out vector never wins a max or takes softmax weight, and a
 # passage with none left gives finite values (and gradients) rather than -inf or NaN.
@@ -68,14 +76,6 @@ def _best_match(similarity: jax.Array, passage_mask: jax.Array) -> jax.Array:
   bias = jnp.where(passage_mask, 0.0, _MASKED).astype(jnp.float32)
   best = jnp.max(similarity + bias, axis=-1)
   return jnp.where(jnp.any(passage_mask, axis=-1), best, 0.0)
-
-
-def multi_vector_max(queries: jax.Array, passages: jax.Array,
-                     passage_mask: jax.Array) -> jax.Array:
-  """ME-BERT's score: [q, dim] query vectors x [n, m, dim] passage vectors ([n, m] mask) ->
-  [q, n] the best inner product of each query with a passage's vectors."""
-  return maxsim(queries[:, None, :], jnp.ones(queries.shape[:1] + (1,), jnp.float32), passages,
-                passage_mask)
 
 
 def poly_attention_score(queries: jax.Array, passages: jax.Array,

@@ -20,29 +20,25 @@ count, so every kind is searched by the same index code with its own score funct
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
 from orqa_realm.data.multi_vector_inputs import VectorInputs
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import late_interaction
+from orqa_realm.modeling.late_interaction import VectorSet
 from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, initial_params,
                                       with_bert_params)
 from orqa_realm.modeling.partitioning import EMBED, MLP, logical
 
 # Where a run that trains a multi-vector retriever keeps its settings in its model description.
 MULTI_VECTOR = "multi_vector"
-
-
-class VectorSet(NamedTuple):
-  """The vectors of a batch of queries or blocks, and which of them count."""
-  vectors: jax.Array  # [batch, n, dim]
-  mask: jax.Array  # [batch, n]: 1 where a vector may be scored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,14 +67,17 @@ class MultiVectorConfig:
 
   def __post_init__(self):
     if self.block_format not in BLOCK_FORMATS:
-      raise ValueError(f"block format {self.block_format!r} is not one of "
-                       f"{sorted(BLOCK_FORMATS)}")
-    reserved = 3 + int(self.markers)  # [CLS], [SEP] and the marker; a pair's second [SEP]
-    for name in ("query_length", "block_length"):
-      if getattr(self, name) <= reserved:
-        raise ValueError(f"{name}={getattr(self, name)} leaves no room for wordpieces")
+      raise InputError(f"block format {self.block_format!r} is not one of "
+                       f"{sorted(BLOCK_FORMATS)}", field="block_format")
+    # [CLS], [SEP] and the marker; a block in the pair format has a second [SEP].
+    reserved = dict(query_length=2 + int(self.markers),
+                    block_length=2 + int(self.markers) + int(self.block_format == "pair"))
+    for name, count in reserved.items():
+      if getattr(self, name) <= count:
+        raise InputError(f"--{name}={getattr(self, name)} leaves no room for wordpieces",
+                         field=name)
     if self.dim < 1:
-      raise ValueError(f"dim={self.dim} must be positive")
+      raise InputError(f"--colbert_dim={self.dim} must be positive", field="colbert_dim")
 
   @property
   def query_vectors(self) -> int | None:
@@ -123,8 +122,8 @@ class MEBERTConfig(MultiVectorConfig):
   def __post_init__(self):
     super().__post_init__()
     if not 1 <= self.num_vectors <= self.block_length:
-      raise ValueError(f"block_vectors={self.num_vectors} must be between 1 and the block "
-                       f"length {self.block_length}")
+      raise InputError(f"--block_vectors={self.num_vectors} must be between 1 and the block "
+                       f"length {self.block_length}", field="block_vectors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,7 +138,8 @@ class PolyEncoderConfig(MultiVectorConfig):
   def __post_init__(self):
     super().__post_init__()
     if self.num_vectors < 1:
-      raise ValueError(f"block_vectors={self.num_vectors} must be positive")
+      raise InputError(f"--block_vectors={self.num_vectors} must be positive",
+                       field="block_vectors")
 
 
 CONFIGS: dict[str, type[MultiVectorConfig]] = {

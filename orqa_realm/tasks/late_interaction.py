@@ -72,7 +72,7 @@ class LateInteractionConfig:
   distill_temperature: float = setting(
       1.0, "Divides the teacher's scores before the KL's softmax.")
   evaluation: QAEvaluation = nested(QAEvaluation())
-  retriever: MultiVectorConfig = None  # each task's own settings class
+  retriever: MultiVectorConfig | None = None  # each task's own settings class (a subclass)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +103,12 @@ class LateInteractionTask(Task):
     if config.teacher.workdir and config.hard_negatives_per_question < 1:
       raise InputError("distillation needs at least one mined negative per query",
                        field="hard_negatives_per_question")
+    defaults = LateInteractionConfig()
+    if not config.teacher.workdir and (
+        (config.distill_weight, config.distill_temperature)
+        != (defaults.distill_weight, defaults.distill_temperature)):
+      raise InputError("--distill_weight and --distill_temperature weigh a teacher's scores: "
+                       "pass --teacher_workdir", field="teacher_workdir")
     self.store, self.tokenizer = config.source.open_store()
     model_config = config.retriever
     if model_config.bert is None:
@@ -178,8 +184,8 @@ class LateInteractionTask(Task):
     config, dtype = self.config.retriever, jnp.dtype(self.context.dtype)
     corpus = encode.encode_blocks(self.store, self.tokenizer, params, config, dtype=dtype,
                                   mesh=mesh)
-    searcher = ExactMultiVectorSearcher(corpus, functools.partial(multi_vector.scores, config),
-                                   mesh=mesh)
+    score = functools.partial(multi_vector.scores, config)
+    searcher = ExactMultiVectorSearcher(corpus, score, mesh=mesh)
     queries = encode.encode_queries([example.question for example in self.eval_examples],
                                     self.tokenizer, params, config, dtype=dtype, mesh=mesh)
     ks = self.config.evaluation.sorted_ks

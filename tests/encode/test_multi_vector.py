@@ -21,6 +21,7 @@ from orqa_realm.modeling.multi_vector import MEBERTConfig
 from tests.conftest import DEMO_SQUAD
 
 MESH = parallel.make_mesh()
+STORAGE = MultiVectorStorage(nbits=2, num_centroids=256)
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def published(tiny_colbert_run, squad_block_store, tokenizer, tmp_path_factory):
   run = runs.restore_multi_vector_run(tiny_colbert_run, None, MESH)
   index = encode.MultiVectorIndexConfig(
       index_dir=str(tmp_path_factory.mktemp("colbert_index") / "root"),
-      storage=MultiVectorStorage(nbits=2, num_centroids=256))
+      storage=STORAGE)
   version = encode.embed_and_publish(squad_block_store, tokenizer, run.params, run.config, index,
                                      checkpoint_step=run.step,
                                      run=runs.run_identity(tiny_colbert_run), mesh=MESH)
@@ -59,17 +60,20 @@ def test_publishing_into_another_kind_store_or_retriever_is_refused(published, s
   dense_root.publish(np.ones((len(squad_block_store), 4), np.float32),
                      store_fingerprint=squad_block_store.fingerprint, checkpoint_step=None)
   with pytest.raises(InputError, match="holds a dense index"):
-    encode.check_publishable(dense_root, run.config, squad_block_store)
+    encode.check_publishable(dense_root, run.config, squad_block_store, STORAGE)
   colbert_root = IndexRoot(published["index"].index_dir)
   me_bert = MEBERTConfig(run.config.bert, dim=16, query_length=12, block_length=48,
                          num_vectors=4)
   with pytest.raises(InputError, match="another retriever's vectors.*kind: saved 'colbert'"):
-    encode.check_publishable(colbert_root, me_bert, squad_block_store)
+    encode.check_publishable(colbert_root, me_bert, squad_block_store, STORAGE)
   longer = dataclasses.replace(run.config, block_length=64)
   with pytest.raises(InputError, match="block_length: saved 48, now 64"):
-    encode.check_publishable(colbert_root, longer, squad_block_store)
+    encode.check_publishable(colbert_root, longer, squad_block_store, STORAGE)
   encode.check_publishable(colbert_root, dataclasses.replace(run.config, query_length=16),
-                           squad_block_store)  # queries read longer: the same blocks
+                           squad_block_store, STORAGE)  # queries read longer: the same blocks
+  with pytest.raises(InputError, match="--colbert_nbits=1: 12 dimensions x 1 bits"):
+    encode.check_publishable(colbert_root, dataclasses.replace(run.config, dim=12),
+                             squad_block_store, MultiVectorStorage(nbits=1))
 
 
 def test_only_the_embedding_run_and_checkpoint_search_it(published, tiny_cross_encoder_run):
@@ -93,7 +97,7 @@ def test_unpruned_plaid_finds_exact_maxsims_top_ten(published, squad_block_store
                                  ndocs=4 * len(squad_block_store))
   plaid, plaid_info = encode.text_searcher(
       squad_block_store, tokenizer,
-      dataclasses.replace(settings, backend="plaid", plaid=every_centroid), "colbert", MESH)
+      dataclasses.replace(settings, backend="plaid"), "colbert", MESH, every_centroid)
   assert info["backend"] == "exact" and plaid_info["plaid"]["ncells"] == 256
   texts = questions()
   found, expected = plaid.search_texts(texts, 10), exact.search_texts(texts, 10)

@@ -22,7 +22,8 @@ def corpus():
 
 def publish(root, corpus, nbits):
   return multi_vector_index.publish(
-      root, corpus, MultiVectorStorage(nbits=nbits, num_centroids=32), normalized=True,
+      root, corpus, MultiVectorStorage(nbits=nbits, num_centroids=32 if nbits else 0),
+      normalized=True,
       store_fingerprint="f" * 16, checkpoint_step=7, metadata=dict(note="test"))
 
 
@@ -66,6 +67,13 @@ def test_a_version_of_one_kind_is_refused_as_the_other(corpus, tmp_path):
 def test_bad_storage_settings_are_refused():
   with pytest.raises(InputError, match="--colbert_nbits=3"):
     MultiVectorStorage(nbits=3)
+  with pytest.raises(InputError, match="--colbert_kmeans_iterations=0 must be at least 1"):
+    MultiVectorStorage(kmeans_iterations=0)
+  with pytest.raises(InputError, match="--colbert_nbits=0 turns off"):
+    MultiVectorStorage(nbits=0, num_centroids=64)
+  with pytest.raises(InputError, match="--colbert_nbits=4: 5 dimensions x 4 bits"):
+    MultiVectorStorage(nbits=4).check_fits(5)
+  MultiVectorStorage(nbits=4).check_fits(6)  # 3 bytes
 
 
 def test_a_damaged_version_names_the_file(corpus, tmp_path):

@@ -10,7 +10,8 @@ import pytest
 from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, TokenVectors
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.bert import BertConfig
-from orqa_realm.modeling.multi_vector import ColBERTConfig, PolyEncoderConfig, VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
+from orqa_realm.modeling.multi_vector import ColBERTConfig, PolyEncoderConfig
 from tests.modeling.test_multi_vector import numpy_scores
 
 BERT = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -7,12 +7,15 @@ import functools
 import numpy as np
 import pytest
 
+from orqa_realm.core.errors import InputError
+
 from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, TokenVectors
 from orqa_realm.index.plaid import PLAIDSearcher, PLAIDSettings, inverted_lists
 from orqa_realm.index.residual_codec import compress, decompress, train_codec
 from orqa_realm.modeling import multi_vector
 from orqa_realm.modeling.bert import BertConfig
-from orqa_realm.modeling.multi_vector import ColBERTConfig, VectorSet
+from orqa_realm.modeling.late_interaction import VectorSet
+from orqa_realm.modeling.multi_vector import ColBERTConfig
 from tests.index.test_residual_codec import clustered_unit_vectors
 
 SCORE = functools.partial(multi_vector.scores, ColBERTConfig(BertConfig()))
@@ -73,7 +76,8 @@ def test_default_plaid_recalls_the_exact_top_ten(corpus):
 
 def test_pruned_interaction_equals_a_scan_of_each_blocks_vectors(corpus):
   """The pair-wise interaction over the kept centroids' lists equals, block by block, the max
-  over its vectors of kept centroids of their scores (0 when none is kept), summed."""
+  over its vectors of kept centroids of their scores (ColBERT's -9999 when none is kept),
+  summed."""
   plaid = PLAIDSearcher(corpus["codec"], corpus["compressed"], corpus["lengths"])
   scores = corpus["codec"].centroids @ corpus["queries"].vectors[3].T  # [centroids, 8]
   kept = np.flatnonzero(scores.max(axis=1) >= 0.3)
@@ -83,5 +87,21 @@ def test_pruned_interaction_equals_a_scan_of_each_blocks_vectors(corpus):
   for block, value in zip(blocks, found):
     codes = corpus["compressed"].codes[offsets[block]:offsets[block + 1]].astype(int)
     codes = codes[np.isin(codes, kept)]
-    best = scores[codes].max(axis=0) if len(codes) else np.zeros(8)
-    assert value == pytest.approx(np.maximum(best, 0).sum(), rel=1e-5)
+    best = scores[codes].max(axis=0) if len(codes) else np.full(8, -9999.0)
+    assert value == pytest.approx(best.sum(), rel=1e-5)
+
+
+def test_k_beyond_the_candidates_ranks_k_blocks_by_their_scores(corpus):
+  """Few candidates (one cell probed), few kept (ndocs 8) and k = 50: every stage keeps at least
+  k, and a query with fewer than k candidates takes every block."""
+  plaid = PLAIDSearcher(corpus["codec"], corpus["compressed"], corpus["lengths"],
+                        PLAIDSettings(ncells=1, ndocs=8))
+  result = plaid.search_sets(corpus["queries"], 50)
+  assert result.ids.shape == (30, 50) and np.isfinite(result.scores).all()
+  assert all(len(set(row)) == 50 for row in result.ids)
+  assert (np.diff(result.scores, axis=1) <= 1e-6).all()
+
+
+def test_bad_settings_are_refused():
+  with pytest.raises(InputError, match="--plaid_ncells=0"):
+    PLAIDSettings(ncells=0)

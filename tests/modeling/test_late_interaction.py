@@ -6,8 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orqa_realm.modeling.late_interaction import (maxsim, multi_vector_max, paired_maxsim,
-                                                  poly_attention_score)
+from orqa_realm.modeling.late_interaction import maxsim, paired_maxsim, poly_attention_score
 
 RNG = np.random.default_rng(0)
 
@@ -48,11 +47,13 @@ def test_paired_maxsim_scores_each_query_with_its_own_candidates():
                                     candidate_mask[b]))[0], rtol=1e-6)
 
 
-def test_me_bert_takes_the_best_of_a_passages_vectors():
+def test_me_bert_is_maxsim_with_one_query_vector():
+  """ME-BERT's score, the best inner product of the query with a passage's vectors, is MaxSim
+  of a one-vector query."""
   queries = RNG.normal(size=(3, 8)).astype(np.float32)
   passages = RNG.normal(size=(4, 2, 8)).astype(np.float32)
   mask = np.array([[1, 1], [1, 0], [0, 1], [0, 0]], bool)
-  found = np.asarray(multi_vector_max(queries, passages, mask))
+  found = np.asarray(maxsim(queries[:, None], np.ones((3, 1), bool), passages, mask))
   expected = [[max((q @ p[k] for k in range(2) if m[k]), default=0.0)
                for p, m in zip(passages, mask)] for q in queries]
   np.testing.assert_allclose(found, expected, rtol=1e-5, atol=1e-6)

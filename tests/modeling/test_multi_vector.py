@@ -7,6 +7,8 @@ import jax
 import numpy as np
 import pytest
 
+from orqa_realm.core.errors import InputError
+
 from orqa_realm.data.multi_vector_inputs import VectorInputs
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import multi_vector, partitioning
@@ -130,9 +132,10 @@ def test_settings_round_trip_through_json(kind):
 
 
 def test_settings_refuse_what_cannot_work():
-  with pytest.raises(ValueError, match="block_vectors=30"):
+  with pytest.raises(InputError, match="--block_vectors=30"):
     MEBERTConfig(BERT, block_length=24, num_vectors=30)
-  with pytest.raises(ValueError, match="query_length=4"):
-    ColBERTConfig(BERT, query_length=4)
+  with pytest.raises(InputError, match="--query_length=3 leaves no room"):
+    ColBERTConfig(BERT, query_length=3)
+  ColBERTConfig(BERT, query_length=4)  # [CLS] [Q] one wordpiece [SEP]
   with pytest.raises(ValueError, match="kind 'splade'"):
     multi_vector.config_from_dict(dict(CONFIGS["colbert"].to_dict(), kind="splade"))

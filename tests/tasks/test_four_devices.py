@@ -1,6 +1,7 @@
 """Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
-ADORE, and the multi-vector ColBERT, ME-BERT and poly-encoder): the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device. One
-subprocess checks them all (tests/tasks/sharded_task_check.py); each task is its own test."""
+ADORE, and the multi-vector ColBERT, ME-BERT and poly-encoder): the loss, metrics and gradients
+of one batch on 4 simulated devices == on 1 device. One subprocess checks them all
+(tests/tasks/sharded_task_check.py); each task is its own test."""
 
 import json
 

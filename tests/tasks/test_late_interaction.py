@@ -101,12 +101,15 @@ def test_colbert_distils_a_teacher_with_listwise_kl(squad_block_store, tiny_bert
                              rtol=1e-5)
 
 
-def test_a_teacher_needs_a_mined_negative(squad_block_store, tiny_bert_dir,
-                                          tiny_cross_encoder_run):
+def test_distillation_settings_need_each_other(squad_block_store, tiny_bert_dir,
+                                              tiny_cross_encoder_run):
   with pytest.raises(InputError, match="at least one mined negative"):
     tiny_late_interaction_task("colbert", squad_block_store.directory, tiny_bert_dir,
                                teacher_workdir=tiny_cross_encoder_run,
                                hard_negatives_per_question=0)
+  with pytest.raises(InputError, match="--distill_weight and --distill_temperature weigh"):
+    tiny_late_interaction_task("colbert", squad_block_store.directory, tiny_bert_dir,
+                               distill_weight=0.5)
 
 
 def test_a_run_logs_its_losses_and_its_recall(tiny_colbert_run):
