@@ -22,6 +22,20 @@ from tests.tasks.tiny_dpr import tiny_ance_task
 from tests.tasks.tiny_ict import TINY_RETRIEVER
 
 
+def stop_after_the_first_version(process: subprocess.Popen, root: IndexRoot) -> str:
+  """Waits (300 s at most) for the refresh `process` to publish into `root`, stops it with
+  SIGTERM, checks it exited cleanly and returns its stdout."""
+  deadline = time.monotonic() + 300
+  while root.latest_version() is None:
+    assert process.poll() is None, process.communicate()[1][-3000:]
+    assert time.monotonic() < deadline, "no version published in 300 s"
+    time.sleep(0.2)
+  process.send_signal(signal.SIGTERM)
+  stdout, stderr = process.communicate(timeout=120)
+  assert process.returncode == 0, stderr[-3000:]
+  return stdout
+
+
 def test_refresh_indexes_the_runs_newest_checkpoint_and_stops_on_sigterm(
     squad_block_store, tiny_ict_run, tmp_path):
   index_dir = tmp_path / "index"
@@ -31,14 +45,7 @@ def test_refresh_indexes_the_runs_newest_checkpoint_and_stops_on_sigterm(
       cwd=REPO_ROOT, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
       text=True)
   root = IndexRoot(str(index_dir))
-  deadline = time.monotonic() + 300
-  while root.latest_version() is None:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "no version published in 300 s"
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  stdout, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-3000:]
+  stdout = stop_after_the_first_version(process, root)
   assert "published index version 1 from checkpoint 2" in stdout
   version = root.latest()
   assert version.checkpoint_step == 2 and version.num_rows == len(squad_block_store)
@@ -139,14 +146,7 @@ def test_multi_vector_runs_are_refreshed_as_multi_vector_indexes(
           in refused.communicate()[1])
   process = refresh("--colbert_nbits=1", "--colbert_centroids=64")
   root = IndexRoot(str(index_dir))
-  deadline = time.monotonic() + 300
-  while root.latest_version() is None:
-    assert process.poll() is None, process.communicate()[1][-3000:]
-    assert time.monotonic() < deadline, "no version published in 300 s"
-    time.sleep(0.2)
-  process.send_signal(signal.SIGTERM)
-  _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 0, stderr[-3000:]
+  stop_after_the_first_version(process, root)
   version = root.latest()
   assert version.kind == "multi_vector" and version.checkpoint_step == 6
   assert version.storage_dtype == "residual_1bit" and version.details["num_centroids"] == 64

@@ -248,6 +248,12 @@ class FlagBinder:
     return "\n".join(lines) + "\n"
 
 
+def check_minimum(flag: str, value: int | float, least: int | float) -> None:
+  """Refuses `--flag=value` below `least`, naming the flag."""
+  if value < least:
+    raise InputError(f"--{flag}={value} must be at least {least}", field=flag)
+
+
 def differences(saved: Mapping[str, Any], current: Mapping[str, Any],
                 prefix: str = "") -> list[str]:
   """'key: saved X, now Y' for each (nested) key whose values differ."""

@@ -218,18 +218,8 @@ def check_publishable(root: IndexRoot, config: retriever.RetrieverConfig,
   another store's blocks or another retriever's embeddings (architecture or tokenizer): readers
   of the root (evaluation, a trainer's index handle) would find a version they cannot search.
   Also checks the root is writable, before the embedding work."""
-  paths.check_writable(root.root)
-  try:
-    latest = root.latest()
-  except InputError:  # a pointer to a lost version: the publish repairs it
-    return
-  if latest is None:
-    return
-  if latest.kind != storage.DENSE:
-    raise InputError(f"the index root holds a {latest.kind.replace('_', '-')} index (version "
-                     f"{latest.version}), not dense embeddings: use another --index_dir",
-                     path=root.root, field="index_dir")
-  if "retriever" not in latest.metadata:  # unusable (old layout)
+  latest = storage.version_to_continue(root, storage.DENSE)
+  if latest is None or "retriever" not in latest.metadata:  # none, or unusable (old layout)
     return
   # A store grown from the root's (preprocess --grow_from) continues it.
   if latest.store_fingerprint != store.fingerprint and store.ancestor(

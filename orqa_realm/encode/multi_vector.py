@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from orqa_realm.core import parallel, paths
+from orqa_realm.core import parallel
 from orqa_realm.core.config import differences, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
@@ -172,17 +172,9 @@ def check_publishable(root: IndexRoot, config: MultiVectorConfig, store: BlockSt
   could not search it), or a compression that cannot pack its vectors; checks the root is
   writable. All before any encoding."""
   settings.check_fits(config.dim)
-  paths.check_writable(root.root)
-  try:
-    latest = root.latest()
-  except InputError:  # a pointer to a lost version: the publish repairs it
-    return
+  latest = storage.version_to_continue(root, storage.MULTI_VECTOR)
   if latest is None:
     return
-  if latest.kind != storage.MULTI_VECTOR:
-    raise InputError(f"the index root holds a {latest.kind} index (version {latest.version}), "
-                     "not a multi-vector one: use another --index_dir", path=root.root,
-                     field="index_dir")
   if latest.store_fingerprint != store.fingerprint:
     raise InputError(f"the index root holds vectors of another block store (fingerprint "
                      f"{latest.store_fingerprint}, --block_store {store.directory} is "
@@ -241,21 +233,15 @@ MultiVectorBackend = Literal["exact", "plaid"]
 
 @dataclasses.dataclass(frozen=True)
 class MultiVectorSearch:
-  """A multi-vector run and its index, and how the index is searched."""
-  workdir: str = setting(
-      "", "The multi-vector run (--task=colbert, me_bert or poly_encoder) whose query encoder "
-      "searches --index_dir, the index embedded from it.")
-  checkpoint_step: int = setting(-1, "Checkpoint of --workdir; -1: the newest.")
+  """A multi-vector run (--task=colbert, me_bert or poly_encoder) and the index embedded from
+  it, and how the index is searched."""
+  run: runs.RunCheckpoint = nested(runs.RunCheckpoint())
   index_dir: str = setting("", "The multi-vector index root (python -m orqa_realm.embed).")
   backend: MultiVectorBackend = setting(
       "exact", "exact: MaxSim (or the poly-encoder's score) of every block, on the devices; "
       "plaid: PLAID over a compressed index (ColBERT and ME-BERT; --plaid_*).",
       flag="multi_vector_backend")
   embedding: embedding.EmbedSettings = nested(embedding.EmbedSettings())
-
-  @property
-  def step(self) -> int | None:
-    return None if self.checkpoint_step < 0 else self.checkpoint_step
 
 
 def open_searcher(version: IndexVersion, store: BlockStore, config: MultiVectorConfig,
@@ -283,16 +269,17 @@ def text_searcher(store: BlockStore, tokenizer: Tokenizer, settings: MultiVector
   """The newest version of `settings.index_dir` behind the query encoder of the run it was
   embedded from (of kind `kind`: colbert, me_bert or poly_encoder), and what they were built
   from (for metrics.json). Everything is checked before the run's parameters are read."""
-  if not settings.workdir:
+  workdir = settings.run.workdir
+  if not workdir:
     raise InputError(f"--retrieval={kind} searches with a trained run's query encoder: pass "
                      "--workdir", field="workdir")
   version = embedding.latest_version(settings.index_dir)
   indexed_retriever(version)  # a dense index is refused here
-  info = runs.open_multi_vector_run(settings.workdir)
+  info = runs.open_multi_vector_run(workdir)
   if info.config.kind != kind:
     raise InputError(f"--retrieval={kind}, but the run trains {info.config.kind}",
-                     path=settings.workdir, field="retrieval")
-  run = runs.restore_multi_vector_run(settings.workdir, settings.step, mesh)
+                     path=workdir, field="retrieval")
+  run = runs.restore_multi_vector_run(workdir, settings.run.step, mesh)
   check_query_encoder(version, run)
   searcher = open_searcher(version, store, run.config, settings, plaid, mesh)
 

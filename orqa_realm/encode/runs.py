@@ -10,6 +10,8 @@ it reads, and the frozen index it was trained over.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -357,6 +359,14 @@ class CrossEncoderRun(NamedTuple):
   run_id: str | None = None
 
 
+def replicated_params_shapes(init_params: Callable[[jax.Array], Any], mesh) -> Any:
+  """The unboxed params `init_params(rng)` would give, as abstract arrays replicated over
+  `mesh`: what a checkpoint's params are restored into."""
+  return checkpoints.abstract_with_sharding(
+      partitioning.unbox(jax.eval_shape(lambda: init_params(jax.random.key(0)))),
+      parallel.replicated(mesh))
+
+
 def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEncoderRun:
   """The cross-encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
   `mesh`: a cross-encoder run's, or the ranker of a joint run (RocketQAv2); a run of another
@@ -371,9 +381,7 @@ def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEnco
                      "(--task=cross_encoder) is expected: a dual encoder retrieves (evaluate "
                      "--workdir), a cross-encoder reranks", path=workdir)
   config = cross_encoder.CrossEncoderConfig.from_dict(model[key])
-  shapes = checkpoints.abstract_with_sharding(partitioning.unbox(
-      jax.eval_shape(lambda: cross_encoder.init_params(config, jax.random.key(0)))),
-                                              parallel.replicated(mesh))
+  shapes = replicated_params_shapes(functools.partial(cross_encoder.init_params, config), mesh)
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
     step = checkpoint_step(checkpoint_reader, step)
     if key == cross_encoder.JOINT_RANKER:
@@ -437,10 +445,8 @@ def open_multi_vector_run(workdir: str) -> MultiVectorRunInfo:
 def restore_multi_vector_params(checkpoint_reader: checkpoints.CheckpointReader, step: int,
                                 config: multi_vector.MultiVectorConfig, mesh) -> dict[str, Any]:
   """The multi-vector retriever's params of checkpoint `step`, replicated over `mesh`."""
-  shapes = partitioning.unbox(
-      jax.eval_shape(lambda: multi_vector.init_params(config, jax.random.key(0))))
   return checkpoint_reader.restore_params(
-      step, checkpoints.abstract_with_sharding(shapes, parallel.replicated(mesh)))
+      step, replicated_params_shapes(functools.partial(multi_vector.init_params, config), mesh))
 
 
 def restore_multi_vector_run(workdir: str, step: int | None, mesh) -> MultiVectorRun:

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from etils import epath
 
-from orqa_realm.core.config import setting
+from orqa_realm.core.config import check_minimum, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.index import residual_codec, storage
 from orqa_realm.index.multi_vector_search import TokenVectors
@@ -52,11 +52,9 @@ class MultiVectorStorage:
     if self.nbits not in (0, *residual_codec.NBITS):
       raise InputError(f"--colbert_nbits={self.nbits} is not 0 (uncompressed) or one of "
                        f"{residual_codec.NBITS}", field="colbert_nbits")
-    for flag, value, least in (("colbert_centroids", self.num_centroids, 0),
-                               ("colbert_kmeans_sample", self.kmeans_sample, 0),
-                               ("colbert_kmeans_iterations", self.kmeans_iterations, 1)):
-      if value < least:
-        raise InputError(f"--{flag}={value} must be at least {least}", field=flag)
+    check_minimum("colbert_centroids", self.num_centroids, 0)
+    check_minimum("colbert_kmeans_sample", self.kmeans_sample, 0)
+    check_minimum("colbert_kmeans_iterations", self.kmeans_iterations, 1)
     compression_changed = any(getattr(self, field.name) != field.default
                               for field in dataclasses.fields(self) if field.name != "nbits")
     if not self.nbits and compression_changed:

@@ -28,8 +28,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from orqa_realm.core.config import setting
-from orqa_realm.core.errors import InputError
+from orqa_realm.core.config import check_minimum, setting
 from orqa_realm.index import residual_codec
 from orqa_realm.index.residual_codec import CompressedVectors, ResidualCodec
 from orqa_realm.index.searcher import SearchResult, check_k
@@ -49,9 +48,8 @@ class PLAIDSettings:
       "exactly.", flag="plaid_ndocs")
 
   def __post_init__(self):
-    for flag, value in (("plaid_ncells", self.ncells), ("plaid_ndocs", self.ndocs)):
-      if value < 1:
-        raise InputError(f"--{flag}={value} must be at least 1", field=flag)
+    check_minimum("plaid_ncells", self.ncells, 1)
+    check_minimum("plaid_ndocs", self.ndocs, 1)
 
 
 # What each query vector's best centroid score starts from in centroid interaction (ColBERT's):

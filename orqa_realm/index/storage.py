@@ -265,6 +265,22 @@ class IndexRoot:
       epath.Path(self.version_dir(version)).rmtree()
 
 
+def version_to_continue(root: IndexRoot, kind: str) -> IndexVersion | None:
+  """The newest version of `root` that a publish of `kind` would follow, after checking the root
+  is writable: None when there is none, or when the pointer names a lost version (the publish
+  repairs it); a version of another kind is refused, naming both."""
+  paths.check_writable(root.root)
+  try:
+    latest = root.latest()
+  except InputError:
+    return None
+  if latest is not None and latest.kind != kind:
+    raise InputError(f"the index root holds a {latest.kind.replace('_', '-')} index (version "
+                     f"{latest.version}), where a {kind.replace('_', '-')} index is published: "
+                     "use another --index_dir", path=root.root, field="index_dir")
+  return latest
+
+
 def check_matches_store(version: IndexVersion, store) -> None:
   """Refuses an index that was not built from `store` (a BlockStore)."""
   store.check_matches(num_rows=version.num_rows, fingerprint=version.store_fingerprint,

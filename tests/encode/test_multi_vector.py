@@ -86,11 +86,12 @@ def test_only_the_embedding_run_and_checkpoint_search_it(published, tiny_cross_e
     encode.check_query_encoder(version, run._replace(run_id="another", workdir="/elsewhere"))
   with pytest.raises(InputError, match="is a cross-encoder, where a multi-vector"):
     encode.text_searcher(None, None, encode.MultiVectorSearch(
-        workdir=tiny_cross_encoder_run, index_dir=published["index"].index_dir), "colbert", MESH)
+        run=runs.RunCheckpoint(workdir=tiny_cross_encoder_run),
+        index_dir=published["index"].index_dir), "colbert", MESH)
 
 
 def test_unpruned_plaid_finds_exact_maxsims_top_ten(published, squad_block_store, tokenizer):
-  settings = encode.MultiVectorSearch(workdir=published["run"].workdir,
+  settings = encode.MultiVectorSearch(run=runs.RunCheckpoint(workdir=published["run"].workdir),
                                       index_dir=published["index"].index_dir)
   exact, info = encode.text_searcher(squad_block_store, tokenizer, settings, "colbert", MESH)
   every_centroid = PLAIDSettings(ncells=256, centroid_score_threshold=-np.inf,
@@ -108,13 +109,14 @@ def test_unpruned_plaid_finds_exact_maxsims_top_ten(published, squad_block_store
 
 def test_backends_that_cannot_search_the_index_are_refused(published, squad_block_store,
                                                            tokenizer):
-  settings = encode.MultiVectorSearch(workdir=published["run"].workdir,
+  settings = encode.MultiVectorSearch(run=runs.RunCheckpoint(workdir=published["run"].workdir),
                                       index_dir=published["index"].index_dir)
   with pytest.raises(InputError, match="--retrieval=me_bert, but the run trains colbert"):
     encode.text_searcher(squad_block_store, tokenizer, settings, "me_bert", MESH)
   with pytest.raises(InputError, match="pass --workdir"):
     encode.text_searcher(squad_block_store, tokenizer,
-                         dataclasses.replace(settings, workdir=""), "colbert", MESH)
+                         dataclasses.replace(settings, run=runs.RunCheckpoint()), "colbert",
+                         MESH)
 
 
 def test_the_refresher_publishes_what_embed_does(published, squad_block_store, tokenizer,
