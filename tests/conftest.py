@@ -109,6 +109,14 @@ def tiny_bert_dir(minilm_dir, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_decoder_dir(tmp_path_factory) -> str:
+  """SmolLM2's tokenizer with a tiny random llama (tests/modeling/tiny_decoder.py)."""
+  from tests.modeling.tiny_decoder import make_tiny_decoder_dir
+
+  return make_tiny_decoder_dir(str(tmp_path_factory.mktemp("tiny_decoder")))
+
+
+@pytest.fixture(scope="session")
 def tiny_ict_run(squad_block_store, tiny_bert_dir, tmp_path_factory) -> str:
   """The workdir of a 2-step ICT run of the tiny retriever (tests/tasks/tiny_ict.py)."""
   from orqa_realm.training import loop

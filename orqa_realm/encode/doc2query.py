@@ -1,0 +1,177 @@
+"""doc2query (Nogueira et al. 2019; docTTTTTquery with T5): questions a block could answer,
+sampled from a decoder LM, to be indexed with the block by BM25.
+
+No seq2seq model is available offline, so the generator is the decoder (SmolLM2-Instruct by
+default) asked in its own chat template for one question about the block; `questions_per_block`
+samples of the same prompt give the variety docTTTTTquery gets from top-k sampling. Blocks go
+through in chunks of `batch_blocks` (every question of a chunk in one batched `generate`
+call), each chunk sampled from its own key (the seed folded with the chunk's index) and written
+as soon as it is done (`data/expansions.py`), so a killed run resumes at the first missing chunk
+and ends with what an uninterrupted run writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tqdm
+from absl import logging
+
+from orqa_realm.core.config import setting
+from orqa_realm.core.errors import InputError
+from orqa_realm.data import expansions as expansions_lib
+from orqa_realm.data.blocks import BlockStore
+from orqa_realm.data.decoder_tokenization import DecoderTokenizer, pad_left
+from orqa_realm.data.pretrained import resolve_decoder
+from orqa_realm.modeling import decoder as decoder_lib
+from orqa_realm.modeling import generation, llama_import
+
+DEFAULT_PROMPT = ("Write one short question that the following passage answers. Reply with the "
+                  "question only.\n\nTitle: {title}\nPassage: {text}")
+# Prompts are left-padded to a multiple of this, so that few shapes are compiled.
+PROMPT_LENGTH_BUCKET = 64
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpansionConfig:
+  """What generates a store's expansions, and how."""
+  decoder: str = setting(
+      "smollm2", "The decoder LM: a llama GGUF file, a Hugging Face llama directory, or a "
+      "packaged model's name ('smollm2').")
+  expansion_name: str = setting(
+      "doc2query", "Name of the expansions, written to BLOCK_STORE/expansions/NAME (what "
+      "--bm25_expansions reads).")
+  questions_per_block: int = setting(5, "Questions sampled for each block.")
+  max_new_tokens: int = setting(40, "Tokens generated at most for one question.")
+  temperature: float = setting(0.7, "Sampling temperature (0: greedy, and then one question a "
+                               "block is all there is).")
+  top_p: float = setting(0.9, "Nucleus sampling: the smallest set of tokens of this mass.")
+  seed: int = setting(0, "Seed of the sampling (each chunk folds in its index).")
+  batch_blocks: int = setting(
+      8, "Blocks per generate call (x --questions_per_block sequences); also the unit that a "
+      "killed run resumes from.")
+  prompt: str = setting(DEFAULT_PROMPT, "The user turn asking for a question; {title} and {text} "
+                        "are replaced by the block's.")
+  max_passage_tokens: int = setting(
+      256, "A block's text is cut to this many decoder tokens in the prompt.")
+  dtype: str = setting("float32", "Compute dtype of the decoder's matrix products: float32 or "
+                       "bfloat16.")
+
+  def __post_init__(self):
+    for name in ("questions_per_block", "max_new_tokens", "batch_blocks", "max_passage_tokens"):
+      if getattr(self, name) < 1:
+        raise InputError(f"must be at least 1, not {getattr(self, name)}", field=name)
+    if self.temperature == 0 and self.questions_per_block > 1:
+      raise InputError("greedy decoding (--temperature=0) gives one question a block, not "
+                       f"{self.questions_per_block}", field="questions_per_block")
+    if self.dtype not in ("float32", "bfloat16"):
+      raise InputError(f"not float32 or bfloat16: {self.dtype!r}", field="dtype")
+    try:
+      self.prompt.format(title="", text="")
+    except (KeyError, IndexError, ValueError) as e:
+      raise InputError(f"the prompt may name only {{title}} and {{text}}: {e}",
+                       field="prompt") from e
+
+  @property
+  def sampling(self) -> generation.SamplingSettings:
+    return generation.SamplingSettings(max_new_tokens=self.max_new_tokens,
+                                       temperature=self.temperature, top_p=self.top_p)
+
+
+def file_fingerprint(path: str) -> str:
+  """A hash of a model file's bytes (or, for a directory, of its weights file)."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "model.safetensors")
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for piece in iter(lambda: f.read(1 << 24), b""):
+      digest.update(piece)
+  return digest.hexdigest()[:16]
+
+
+def block_prompt(tokenizer: DecoderTokenizer, title: str, text: str,
+                 config: ExpansionConfig) -> list[int]:
+  """The chat prompt asking for a question about one block, its text cut to
+  `max_passage_tokens` decoder tokens."""
+  text_ids = tokenizer.tokenize([text])[0]
+  if len(text_ids) > config.max_passage_tokens:
+    text = tokenizer.decode(text_ids[:config.max_passage_tokens])
+  return tokenizer.chat_prompt(config.prompt.format(title=title, text=text))
+
+
+def clean_question(text: str) -> str:
+  """A generated reply as one question: its first non-empty line, stripped."""
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  return lines[0] if lines else ""
+
+
+class QuestionGenerator:
+  """The decoder, its tokenizer and the jitted sampling of a batch of prompts."""
+
+  def __init__(self, config: ExpansionConfig):
+    self.config = config
+    self.path = resolve_decoder(config.decoder)
+    pretrained = llama_import.load_decoder(self.path)
+    self.tokenizer = DecoderTokenizer(self.path)
+    self.model = decoder_lib.DecoderLM(pretrained.config, dtype=jnp.dtype(config.dtype))
+    self.params = jax.device_put(pretrained.params)
+
+  def description(self) -> dict[str, Any]:
+    """What decides the questions: the decoder's bytes, its tokenizer and every setting but the
+    name."""
+    settings = {field.name: getattr(self.config, field.name)
+                for field in dataclasses.fields(self.config)
+                if field.name not in ("expansion_name", "decoder")}
+    return dict(decoder=os.path.basename(self.path), decoder_fingerprint=file_fingerprint(
+        self.path), tokenizer_fingerprint=self.tokenizer.fingerprint, settings=settings)
+
+  def questions(self, prompts: Sequence[list[int]], rng: jax.Array) -> list[list[str]]:
+    """`questions_per_block` sampled questions for each prompt, empty replies dropped."""
+    config = self.config
+    rows = [prompt for prompt in prompts for _ in range(config.questions_per_block)]
+    # Full batches of bucketed length: the last chunk is filled with copies of its first prompt.
+    rows += [rows[0]] * (config.batch_blocks * config.questions_per_block - len(rows))
+    length = -(-max(map(len, rows)) // PROMPT_LENGTH_BUCKET) * PROMPT_LENGTH_BUCKET
+    batch = pad_left(rows, self.tokenizer.pad_id, length)
+    tokens = np.asarray(generation.generate(
+        self.model, self.params, batch.token_ids, batch.input_mask, rng,
+        settings=config.sampling, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id))
+    replies = [clean_question(self.tokenizer.decode(row)) for row in tokens]
+    per_block = config.questions_per_block
+    return [[reply for reply in replies[i * per_block:(i + 1) * per_block] if reply]
+            for i in range(len(prompts))]
+
+
+def expand_store(store: BlockStore, config: ExpansionConfig, *,
+                 show_progress: bool = False) -> expansions_lib.Expansions:
+  """Generates (or finishes generating) the expansions `config.expansion_name` of `store`."""
+  generator = QuestionGenerator(config)
+  writer = expansions_lib.ExpansionWriter(store, config.expansion_name, generator.description(),
+                                          chunk_blocks=config.batch_blocks)
+  pending = writer.pending()
+  if len(pending) < writer.num_chunks:
+    logging.warning("%s: %d of %d chunks already written; generating the other %d",
+                    writer.directory, writer.num_chunks - len(pending), writer.num_chunks,
+                    len(pending))
+  key = jax.random.key(config.seed)
+  started = time.perf_counter()
+  blocks_done = 0
+  for chunk in tqdm.tqdm(pending, desc="doc2query", unit="chunk", disable=not show_progress):
+    blocks = writer.chunk_blocks_of(chunk)
+    prompts = [block_prompt(generator.tokenizer, store.title(block), store.text(block), config)
+               for block in blocks]
+    writer.write(chunk, generator.questions(prompts, jax.random.fold_in(key, chunk)))
+    blocks_done += len(blocks)
+  seconds = time.perf_counter() - started
+  if blocks_done:
+    logging.info("generated questions for %d blocks in %.1f s (%.2f blocks/s)", blocks_done,
+                 seconds, blocks_done / seconds)
+  return writer.finish()
