@@ -13,6 +13,7 @@ UNREAD = {
     "ict": "retriever_workdir=runs/x",
     "dpr": "realm_masking=salient",
     "ance": "ict_remove_prob=0.5",
+    "art": "hard_negatives_per_question=2",
     "adore": "teacher_workdir=runs/x",
     "cross_encoder": "pooling=mean",
     "distill": "cross_length=128",

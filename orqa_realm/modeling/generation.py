@@ -130,3 +130,33 @@ def token_log_probs(model: DecoderLM, params: Any, token_ids: jax.Array,
   logits = model.apply({"params": params}, hidden[:, :-1], method=DecoderLM.logits)
   log_probs = jax.nn.log_softmax(logits, axis=-1)  # [batch, length - 1, vocab]
   return jnp.take_along_axis(log_probs, token_ids[:, 1:, None], axis=-1)[..., 0]
+
+
+def continuation_log_likelihood(model: DecoderLM, params: Any, token_ids: jax.Array,
+                                input_mask: jax.Array, continuation_start: jax.Array,
+                                continuation_length: jax.Array,
+                                max_continuation: int) -> jax.Array:
+  """Mean log-probability of each sequence's continuation given what precedes it (teacher
+  forcing), with the vocabulary's logits built only where the continuation is predicted.
+
+  Args:
+    token_ids: [batch, length] int32 right-padded: a prefix, then the continuation.
+    input_mask: [batch, length], nonzero on real tokens.
+    continuation_start: [batch] int32, the position of each continuation's first token (>= 1).
+    continuation_length: [batch] int32, its number of tokens (<= max_continuation, >= 1).
+    max_continuation: the static bound on continuation lengths.
+  Returns:
+    [batch] float32: mean over the continuation's tokens of log p(token | everything before).
+  """
+  positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1]), token_ids.shape)
+  hidden = model.apply({"params": params}, token_ids, positions, input_mask).hidden
+  offsets = jnp.arange(max_continuation)  # [continuation]
+  targets_at = jnp.minimum(continuation_start[:, None] + offsets, token_ids.shape[1] - 1)
+  predicting = jnp.take_along_axis(hidden, (targets_at - 1)[..., None], axis=1)  # [b, c, hidden]
+  logits = model.apply({"params": params}, predicting, method=DecoderLM.logits)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)  # [batch, continuation, vocab]
+  targets = jnp.take_along_axis(token_ids, targets_at, axis=1)  # [batch, continuation]
+  token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  valid = offsets[None, :] < continuation_length[:, None]
+  return jnp.sum(jnp.where(valid, token_scores, 0.0), axis=-1) / jnp.maximum(
+      continuation_length, 1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from orqa_realm.tasks.adore import ADORETask
 from orqa_realm.tasks.ance import ANCETask
+from orqa_realm.tasks.art import ARTTask
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask
 from orqa_realm.tasks.distill import DistillTask
@@ -17,6 +18,6 @@ from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ADORETask, ANCETask, ColBERTTask, CrossEncoderTask, DistillTask,
+    task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask, DistillTask,
                                  DPRTask, ICTTask, MEBERTTask, ORQATask, PolyEncoderTask,
                                  REALMTask, RocketQAv2Task, STARTask, TASBTask)}

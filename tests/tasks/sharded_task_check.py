@@ -4,18 +4,22 @@ gradients of one batch on a 4-device mesh == on 1 device.
 Each argument is a JSON object {"name", "builder": "module:function", "args": [...], "kwargs":
 {...}} that builds a tiny task with `builder(*args, **kwargs)`. A task that needs parameters to
 compose its batch (ADORE retrieves its negatives) gets it from the initial parameters on all
-devices; both meshes then score the same batch. Prints one JSON line, {name: what was found}; the
+devices, and one that needs the refreshed index (ART's candidates) a version of seeded random
+embeddings; both meshes then score the same batch. Prints one JSON line, {name: what was found}; the
 tests assert on it.
 """
 
 import importlib
 import json
 import sys
+import tempfile
 
 import jax
 import numpy as np
 
 from orqa_realm.core import parallel
+from orqa_realm.index.handle import open_index
+from orqa_realm.index.storage import IndexRoot
 from orqa_realm.tasks.base import Need, StepContext
 from tests.tasks.sharding import one_device_against_all
 
@@ -26,11 +30,21 @@ def build_task(spec: dict):
                                                             **spec.get("kwargs", {}))
 
 
+def random_index(store, directory: str):
+  """A published index version of seeded random 16-dimensional embeddings of `store`."""
+  root = IndexRoot(directory)
+  embeddings = np.random.default_rng(0).normal(size=(len(store), 16)).astype(np.float32)
+  root.publish(embeddings, store_fingerprint=store.fingerprint, checkpoint_step=0)
+  return open_index(root.latest(), store)
+
+
 def check(task) -> dict:
   mesh = parallel.make_mesh()
   params = task.init_params(jax.random.key(0))
+  index = (random_index(task.store, tempfile.mkdtemp(prefix="sharded_index_"))
+           if Need.INDEX in task.needs else None)
   context = StepContext(mesh, params=(jax.device_put(params, parallel.replicated(mesh))
-                                      if Need.PARAMS in task.needs else None))
+                                      if Need.PARAMS in task.needs else None), index=index)
   found = one_device_against_all(task, params, task.train_batch(0, context))
   metrics = {name: (float(found["metrics_one"][name]), float(found["metrics_four"][name]))
              for name in found["metrics_one"] if np.ndim(found["metrics_one"][name]) == 0}
