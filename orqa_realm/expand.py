@@ -39,6 +39,9 @@ def main() -> None:
   if not command.block_store:
     raise InputError("--block_store is required", field="block_store")
   config = SETTINGS.build("expansion")
+  if config.decoder_workdir and SETTINGS.given("decoder"):
+    raise InputError("--decoder_workdir generates with its run's decoder: --decoder is not "
+                     "read with it", field="decoder")
   store = BlockStore(command.block_store)
   started = time.time()
   expansions = expand_store(store, config, show_progress=sys.stderr.isatty())

@@ -22,6 +22,7 @@ UNREAD = {
     "rocketqav2": "tasb_clusters=4",
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
+    "lm_finetune": "art_candidates=4",
     # Each multi-vector kind reads only its own settings.
     "colbert": "block_vectors=4",
     "me_bert": "query_augmentation=false",

@@ -25,12 +25,14 @@ import numpy as np
 import tqdm
 from absl import logging
 
+from orqa_realm.core import parallel
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import expansions as expansions_lib
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.decoder_tokenization import DecoderTokenizer, pad_left
 from orqa_realm.data.pretrained import resolve_decoder
+from orqa_realm.encode import runs
 from orqa_realm.modeling import decoder as decoder_lib
 from orqa_realm.modeling import generation, llama_import
 
@@ -46,6 +48,9 @@ class ExpansionConfig:
   decoder: str = setting(
       "smollm2", "The decoder LM: a llama GGUF file, a Hugging Face llama directory, or a "
       "packaged model's name ('smollm2').")
+  decoder_workdir: str = setting(
+      "", "An lm_finetune run whose newest checkpoint generates instead of --decoder's weights "
+      "(its tokenizer is the one it was fine-tuned with).")
   expansion_name: str = setting(
       "doc2query", "Name of the expansions, written to BLOCK_STORE/expansions/NAME (what "
       "--bm25_expansions reads).")
@@ -97,14 +102,14 @@ def file_fingerprint(path: str) -> str:
   return digest.hexdigest()[:16]
 
 
-def block_prompt(tokenizer: DecoderTokenizer, title: str, text: str,
-                 config: ExpansionConfig) -> list[int]:
+def block_prompt(tokenizer: DecoderTokenizer, title: str, text: str, prompt: str,
+                 max_passage_tokens: int) -> list[int]:
   """The chat prompt asking for a question about one block, its text cut to
-  `max_passage_tokens` decoder tokens."""
+  `max_passage_tokens` decoder tokens (what `lm_finetune` trains on, too)."""
   text_ids = tokenizer.tokenize([text])[0]
-  if len(text_ids) > config.max_passage_tokens:
-    text = tokenizer.decode(text_ids[:config.max_passage_tokens])
-  return tokenizer.chat_prompt(config.prompt.format(title=title, text=text))
+  if len(text_ids) > max_passage_tokens:
+    text = tokenizer.decode(text_ids[:max_passage_tokens])
+  return tokenizer.chat_prompt(prompt.format(title=title, text=text))
 
 
 def clean_question(text: str) -> str:
@@ -118,20 +123,30 @@ class QuestionGenerator:
 
   def __init__(self, config: ExpansionConfig):
     self.config = config
-    self.path = resolve_decoder(config.decoder)
-    pretrained = llama_import.load_decoder(self.path)
-    self.tokenizer = DecoderTokenizer(self.path)
-    self.model = decoder_lib.DecoderLM(pretrained.config, dtype=jnp.dtype(config.dtype))
-    self.params = jax.device_put(pretrained.params)
+    if config.decoder_workdir:
+      run = runs.restore_decoder_run(config.decoder_workdir, None, parallel.make_mesh())
+      self.path, decoder_config, self.params = run.source, run.config, run.params
+      self.tokenizer = DecoderTokenizer(self.path)
+      runs.check_tokenizer(run, self.tokenizer.fingerprint,
+                           f"the decoder it started from ({self.path})")
+      self.weights = dict(decoder_workdir=run.workdir, run_id=run.run_id, step=run.step)
+    else:
+      self.path = resolve_decoder(config.decoder)
+      pretrained = llama_import.load_decoder(self.path)
+      decoder_config, self.params = pretrained.config, jax.device_put(pretrained.params)
+      self.tokenizer = DecoderTokenizer(self.path)
+      self.weights = dict(decoder=os.path.basename(self.path),
+                          decoder_fingerprint=file_fingerprint(self.path))
+    self.model = decoder_lib.DecoderLM(decoder_config, dtype=jnp.dtype(config.dtype))
 
   def description(self) -> dict[str, Any]:
-    """What decides the questions: the decoder's bytes, its tokenizer and every setting but the
-    name."""
+    """What decides the questions: the decoder's weights (its file's bytes, or a run's
+    checkpoint), its tokenizer and every setting but the name."""
     settings = {field.name: getattr(self.config, field.name)
                 for field in dataclasses.fields(self.config)
-                if field.name not in ("expansion_name", "decoder")}
-    return dict(decoder=os.path.basename(self.path), decoder_fingerprint=file_fingerprint(
-        self.path), tokenizer_fingerprint=self.tokenizer.fingerprint, settings=settings)
+                if field.name not in ("expansion_name", "decoder", "decoder_workdir")}
+    return dict(self.weights, tokenizer_fingerprint=self.tokenizer.fingerprint,
+                settings=settings)
 
   def questions(self, prompts: Sequence[list[int]], rng: jax.Array) -> list[list[str]]:
     """`questions_per_block` sampled questions for each prompt, empty replies dropped."""
@@ -166,8 +181,8 @@ def expand_store(store: BlockStore, config: ExpansionConfig, *,
   blocks_done = 0
   for chunk in tqdm.tqdm(pending, desc="doc2query", unit="chunk", disable=not show_progress):
     blocks = writer.chunk_blocks_of(chunk)
-    prompts = [block_prompt(generator.tokenizer, store.title(block), store.text(block), config)
-               for block in blocks]
+    prompts = [block_prompt(generator.tokenizer, store.title(block), store.text(block),
+                            config.prompt, config.max_passage_tokens) for block in blocks]
     writer.write(chunk, generator.questions(prompts, jax.random.fold_in(key, chunk)))
     blocks_done += len(blocks)
   seconds = time.perf_counter() - started

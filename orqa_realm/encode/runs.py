@@ -22,8 +22,8 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import (cross_encoder, mlm, multi_vector, partitioning, reader,
-                                 retriever)
+from orqa_realm.modeling import (cross_encoder, decoder, mlm, multi_vector, partitioning,
+                                 reader, retriever)
 
 ORQA_TASK = "orqa"
 # ADORE trains only a question tower over a frozen index, as ORQA's retriever half does.
@@ -171,9 +171,11 @@ def trained_bert(description: run_directory.RunDescription) -> str:
     raise InputError("the run's settings name no BERT", path=description.workdir) from e
 
 
-def check_tokenizer(run: RetrieverRun | CrossEncoderRun | MultiVectorRun | MultiVectorRunInfo,
-                    tokenizer_fingerprint: str, source: str) -> None:
-  """Refuses a tokenizer (of the block store `source`) other than the one the run trained with."""
+def check_tokenizer(
+    run: RetrieverRun | CrossEncoderRun | MultiVectorRun | MultiVectorRunInfo | DecoderRun,
+    tokenizer_fingerprint: str, source: str) -> None:
+  """Refuses a tokenizer (of `source`: a block store, a decoder) other than the one the run
+  trained with."""
   if run.tokenizer_fingerprint != tokenizer_fingerprint:
     raise InputError(f"the run trained with tokenizer {run.tokenizer_fingerprint}, {source} was "
                      f"tokenized with {tokenizer_fingerprint}", path=run.workdir)
@@ -394,6 +396,8 @@ def restore_cross_encoder_run(workdir: str, step: int | None, mesh) -> CrossEnco
 
 def model_kind(model: dict[str, Any]) -> str:
   """What a run's model description holds, in words, for messages."""
+  if DECODER in model:
+    return "a decoder LM"
   if multi_vector.MULTI_VECTOR in model:
     return f"a multi-vector retriever ({model[multi_vector.MULTI_VECTOR]['kind']})"
   if cross_encoder.CROSS_ENCODER in model:
@@ -458,3 +462,42 @@ def restore_multi_vector_run(workdir: str, step: int | None, mesh) -> MultiVecto
     params = restore_multi_vector_params(checkpoint_reader, step, info.config, mesh)
   return MultiVectorRun(info.workdir, info.config, info.tokenizer_fingerprint, params, step,
                         info.run_id)
+
+
+DECODER = "decoder"
+
+
+def decoder_model(config: decoder.DecoderConfig, tokenizer_fingerprint: str,
+                  source: str) -> dict[str, Any]:
+  """The model description of a run that fine-tunes the decoder `config`, read from `source`
+  (the GGUF file or directory whose tokenizer it keeps)."""
+  return {DECODER: config.to_dict(), "tokenizer_fingerprint": tokenizer_fingerprint,
+          "decoder_source": source}
+
+
+class DecoderRun(NamedTuple):
+  """A fine-tuned decoder, read back from its run directory."""
+  workdir: str
+  config: decoder.DecoderConfig
+  tokenizer_fingerprint: str
+  source: str  # the GGUF file or directory it was fine-tuned from: its tokenizer is the run's
+  params: dict[str, Any]
+  step: int
+  run_id: str | None
+
+
+def restore_decoder_run(workdir: str, step: int | None, mesh) -> DecoderRun:
+  """The decoder of `workdir` at checkpoint `step` (None: the newest), replicated over `mesh`;
+  a run of another kind is refused, naming what it is."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if DECODER not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
+                     "decoder LM run (--task=lm_finetune) is expected", path=workdir)
+  config = decoder.DecoderConfig.from_dict(model[DECODER])
+  shapes = replicated_params_shapes(functools.partial(decoder.init_params, config), mesh)
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, shapes)
+  return DecoderRun(description.workdir, config, model["tokenizer_fingerprint"],
+                    model["decoder_source"], params, step, description.run_id)

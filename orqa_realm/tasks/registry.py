@@ -11,6 +11,7 @@ from orqa_realm.tasks.distill import DistillTask
 from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.late_interaction import ColBERTTask, MEBERTTask, PolyEncoderTask
+from orqa_realm.tasks.lm_finetune import LMFinetuneTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 from orqa_realm.tasks.rocketqa import RocketQAv2Task
@@ -18,6 +19,7 @@ from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask, DistillTask,
-                                 DPRTask, ICTTask, MEBERTTask, ORQATask, PolyEncoderTask,
-                                 REALMTask, RocketQAv2Task, STARTask, TASBTask)}
+    task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask,
+                                 DistillTask, DPRTask, ICTTask, LMFinetuneTask, MEBERTTask,
+                                 ORQATask, PolyEncoderTask, REALMTask, RocketQAv2Task, STARTask,
+                                 TASBTask)}

@@ -1,6 +1,6 @@
 """Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
-ADORE, the multi-vector ColBERT, ME-BERT and poly-encoder, and ART): the loss, metrics and gradients
-of one batch on 4 simulated devices == on 1 device. One subprocess checks them all
+ADORE, the multi-vector ColBERT, ME-BERT and poly-encoder, ART, and the decoder's fine-tuning):
+the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device. One subprocess checks them all
 (tests/tasks/sharded_task_check.py); each task is its own test."""
 
 import json
@@ -13,7 +13,7 @@ from tests.tasks.sharding import run_on_four_devices
 # A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
 LOSS_TOLERANCE = dict(distill=2e-5)
 TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore", "colbert",
-         "me_bert", "poly_encoder", "art")
+         "me_bert", "poly_encoder", "art", "lm_finetune")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +40,9 @@ def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
       poly_encoder=("tests.tasks.tiny_late_interaction:tiny_late_interaction_task",
                     ["poly_encoder", store, bert], dict(qa_dataset=small_squad)),
       art=("tests.tasks.tiny_art:tiny_art_task", [store, bert, tiny_decoder_dir],
-           dict(teacher_temperature=0.01)))
+           dict(teacher_temperature=0.01)),
+      lm_finetune=("tests.tasks.tiny_lm_finetune:tiny_lm_finetune_task",
+                   [store, bert, tiny_decoder_dir, small_squad], {}))
   return run_on_four_devices("tests.tasks.sharded_task_check", *(
       json.dumps(dict(name=name, builder=builder, args=args, kwargs=dict(kwargs, batch_size=8)))
       for name, (builder, args, kwargs) in specs.items()), timeout=1800)

@@ -1,0 +1,107 @@
+"""Decoder fine-tuning on (passage, question) pairs: the batch is expand's prompt then the
+question, the loss a next-token cross-entropy on the question against PyTorch's logits, and a
+trained run generates doc2query expansions (`expand --decoder_workdir`)."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from orqa_realm.core import parallel
+from orqa_realm.core.errors import InputError
+from orqa_realm.data.blocks import build_block_store
+from orqa_realm.data.documents import load_documents
+from orqa_realm.encode import runs
+from orqa_realm.encode.doc2query import block_prompt
+from orqa_realm.tasks.base import StepContext
+from tests.conftest import REPO_ROOT, subprocess_env
+from tests.tasks.tiny_lm_finetune import tiny_lm_finetune_task
+
+MESH = parallel.make_mesh()
+
+
+@pytest.fixture(scope="module")
+def small_store(tokenizer, small_squad, tmp_path_factory):
+  """The articles of `small_squad` (their paragraphs hold its questions' gold blocks)."""
+  return build_block_store(load_documents(small_squad), tokenizer,
+                           tmp_path_factory.mktemp("stores") / "small", source=small_squad)
+
+
+@pytest.fixture(scope="module")
+def tiny_task(small_store, tiny_bert_dir, tiny_decoder_dir, small_squad):
+  return tiny_lm_finetune_task(small_store.directory, tiny_bert_dir, tiny_decoder_dir,
+                               small_squad)
+
+
+def test_a_pair_is_expands_prompt_then_the_question(tiny_task):
+  batch = tiny_task.train_batch(2, StepContext(MESH))
+  tokenizer = tiny_task.tokenizer
+  for row in range(8):
+    length = int(batch.input_mask[row].sum())
+    targets = batch.target_mask[row].astype(bool)
+    start = int(np.argmax(targets))
+    assert targets[start:length].all() and not targets[length:].any()
+    assert batch.token_ids[row, length - 1] == tokenizer.eos_id
+    question = tokenizer.decode(batch.token_ids[row, start:length])
+    prompt = batch.token_ids[row, :start].tolist()
+    # The prompt is expand's for the block it names (the example's positive).
+    example = next(e for e in tiny_task.examples if e.question.strip() == question.strip())
+    assert prompt == block_prompt(tokenizer, tiny_task.store.title(example.positive),
+                                  tiny_task.store.text(example.positive),
+                                  tiny_task.config.prompt, tiny_task.config.max_passage_tokens)
+
+
+def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
+  batch = tiny_task.train_batch(0, StepContext(MESH))
+  params = jax.tree.map(np.asarray, tiny_task.init_params(jax.random.key(0)))
+  params = jax.tree.map(lambda leaf: getattr(leaf, "value", leaf), params,
+                        is_leaf=lambda leaf: hasattr(leaf, "value"))
+  loss, metrics = tiny_task.loss(params, batch, jax.random.key(0), True)
+  reference = transformers.LlamaForCausalLM.from_pretrained(tiny_decoder_dir).eval()
+  with torch.no_grad():
+    logits = reference(torch.as_tensor(batch.token_ids, dtype=torch.long),
+                       attention_mask=torch.as_tensor(batch.input_mask)).logits.double().numpy()
+  log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
+      -1, keepdims=True)) - logits.max(-1, keepdims=True)
+  targets = batch.target_mask[:, 1:].astype(bool)
+  picked = np.take_along_axis(log_probs[:, :-1], batch.token_ids[:, 1:, None], axis=-1)[..., 0]
+  np.testing.assert_allclose(loss, -picked[targets].mean(), rtol=1e-4)
+  assert metrics["target_tokens"] == targets.sum()
+
+
+def test_a_trained_run_expands_a_store(small_store, tiny_bert_dir, tiny_decoder_dir, small_squad,
+                                       tmp_path):
+  """train --task=lm_finetune for 2 steps, then expand with its checkpoint: the expansions
+  record the run and its step."""
+  workdir = tmp_path / "lm"
+  train = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.train", "--task=lm_finetune", f"--workdir={workdir}",
+       f"--block_store={small_store.directory}", f"--bert={tiny_bert_dir}",
+       f"--decoder={tiny_decoder_dir}", f"--train_qa_dataset={small_squad}",
+       "--hard_negative_depth=20", "--max_passage_tokens=48", "--lm_max_length=128",
+       "--batch_size=4", "--num_train_steps=2", "--learning_rate=1e-3", "--warmup_steps=1"],
+      capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=600)
+  assert train.returncode == 0, train.stderr[-3000:]
+  run = runs.restore_decoder_run(str(workdir), None, MESH)
+  assert run.step == 2 and run.source == tiny_decoder_dir
+  expand = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.expand", f"--block_store={small_store.directory}",
+       f"--decoder_workdir={workdir}", "--questions_per_block=1", "--max_new_tokens=4",
+       "--batch_blocks=64", "--max_passage_tokens=16", "--temperature=1"],
+      capture_output=True, text=True, env=subprocess_env(), cwd=REPO_ROOT, timeout=600)
+  assert expand.returncode == 0, expand.stderr[-3000:]
+  manifest = json.loads(
+      (pathlib.Path(small_store.directory) / "expansions" / "doc2query" / "manifest.json").read_text())
+  assert manifest["generator"]["step"] == 2
+  assert manifest["generator"]["decoder_workdir"] == str(workdir)
+
+
+def test_another_kind_of_run_is_refused(tiny_ict_run):
+  with pytest.raises(InputError, match="is a dual-encoder retriever, where a decoder LM run"):
+    runs.restore_decoder_run(tiny_ict_run, None, MESH)
