@@ -75,6 +75,7 @@ def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
   assert metrics["target_tokens"] == targets.sum()
 
 
+@pytest.mark.slow
 def test_a_trained_run_expands_a_store(small_store, tiny_bert_dir, tiny_decoder_dir, small_squad,
                                        tmp_path):
   """train --task=lm_finetune for 2 steps, then expand with its checkpoint: the expansions
