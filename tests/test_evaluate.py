@@ -149,7 +149,8 @@ def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_in
       f"@{k}": v for k, v in answers.recall_at_k(hits, [1, 5]).items()}
   # BM25 is strong on SQuAD: 78% over all 36 articles, the issue measured with plain tools.
   assert bm25_metrics["answer_recall"]["@1"] > 0.7
-  assert bm25_metrics["bm25"] == dict(k1=0.9, b=0.4, stemmer="english", stopwords="en")
+  assert bm25_metrics["bm25"] == dict(k1=0.9, b=0.4, stemmer="english", stopwords="en",
+                                     expansions="")
 
   # Hybrid fuses a dense index with the BM25 index saved by the first run.
   index_dir, model = tiny_index
