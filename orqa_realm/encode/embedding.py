@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from orqa_realm.core import parallel, paths
+from orqa_realm.core import parallel
 from orqa_realm.core.config import differences, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
