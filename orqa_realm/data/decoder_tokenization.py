@@ -20,33 +20,39 @@ class DecoderBatch(NamedTuple):
   input_mask: np.ndarray  # [batch, length] int32, 1 on real tokens
 
 
-def pad_left(sequences: Sequence[Sequence[int]], pad_id: int,
-             length: int | None = None) -> DecoderBatch:
-  """Prompts aligned on their last token: [pad ... pad, t_0 ... t_n]."""
-  length = length or max(len(sequence) for sequence in sequences)
-  token_ids = np.full((len(sequences), length), pad_id, np.int32)
-  input_mask = np.zeros((len(sequences), length), np.int32)
-  for row, sequence in enumerate(sequences):
-    if len(sequence) > length:
-      raise ValueError(f"a prompt of {len(sequence)} tokens does not fit in {length}")
-    if sequence:
-      token_ids[row, length - len(sequence):] = sequence
-      input_mask[row, length - len(sequence):] = 1
-  return DecoderBatch(token_ids, input_mask)
-
-
-def pad_right(sequences: Sequence[Sequence[int]], pad_id: int,
-              length: int | None = None) -> DecoderBatch:
-  """Sequences aligned on their first token: [t_0 ... t_n, pad ... pad]."""
+def _pad(sequences: Sequence[Sequence[int]], pad_id: int, length: int | None,
+         left: bool) -> DecoderBatch:
+  """`sequences` padded to `length` (default: the longest) on the left or the right."""
   length = length or max(len(sequence) for sequence in sequences)
   token_ids = np.full((len(sequences), length), pad_id, np.int32)
   input_mask = np.zeros((len(sequences), length), np.int32)
   for row, sequence in enumerate(sequences):
     if len(sequence) > length:
       raise ValueError(f"a sequence of {len(sequence)} tokens does not fit in {length}")
-    token_ids[row, :len(sequence)] = sequence
-    input_mask[row, :len(sequence)] = 1
+    columns = slice(length - len(sequence), length) if left else slice(0, len(sequence))
+    token_ids[row, columns] = sequence
+    input_mask[row, columns] = 1
   return DecoderBatch(token_ids, input_mask)
+
+
+def pad_left(sequences: Sequence[Sequence[int]], pad_id: int,
+             length: int | None = None) -> DecoderBatch:
+  """Prompts aligned on their last token: [pad ... pad, t_0 ... t_n]."""
+  return _pad(sequences, pad_id, length, left=True)
+
+
+def pad_right(sequences: Sequence[Sequence[int]], pad_id: int,
+              length: int | None = None) -> DecoderBatch:
+  """Sequences aligned on their first token: [t_0 ... t_n, pad ... pad]."""
+  return _pad(sequences, pad_id, length, left=False)
+
+
+def check_prompt_template(prompt: str, flag: str) -> None:
+  """Refuses a prompt template naming anything but {title} and {text}."""
+  try:
+    prompt.format(title="", text="")
+  except (KeyError, IndexError, ValueError) as e:
+    raise InputError(f"the prompt may name only {{title}} and {{text}}: {e}", field=flag) from e
 
 
 class DecoderTokenizer:

@@ -17,7 +17,7 @@ import hashlib
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -26,11 +26,12 @@ import tqdm
 from absl import logging
 
 from orqa_realm.core import parallel
-from orqa_realm.core.config import setting
+from orqa_realm.core.config import check_minimum, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import expansions as expansions_lib
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.decoder_tokenization import DecoderTokenizer, pad_left
+from orqa_realm.data.decoder_tokenization import (DecoderTokenizer, check_prompt_template,
+                                                   pad_left)
 from orqa_realm.data.pretrained import resolve_decoder
 from orqa_realm.encode import runs
 from orqa_realm.modeling import decoder as decoder_lib
@@ -67,23 +68,16 @@ class ExpansionConfig:
                         "are replaced by the block's.")
   max_passage_tokens: int = setting(
       256, "A block's text is cut to this many decoder tokens in the prompt.")
-  dtype: str = setting("float32", "Compute dtype of the decoder's matrix products: float32 or "
-                       "bfloat16.")
+  dtype: Literal["float32", "bfloat16"] = setting(
+      "float32", "Compute dtype of the decoder's matrix products.")
 
   def __post_init__(self):
     for name in ("questions_per_block", "max_new_tokens", "batch_blocks", "max_passage_tokens"):
-      if getattr(self, name) < 1:
-        raise InputError(f"must be at least 1, not {getattr(self, name)}", field=name)
+      check_minimum(name, getattr(self, name), 1)
     if self.temperature == 0 and self.questions_per_block > 1:
       raise InputError("greedy decoding (--temperature=0) gives one question a block, not "
                        f"{self.questions_per_block}", field="questions_per_block")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise InputError(f"not float32 or bfloat16: {self.dtype!r}", field="dtype")
-    try:
-      self.prompt.format(title="", text="")
-    except (KeyError, IndexError, ValueError) as e:
-      raise InputError(f"the prompt may name only {{title}} and {{text}}: {e}",
-                       field="prompt") from e
+    check_prompt_template(self.prompt, "prompt")
 
   @property
   def sampling(self) -> generation.SamplingSettings:

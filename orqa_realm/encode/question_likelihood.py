@@ -13,15 +13,17 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Sequence
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from orqa_realm.core.config import setting
+from orqa_realm.core.config import check_minimum, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.decoder_tokenization import DecoderTokenizer, pad_right
+from orqa_realm.data.decoder_tokenization import (DecoderTokenizer, check_prompt_template,
+                                                   pad_right)
 from orqa_realm.data.pretrained import resolve_decoder
 from orqa_realm.modeling import decoder as decoder_lib
 from orqa_realm.modeling import generation, llama_import
@@ -45,21 +47,13 @@ class QuestionLikelihoodSettings:
                                 flag="teacher_passage_tokens")
   question_tokens: int = setting(48, "A question is cut to this many decoder tokens.",
                                  flag="teacher_question_tokens")
-  dtype: str = setting("float32", "Compute dtype of the decoder's matrix products: float32 or "
-                       "bfloat16.", flag="decoder_dtype")
+  dtype: Literal["float32", "bfloat16"] = setting(
+      "float32", "Compute dtype of the decoder's matrix products.", flag="decoder_dtype")
 
   def __post_init__(self):
     for name in ("passage_tokens", "question_tokens"):
-      if getattr(self, name) < 1:
-        raise InputError(f"must be at least 1, not {getattr(self, name)}",
-                         field=f"teacher_{name}")
-    if self.dtype not in ("float32", "bfloat16"):
-      raise InputError(f"not float32 or bfloat16: {self.dtype!r}", field="decoder_dtype")
-    try:
-      self.prompt.format(title="", text="")
-    except (KeyError, IndexError, ValueError) as e:
-      raise InputError(f"the prompt may name only {{title}} and {{text}}: {e}",
-                       field="teacher_prompt") from e
+      check_minimum(f"teacher_{name}", getattr(self, name), 1)
+    check_prompt_template(self.prompt, "teacher_prompt")
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_continuation"))

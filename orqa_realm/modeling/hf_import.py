@@ -10,7 +10,6 @@ the config scans its layers (`bert.stack_layers`).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from typing import Any, NamedTuple
@@ -19,6 +18,7 @@ import numpy as np
 from flax import traverse_util
 
 from orqa_realm.core.errors import InputError
+from orqa_realm.data.files import read_json
 from orqa_realm.modeling.bert import BertConfig, parameter_shapes, stack_layers
 
 # Heads of BertFor* models (MLM, NSP): not part of the encoder, returned separately.
@@ -75,16 +75,17 @@ def flax_path(hf_name: str) -> tuple[tuple[str, ...], bool] | None:
   return None
 
 
-def read_config(model_dir: str) -> BertConfig:
-  """Reads config.json of a Hugging Face BERT directory."""
+def read_config_json(model_dir: str) -> tuple[str, dict[str, Any]]:
+  """(path, values) of config.json in a Hugging Face model directory."""
   path = os.path.join(model_dir, "config.json")
   if not os.path.isfile(path):
     raise InputError("no config.json in the model directory", path=model_dir)
-  with open(path, encoding="utf-8") as f:
-    try:
-      values = json.load(f)
-    except json.JSONDecodeError as e:
-      raise InputError(f"malformed JSON: {e.msg}", path=path, line=e.lineno) from e
+  return path, read_json(path)
+
+
+def read_config(model_dir: str) -> BertConfig:
+  """Reads config.json of a Hugging Face BERT directory."""
+  path, values = read_config_json(model_dir)
   if values.get("model_type", "bert") != "bert":
     raise InputError(f"expected a BERT model, got model_type {values['model_type']!r}",
                      path=path, field="model_type")

@@ -11,7 +11,6 @@ reported in one error naming the file and the tensors.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from flax import traverse_util
 
 from orqa_realm.core.errors import InputError
 from orqa_realm.modeling.decoder import DecoderConfig, parameter_shapes
+from orqa_realm.modeling.hf_import import read_config_json
 
 # GGUF tensor types read here: float ones and the block quantisations whose dequantisation the
 # tests check against `gguf.quants.quantize`.
@@ -207,14 +207,7 @@ def load_gguf(path: str | os.PathLike) -> PretrainedDecoder:
 
 def hf_llama_config(model_dir: str) -> DecoderConfig:
   """Reads config.json of a Hugging Face llama directory."""
-  path = os.path.join(model_dir, "config.json")
-  if not os.path.isfile(path):
-    raise InputError("no config.json in the model directory", path=model_dir)
-  with open(path, encoding="utf-8") as f:
-    try:
-      values = json.load(f)
-    except json.JSONDecodeError as e:
-      raise InputError(f"malformed JSON: {e.msg}", path=path, line=e.lineno) from e
+  path, values = read_config_json(model_dir)
   if values.get("model_type") != "llama":
     raise InputError(f"expected a llama model, got model_type {values.get('model_type')!r}",
                      path=path, field="model_type")

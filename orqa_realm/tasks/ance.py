@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 import numpy as np
 
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.dpr import DPRExample, NegativeRule, fill_negatives
-from orqa_realm.encode import embedding
 from orqa_realm.tasks.base import Need, StepContext, TaskContext
+from orqa_realm.tasks.common import rank_in_refreshed_index
 from orqa_realm.tasks.dpr import DPRConfig, DPRInputs, DPRTask
 from orqa_realm.tasks.teacher import TeacherSettings
 
@@ -68,12 +67,8 @@ class ANCETask(DPRTask):
     config = self.config
     indices, examples = self.step_examples(step, context.rows)
     queries = self.query_tokens(indices)
-    query_embeddings = embedding.embed_query_tokens(
-        context.params, queries, config.retriever, dtype=jnp.dtype(self.context.dtype),
-        mesh=context.mesh)  # [batch, dim], every host's questions
-    searcher = context.index.searcher
-    depth = min(config.negative_depth, searcher.num_rows)
-    rankings = searcher.search(query_embeddings, depth).ids[context.rows]  # [rows, depth]
+    rankings = rank_in_refreshed_index(context, queries, config.retriever, self.context.dtype,
+                                       config.negative_depth)  # [rows, depth]
     examples = [example._replace(hard_negatives=sample_negatives(
         example, ranking, self.rule, config.hard_negatives_per_question,
         np.random.default_rng([self.context.seed, step, position])))

@@ -28,11 +28,11 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
 from orqa_realm.data.qa import QAEvaluation, load_qa_dataset, question_indices
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.encode import embedding
 from orqa_realm.encode.question_likelihood import QuestionLikelihood, QuestionLikelihoodSettings
 from orqa_realm.modeling.ranking_losses import listwise_kl
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, TaskContext
-from orqa_realm.tasks.common import DualEncoderTask, RetrieverTaskConfig, saved_retriever_of
+from orqa_realm.tasks.common import (DualEncoderTask, RetrieverTaskConfig,
+                                     rank_in_refreshed_index, saved_retriever_of)
 
 
 class ARTInputs(NamedTuple):
@@ -102,11 +102,8 @@ class ARTTask(DualEncoderTask):
                                seed=self.context.seed, step=step)
     queries = self.tokenizer.pack([self.question_ids[index] for index in indices[context.rows]],
                                   max_length=config.retriever.query_length)
-    query_embeddings = embedding.embed_query_tokens(
-        context.params, queries, config.retriever, dtype=jnp.dtype(self.context.dtype),
-        mesh=context.mesh)  # [batch, dim], every host's questions
-    block_ids = context.index.searcher.search(
-        query_embeddings, config.candidates).ids[context.rows].astype(np.int32)  # [rows, K]
+    block_ids = rank_in_refreshed_index(context, queries, config.retriever, self.context.dtype,
+                                        config.candidates).astype(np.int32)  # [rows, K]
     teacher_scores = self.teacher([self.questions[index] for index in indices[context.rows]],
                                   block_ids)
     blocks = self.store.encode(block_ids.reshape(-1), max_length=config.retriever.block_length,

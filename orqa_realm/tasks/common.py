@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
@@ -19,12 +20,12 @@ from orqa_realm.encode import embedding, runs
 from orqa_realm.modeling.bert import BertConfig
 from orqa_realm.modeling.hf_import import HFBert, load_hf_bert, read_config
 from orqa_realm.data.qa import QAEvaluation
-from orqa_realm.data.tokenization import Tokenizer
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 from orqa_realm.index.handle import LoadedIndex, open_index
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.retriever import RetrieverConfig
-from orqa_realm.tasks.base import SavedRetriever, Task, TaskContext
+from orqa_realm.tasks.base import SavedRetriever, StepContext, Task, TaskContext
 from orqa_realm.tasks.retrieval_eval import StoreRecallEvaluator
 
 
@@ -153,6 +154,17 @@ class DualEncoderTask(Task):
 
   def evaluate(self, params, mesh) -> dict[str, float]:
     return self.recall(params, mesh)
+
+
+def rank_in_refreshed_index(context: StepContext, queries: TokenBatch, config: RetrieverConfig,
+                            dtype: str, depth: int) -> np.ndarray:
+  """[rows, depth] int64: this host's rows of the step's questions (`queries`, its rows of the
+  global batch) ranked in the index version the loop handed over, embedded with the parameters
+  the step starts from (every host's questions, as a search over the mesh takes them)."""
+  query_embeddings = embedding.embed_query_tokens(
+      context.params, queries, config, dtype=jnp.dtype(dtype), mesh=context.mesh)
+  searcher = context.index.searcher
+  return searcher.search(query_embeddings, min(depth, searcher.num_rows)).ids[context.rows]
 
 
 def check_query_tower_source(version: IndexVersion, config: RetrieverConfig, workdir: str,

@@ -109,7 +109,7 @@ def test_other_settings_under_the_same_name_refused(small_store, config, generat
                                                     monkeypatch):
   monkeypatch.setattr(doc2query, "QuestionGenerator", lambda _: generator)
   monkeypatch.setattr(generator, "config", dataclasses.replace(config, temperature=0.5))
-  with pytest.raises(InputError, match="generator.settings.temperature: stored 1.0, asked 0.5"
+  with pytest.raises(InputError, match="generator.settings.temperature: saved 1.0, now 0.5"
                      ) as error:
     doc2query.expand_store(small_store, dataclasses.replace(config, temperature=0.5))
   assert "expansions/tiny/manifest.json" in str(error.value)

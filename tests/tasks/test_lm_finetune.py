@@ -19,6 +19,7 @@ from orqa_realm.data.blocks import build_block_store
 from orqa_realm.data.documents import load_documents
 from orqa_realm.encode import runs
 from orqa_realm.encode.doc2query import block_prompt
+from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.base import StepContext
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.tiny_lm_finetune import tiny_lm_finetune_task
@@ -59,9 +60,7 @@ def test_a_pair_is_expands_prompt_then_the_question(tiny_task):
 
 def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
   batch = tiny_task.train_batch(0, StepContext(MESH))
-  params = jax.tree.map(np.asarray, tiny_task.init_params(jax.random.key(0)))
-  params = jax.tree.map(lambda leaf: getattr(leaf, "value", leaf), params,
-                        is_leaf=lambda leaf: hasattr(leaf, "value"))
+  params = partitioning.unbox(tiny_task.init_params(jax.random.key(0)))
   loss, metrics = tiny_task.loss(params, batch, jax.random.key(0), True)
   reference = transformers.LlamaForCausalLM.from_pretrained(tiny_decoder_dir).eval()
   with torch.no_grad():
