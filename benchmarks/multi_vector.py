@@ -24,22 +24,20 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from collections.abc import Callable
-from typing import NamedTuple
 
 import numpy as np
 from absl import app, flags
 
 from common import machine_description, print_table
+from retrieval_queries import load_queries
 
 from orqa_realm.core import config as settings_lib
 from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
-from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
-from orqa_realm.encode import evaluation, runs
+from orqa_realm.encode import runs
 from orqa_realm.encode import multi_vector as encode
 from orqa_realm.index import residual_codec
 from orqa_realm.index.multi_vector_search import ExactMultiVectorSearcher, TokenVectors
@@ -64,34 +62,6 @@ SETTINGS.bind("questions", QAEvaluation, QAEvaluation(recall_ks=(1, 5, 20)))
 SETTINGS.bind("beir", beir.BEIREvaluation)
 
 K = 10
-
-
-class Queries(NamedTuple):
-  texts: list[str]
-  quality: Callable[[SearchResult], dict[str, float]]
-  depth: int
-
-
-def load_queries(store) -> Queries:
-  """The evaluation queries and how a ranking of them is scored."""
-  qa, beir_set = SETTINGS.build("questions"), SETTINGS.build("beir")
-  if qa.qa_dataset:
-    examples = qa.examples()
-
-    def quality(result: SearchResult) -> dict[str, float]:
-      hits = answer_hits(result.ids, store, examples)
-      return {f"R@{k}": v for k, v in recall_at_k(hits, qa.sorted_ks).items()}
-
-    return Queries([e.question for e in examples], quality, max(qa.sorted_ks))
-  queries, qrels = beir.read_queries(beir_set.queries), beir.read_qrels(beir_set.qrels)
-  ids = [qid for qid in queries if qid in qrels]
-
-  def quality(result: SearchResult) -> dict[str, float]:
-    metrics = evaluation.beir_metrics(
-        evaluation.document_run(ids, result.ids, result.scores, store), qrels)
-    return {"nDCG@10": metrics["ndcg_cut_10"], "R@100": metrics["recall_100"]}
-
-  return Queries([queries[qid] for qid in ids], quality, 100)
 
 
 def overlap_at_k(found: np.ndarray, reference: np.ndarray, k: int = K) -> float:
@@ -130,7 +100,7 @@ def pylate_maxsim(corpus: VectorSet, queries: VectorSet, k: int) -> SearchResult
   ids, scores = [], []
   for vectors, mask in zip(queries.vectors, queries.mask):
     query = torch.from_numpy(vectors[mask != 0])[None]
-    row = colbert_scores(query, documents, documents_mask=document_mask)[0].numpy()
+    row = colbert_scores(query, documents, document_mask)[0].numpy()
     order = np.argsort(-row, kind="stable")[:k]
     ids.append(order)
     scores.append(row[order])
@@ -159,7 +129,7 @@ def main(argv):
   for nbits in _NBITS.value:
     if int(nbits) not in residual_codec.NBITS:
       raise InputError(f"--nbits: {nbits} is not one of {residual_codec.NBITS}", field="nbits")
-  queries_data = load_queries(store)
+  queries_data = load_queries(store, SETTINGS.build("questions"), SETTINGS.build("beir"))
   started = time.perf_counter()
   corpus = encode.encode_blocks(store, tokenizer, run.params, config, mesh=mesh)
   encode_seconds = time.perf_counter() - started
