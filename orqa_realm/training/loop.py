@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import signal
 import sys
 import time
@@ -53,6 +54,12 @@ class TrainConfig:
   weight_decay: float = setting(
       0.01, "AdamW decoupled weight decay (not on LayerNorm parameters or biases).")
   max_grad_norm: float = setting(1.0, "Clip gradients to this global norm.")
+  learning_rate_multipliers: tuple[str, ...] = setting(
+      (), "REGEX=FACTOR,...: a parameter whose path ('/'-joined, e.g. codes, "
+      "projection/kernel, bert/...) matches REGEX (re.search; the first pair that matches) "
+      "trains at FACTOR x the learning rate, its weight decay scaled alike; the others at 1x. "
+      "Fresh heads over a pretrained encoder otherwise move at the encoder's fine-tuning rate. "
+      "A REGEX that matches no parameter is refused.")
   seed: int = setting(0, "Seeds initialisation, dropout and the data order.")
   dtype: Literal["float32", "bfloat16"] = setting(
       "float32", "Matmul compute dtype; bfloat16 accumulates in float32. Parameters stay "
@@ -123,6 +130,59 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 DECAYED_PARAMETERS = ("kernel", "embedding")
 
 
+class LearningRateMultiplier(NamedTuple):
+  pattern: re.Pattern
+  factor: float
+
+
+def learning_rate_multipliers(config: TrainConfig) -> list[LearningRateMultiplier]:
+  """`config.learning_rate_multipliers` parsed, each REGEX compiled and FACTOR positive."""
+  parsed = []
+  for rule in config.learning_rate_multipliers:
+    pattern, equals, factor = rule.rpartition("=")
+    try:
+      parsed.append(LearningRateMultiplier(re.compile(pattern), float(factor)))
+    except (re.error, ValueError) as e:
+      raise InputError(f"{rule!r} is not REGEX=FACTOR: {e}",
+                       field="learning_rate_multipliers") from e
+    if not equals or not pattern or parsed[-1].factor <= 0:
+      raise InputError(f"{rule!r} is not REGEX=FACTOR with a non-empty REGEX and FACTOR > 0",
+                       field="learning_rate_multipliers")
+  return parsed
+
+
+def parameter_name(path) -> str:
+  """A parameter's tree path as 'module/.../name'."""
+  return "/".join(str(getattr(key, "key", key)) for key in path)
+
+
+def multiplier_of(name: str, multipliers: list[LearningRateMultiplier]) -> float:
+  """The factor of the first rule matching parameter `name`; 1 if none does."""
+  return next((rule.factor for rule in multipliers if rule.pattern.search(name)), 1.0)
+
+
+def check_multipliers_match(params: Any, multipliers: list[LearningRateMultiplier]) -> None:
+  """Refuses a rule that matches no parameter (a misspelt path would silently do nothing)."""
+  names = [parameter_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  for rule in multipliers:
+    if not any(rule.pattern.search(name) for name in names):
+      raise InputError(f"{rule.pattern.pattern!r} matches no parameter of this task (e.g. "
+                       f"{', '.join(names[:4])})", field="learning_rate_multipliers")
+
+
+def scale_by_parameter_multiplier(multipliers: list[LearningRateMultiplier]
+                                  ) -> optax.GradientTransformation:
+  """Multiplies each parameter's update by its rule's factor: after AdamW, the same as that
+  parameter's learning rate (and its decoupled weight decay) scaled by it."""
+
+  def update(updates, state, params=None):
+    del params
+    return jax.tree_util.tree_map_with_path(
+        lambda path, u: u * multiplier_of(parameter_name(path), multipliers), updates), state
+
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def weight_decay_mask(params: Any) -> Any:
   """Decay matrices (kernels, embeddings), as BERT does; not LayerNorm scales or biases. By
   name, since a scanned BERT's stacked biases have two axes too."""
@@ -131,10 +191,14 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-  return optax.chain(
+  transforms = [
       optax.clip_by_global_norm(config.max_grad_norm),
       optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-6,
-                  weight_decay=config.weight_decay, mask=weight_decay_mask))
+                  weight_decay=config.weight_decay, mask=weight_decay_mask)]
+  multipliers = learning_rate_multipliers(config)
+  if multipliers:
+    transforms.append(scale_by_parameter_multiplier(multipliers))
+  return optax.chain(*transforms)
 
 
 class StopOnSigterm:
@@ -244,6 +308,11 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
     raise InputError("a run needs its directory", field="workdir")
   mesh = mesh if mesh is not None else config.mesh()
   parallel.check_batch_size(config.batch_size, mesh)
+  multipliers = learning_rate_multipliers(config)
+  if multipliers:
+    check_multipliers_match(
+        partitioning.unbox(jax.eval_shape(task.init_params, jax.random.key(config.seed))),
+        multipliers)
   if settings is None:
     settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
   paths.check_writable(config.workdir)

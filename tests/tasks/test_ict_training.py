@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -229,3 +230,49 @@ def test_a_broken_newest_checkpoint_is_moved_aside_and_the_run_resumes_before_it
                                        r"code or settings changed, train in a new --workdir"):
     loop.train(task, config)
   assert sorted(os.listdir(tmp_path / "checkpoints")) == kept  # nothing moved
+
+
+def test_learning_rate_multipliers_scale_the_matched_parameters_steps():
+  """A parameter matched by REGEX=FACTOR moves as AdamW at FACTOR x the learning rate (weight
+  decay included); the others as without the rule; the first matching rule wins."""
+  params = {"codes": np.full((2, 3), 0.5, np.float32),
+            "projection": {"kernel": np.full((3, 2), -0.25, np.float32)},
+            "bert": {"dense": {"kernel": np.full((3, 3), 0.1, np.float32)}}}
+  grads = {"codes": np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3),
+           "projection": {"kernel": np.full((3, 2), 0.3, np.float32)},
+           "bert": {"dense": {"kernel": np.full((3, 3), -0.2, np.float32)}}}
+  base = dict(workdir="", num_train_steps=10, batch_size=1, learning_rate=1e-3, warmup_steps=0,
+              max_grad_norm=100.0)
+  multiplied = loop.make_optimizer(loop.TrainConfig(
+      **base, learning_rate_multipliers=("^codes$=50", "kernel=3", "projection=7")))
+  updates, _ = multiplied.update(grads, multiplied.init(params), params)
+
+  def adamw_update(factor, name):
+    plain = loop.make_optimizer(loop.TrainConfig(**dict(base, learning_rate=1e-3 * factor)))
+    return plain.update(grads, plain.init(params), params)[0][name]
+
+  np.testing.assert_allclose(updates["codes"], adamw_update(50, "codes"), rtol=1e-6)
+  np.testing.assert_allclose(updates["projection"]["kernel"],
+                             adamw_update(3, "projection")["kernel"], rtol=1e-6)
+  np.testing.assert_allclose(updates["bert"]["dense"]["kernel"],
+                             adamw_update(3, "bert")["dense"]["kernel"], rtol=1e-6)
+  unruled = loop.make_optimizer(loop.TrainConfig(**base, learning_rate_multipliers=("codes=2",)))
+  np.testing.assert_allclose(unruled.update(grads, unruled.init(params), params)[0]["bert"][
+      "dense"]["kernel"], adamw_update(1, "bert")["dense"]["kernel"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("rule,message", [
+    ("codes", "not REGEX=FACTOR"), ("codes=fast", "not REGEX=FACTOR"),
+    ("=2", "non-empty REGEX"), ("codes=0", "FACTOR > 0"), ("(codes=2", "not REGEX=FACTOR")])
+def test_a_malformed_learning_rate_multiplier_is_refused(rule, message):
+  with pytest.raises(InputError, match=message):
+    loop.learning_rate_multipliers(loop.TrainConfig(learning_rate_multipliers=(rule,)))
+
+
+def test_a_learning_rate_multiplier_matching_no_parameter_is_refused(squad_block_store,
+                                                                     tiny_bert_dir, tmp_path):
+  task = tiny_ict_task(squad_block_store.directory, tiny_bert_dir)
+  with pytest.raises(InputError, match=re.escape("'^poly_codes$' matches no parameter")):
+    loop.train(task, loop.TrainConfig(workdir=str(tmp_path), num_train_steps=1, batch_size=8,
+                                      learning_rate_multipliers=("^poly_codes$=5",)))
+  assert not os.listdir(tmp_path)  # refused before the run directory is written
