@@ -134,12 +134,20 @@ class PolyEncoderConfig(MultiVectorConfig):
                              flag="block_vectors")
   # Unnormalised: the query's attention over the block's vectors needs logits of any size.
   normalize: bool = setting(False, "L2-normalise every vector.", flag="normalize_embeddings")
+  code_init_std: float = setting(
+      0.0, "Standard deviation of the codes' normal initialisation; 0: BERT's "
+      "initializer_range. Codes that small attend almost uniformly, get almost the same "
+      "gradient and stay one vector; larger ones start on different tokens.",
+      flag="poly_code_init_std")
 
   def __post_init__(self):
     super().__post_init__()
     if self.num_vectors < 1:
       raise InputError(f"--block_vectors={self.num_vectors} must be positive",
                        field="block_vectors")
+    if self.code_init_std < 0:
+      raise InputError(f"--poly_code_init_std={self.code_init_std} must be >= 0",
+                       field="poly_code_init_std")
 
 
 CONFIGS: dict[str, type[MultiVectorConfig]] = {
@@ -175,7 +183,7 @@ class MultiVectorEncoder(nn.Module):
                                    config.bert.initializer_range), EMBED, MLP))
     if isinstance(config, PolyEncoderConfig):
       self.codes = self.param("codes", logical(nn.initializers.normal(
-          config.bert.initializer_range), None, EMBED),
+          config.code_init_std or config.bert.initializer_range), None, EMBED),
                               (config.num_vectors, config.bert.hidden_size))
 
   def _hidden(self, inputs: VectorInputs, deterministic: bool) -> jax.Array:

@@ -139,3 +139,22 @@ def test_settings_refuse_what_cannot_work():
   ColBERTConfig(BERT, query_length=4)  # [CLS] [Q] one wordpiece [SEP]
   with pytest.raises(ValueError, match="kind 'splade'"):
     multi_vector.config_from_dict(dict(CONFIGS["colbert"].to_dict(), kind="splade"))
+  with pytest.raises(InputError, match="--poly_code_init_std=-0.1 must be >= 0"):
+    PolyEncoderConfig(BERT, code_init_std=-0.1)
+
+
+def test_poly_encoder_codes_start_at_their_initialisation_scale():
+  """0 keeps BERT's initializer_range; a larger scale is what the codes are drawn at."""
+  def code_std(config):
+    params = partitioning.unbox(multi_vector.init_params(config, jax.random.key(0)))
+    return float(np.std(params["codes"]))
+
+  default = CONFIGS["poly_encoder"]
+  wide = PolyEncoderConfig(BERT, dim=16, query_length=8, block_length=24, num_vectors=64,
+                           code_init_std=0.25)
+  assert abs(code_std(default) - BERT.initializer_range) < 0.3 * BERT.initializer_range
+  assert abs(code_std(wide) - 0.25) < 0.05
+  # A run recorded before the setting existed reads as the default.
+  recorded = default.to_dict()
+  del recorded["code_init_std"]
+  assert multi_vector.config_from_dict(recorded) == default
