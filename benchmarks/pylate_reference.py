@@ -81,6 +81,12 @@ def block_texts(store: BlockStore) -> list[str]:
   return [f"{store.title(block)} {store.text(block)}".strip() for block in range(len(store))]
 
 
+def write_json_lines(path: str, values: list) -> None:
+  """One JSON value a line, as benchmarks/pylate_train.py reads them."""
+  with open(path, "w", encoding="utf-8") as stream:
+    stream.writelines(json.dumps(value) + "\n" for value in values)
+
+
 def export(run_json: dict, store: BlockStore, query_texts: list[str], output_dir: str) -> None:
   """Writes the run's training batches, hyperparameters, the blocks and the queries."""
   task, train = run_json["settings"]["task"], run_json["settings"]["train"]
@@ -92,14 +98,14 @@ def export(run_json: dict, store: BlockStore, query_texts: list[str], output_dir
                             task["hard_negatives_per_question"], train["seed"]).examples
   texts = block_texts(store)
   os.makedirs(output_dir, exist_ok=True)
-  with open(os.path.join(output_dir, "batches.jsonl"), "w", encoding="utf-8") as stream:
-    for step in range(train["num_train_steps"]):
-      batch = [examples[i] for i in question_indices(len(examples), train["batch_size"],
-                                                     seed=train["seed"], step=step)]
-      stream.write(json.dumps({
-          "step": step, "queries": [e.question for e in batch],
-          "positives": [texts[e.positive] for e in batch],
-          "negatives": [[texts[n] for n in e.hard_negatives] for e in batch]}) + "\n")
+  batches = []
+  for step in range(train["num_train_steps"]):
+    batch = [examples[i] for i in question_indices(len(examples), train["batch_size"],
+                                                   seed=train["seed"], step=step)]
+    batches.append({"step": step, "queries": [e.question for e in batch],
+                    "positives": [texts[e.positive] for e in batch],
+                    "negatives": [[texts[n] for n in e.hard_negatives] for e in batch]})
+  write_json_lines(os.path.join(output_dir, "batches.jsonl"), batches)
   paths.write_json_atomic(os.path.join(output_dir, "settings.json"), {
       "bert_dir": resolve_model_dir(task["source"]["bert"]), "dim": model["dim"],
       "query_length": model["query_length"], "document_length": model["block_length"],
@@ -107,10 +113,8 @@ def export(run_json: dict, store: BlockStore, query_texts: list[str], output_dir
       **{name: train[name] for name in ("batch_size", "num_train_steps", "learning_rate",
                                          "warmup_steps", "weight_decay", "max_grad_norm",
                                          "seed")}})
-  with open(os.path.join(output_dir, "blocks.jsonl"), "w", encoding="utf-8") as stream:
-    stream.writelines(json.dumps(text) + "\n" for text in texts)
-  with open(os.path.join(output_dir, "queries.jsonl"), "w", encoding="utf-8") as stream:
-    stream.writelines(json.dumps(text) + "\n" for text in query_texts)
+  write_json_lines(os.path.join(output_dir, "blocks.jsonl"), texts)
+  write_json_lines(os.path.join(output_dir, "queries.jsonl"), query_texts)
   print(f"wrote {train['num_train_steps']} batches of {train['batch_size']} from "
         f"{len(examples)} examples, {len(texts)} blocks and {len(query_texts)} queries to "
         f"{output_dir}")
