@@ -143,16 +143,17 @@ class QuestionGenerator:
                 settings=settings)
 
   def questions(self, prompts: Sequence[list[int]], rng: jax.Array) -> list[list[str]]:
-    """`questions_per_block` sampled questions for each prompt, empty replies dropped."""
+    """`questions_per_block` sampled questions for each prompt (one prefill each), empty
+    replies dropped."""
     config = self.config
-    rows = [prompt for prompt in prompts for _ in range(config.questions_per_block)]
     # Full batches of bucketed length: the last chunk is filled with copies of its first prompt.
-    rows += [rows[0]] * (config.batch_blocks * config.questions_per_block - len(rows))
+    rows = list(prompts) + [prompts[0]] * (config.batch_blocks - len(prompts))
     length = -(-max(map(len, rows)) // PROMPT_LENGTH_BUCKET) * PROMPT_LENGTH_BUCKET
     batch = pad_left(rows, self.tokenizer.pad_id, length)
     tokens = np.asarray(generation.generate(
         self.model, self.params, batch.token_ids, batch.input_mask, rng,
-        settings=config.sampling, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id))
+        settings=config.sampling, eos_id=self.tokenizer.eos_id, pad_id=self.tokenizer.pad_id,
+        samples_per_prompt=config.questions_per_block))
     replies = [clean_question(self.tokenizer.decode(row)) for row in tokens]
     per_block = config.questions_per_block
     return [[reply for reply in replies[i * per_block:(i + 1) * per_block] if reply]

@@ -2,9 +2,11 @@
 
 `generate` runs left-padded prompts through the model once, filling a cache, then one token a
 step under `lax.while_loop` until every sequence has ended or `max_new_tokens` are out; greedy,
-or sampled with a temperature and nucleus (top-p) filtering. `token_log_probs` is the
-teacher-forced log-probability of every next token, for scoring a continuation (ART's question
-likelihood, a fine-tuning loss).
+or sampled with a temperature and nucleus (top-p) filtering. Several samples of one prompt share
+its prefill (the cache is copied after it), which is most of the cost when prompts are long and
+replies short, as doc2query's are. `token_log_probs` is the teacher-forced log-probability of
+every next token; `continuation_token_log_probs` that of a continuation's tokens only, for
+scoring one (ART's question likelihood, the fine-tuning loss).
 """
 
 from __future__ import annotations
@@ -65,32 +67,44 @@ def prompt_positions(prompt_mask: jax.Array) -> jax.Array:
   return jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "settings", "eos_id", "pad_id"))
+@functools.partial(jax.jit, static_argnames=("model", "settings", "eos_id", "pad_id",
+                                             "samples_per_prompt"))
 def generate(model: DecoderLM, params: Any, prompt_ids: jax.Array, prompt_mask: jax.Array,
-             rng: jax.Array, *, settings: SamplingSettings, eos_id: int,
-             pad_id: int) -> jax.Array:
+             rng: jax.Array, *, settings: SamplingSettings, eos_id: int, pad_id: int,
+             samples_per_prompt: int = 1) -> jax.Array:
   """Continues each prompt until it emits `eos_id` or has `settings.max_new_tokens` tokens.
 
   Args:
     model, params: the decoder and its (unboxed) params.
-    prompt_ids: [batch, prompt_length] int32, left-padded (the last column is every prompt's
+    prompt_ids: [prompts, prompt_length] int32, left-padded (the last column is every prompt's
       last token).
-    prompt_mask: [batch, prompt_length], nonzero on real tokens.
+    prompt_mask: [prompts, prompt_length], nonzero on real tokens.
     rng: the sampling key (unused when greedy).
     settings: max_new_tokens, temperature, top_p.
     eos_id: the token that ends a sequence (it is kept in the output).
     pad_id: what follows a sequence's end in the output.
+    samples_per_prompt: continuations of each prompt, from one prefill of it.
   Returns:
-    [batch, max_new_tokens] int32: the new tokens, `pad_id` after each sequence's end.
+    [batch * samples_per_prompt, max_new_tokens] int32: the new tokens, `pad_id` after each
+    sequence's end; prompt i's continuations are rows i * samples_per_prompt, ... (those of a
+    prompt repeated that many times in `prompt_ids`).
   """
-  batch, prompt_length = prompt_ids.shape
+  prompts, prompt_length = prompt_ids.shape
   steps = settings.max_new_tokens
-  cache = empty_cache(model.config, batch, prompt_length + steps, model.dtype)
+  cache = empty_cache(model.config, prompts, prompt_length + steps, model.dtype)
   # Generated slots are valid from the moment they are written; causality hides later ones.
-  key_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((batch, steps), bool)], axis=1)
+  key_mask = jnp.concatenate([prompt_mask.astype(bool), jnp.ones((prompts, steps), bool)],
+                             axis=1)
   positions = prompt_positions(prompt_mask)
   prefill = model.apply({"params": params}, prompt_ids, positions, key_mask, cache, 0)
-  last_hidden = prefill.hidden[:, -1]  # [batch, hidden]
+
+  def per_sample(x, axis=0):  # each prompt's row repeated for its samples
+    return jnp.repeat(x, samples_per_prompt, axis=axis)
+
+  batch = prompts * samples_per_prompt
+  prefill_cache = jax.tree.map(functools.partial(per_sample, axis=1), prefill.cache)
+  key_mask, positions = per_sample(key_mask), per_sample(positions)
+  last_hidden = per_sample(prefill.hidden[:, -1])  # [batch, hidden]
 
   def next_logits(hidden):
     return model.apply({"params": params}, hidden, method=DecoderLM.logits)
@@ -110,7 +124,7 @@ def generate(model: DecoderLM, params: Any, prompt_ids: jax.Array, prompt_mask: 
     index, done = state[0], state[4]
     return (index < steps) & ~jnp.all(done)
 
-  initial = (jnp.int32(0), prefill.cache, next_logits(last_hidden), positions[:, -1] + 1,
+  initial = (jnp.int32(0), prefill_cache, next_logits(last_hidden), positions[:, -1] + 1,
              jnp.zeros((batch,), bool), jnp.full((batch, steps), pad_id, jnp.int32), rng)
   return jax.lax.while_loop(not_finished, step, initial)[5]
 
@@ -132,21 +146,21 @@ def token_log_probs(model: DecoderLM, params: Any, token_ids: jax.Array,
   return jnp.take_along_axis(log_probs, token_ids[:, 1:, None], axis=-1)[..., 0]
 
 
-def continuation_log_likelihood(model: DecoderLM, params: Any, token_ids: jax.Array,
+def continuation_token_log_probs(model: DecoderLM, params: Any, token_ids: jax.Array,
                                 input_mask: jax.Array, continuation_start: jax.Array,
-                                continuation_length: jax.Array,
                                 max_continuation: int) -> jax.Array:
-  """Mean log-probability of each sequence's continuation given what precedes it (teacher
-  forcing), with the vocabulary's logits built only where the continuation is predicted.
+  """Teacher-forced log-probabilities of each sequence's continuation tokens, with the
+  vocabulary's logits built only where a continuation token is predicted (a prompt's logits,
+  most of a long sequence's, are never formed).
 
   Args:
     token_ids: [batch, length] int32 right-padded: a prefix, then the continuation.
     input_mask: [batch, length], nonzero on real tokens.
     continuation_start: [batch] int32, the position of each continuation's first token (>= 1).
-    continuation_length: [batch] int32, its number of tokens (<= max_continuation, >= 1).
     max_continuation: the static bound on continuation lengths.
   Returns:
-    [batch] float32: mean over the continuation's tokens of log p(token | everything before).
+    [batch, max_continuation] float32: entry j is log p(token start + j | everything before);
+    meaningless past a continuation's end (the caller masks with its length).
   """
   positions = jnp.broadcast_to(jnp.arange(token_ids.shape[1]), token_ids.shape)
   hidden = model.apply({"params": params}, token_ids, positions, input_mask).hidden
@@ -156,7 +170,23 @@ def continuation_log_likelihood(model: DecoderLM, params: Any, token_ids: jax.Ar
   logits = model.apply({"params": params}, predicting, method=DecoderLM.logits)
   log_probs = jax.nn.log_softmax(logits, axis=-1)  # [batch, continuation, vocab]
   targets = jnp.take_along_axis(token_ids, targets_at, axis=1)  # [batch, continuation]
-  token_scores = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  valid = offsets[None, :] < continuation_length[:, None]
+  return jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def continuation_mask(continuation_length: jax.Array, max_continuation: int) -> jax.Array:
+  """[batch] lengths -> [batch, max_continuation] bool, True on a continuation's tokens."""
+  return jnp.arange(max_continuation)[None, :] < continuation_length[:, None]
+
+
+def continuation_log_likelihood(model: DecoderLM, params: Any, token_ids: jax.Array,
+                                input_mask: jax.Array, continuation_start: jax.Array,
+                                continuation_length: jax.Array,
+                                max_continuation: int) -> jax.Array:
+  """Mean log-probability of each sequence's continuation given what precedes it (teacher
+  forcing): `continuation_token_log_probs` averaged over the `continuation_length` [batch]
+  tokens (each >= 1, <= max_continuation) -> [batch] float32."""
+  token_scores = continuation_token_log_probs(model, params, token_ids, input_mask,
+                                              continuation_start, max_continuation)
+  valid = continuation_mask(continuation_length, max_continuation)
   return jnp.sum(jnp.where(valid, token_scores, 0.0), axis=-1) / jnp.maximum(
       continuation_length, 1)

@@ -7,7 +7,8 @@ The (passage, question) pairs are DPR's (`--train_qa_dataset`, `--train_beir_que
 training question with its positive block (SQuAD: its gold paragraph's block). A pair is the
 chat prompt `expand` sends (the same `--prompt` and `--max_passage_tokens`), then the question
 and the end-of-sequence token; the loss is the next-token cross-entropy on the question and
-that end token only. Each step takes `batch_size` pairs in seeded epochs, as DPR.
+that end token only (the vocabulary's logits are formed at those positions alone: a pair is
+mostly prompt). Each step takes `batch_size` pairs in seeded epochs, as DPR.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from orqa_realm.core.config import nested, setting
+from orqa_realm.core.config import check_minimum, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.decoder_tokenization import DecoderTokenizer, pad_right
@@ -37,7 +38,8 @@ from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searche
 class LMInputs(NamedTuple):
   token_ids: np.ndarray  # [batch, length] int32: prompt, question, end; right-padded
   input_mask: np.ndarray  # [batch, length] int32
-  target_mask: np.ndarray  # [batch, length] int32: 1 on the question's tokens and the end
+  target_start: np.ndarray  # [batch] int32: where the question starts
+  target_length: np.ndarray  # [batch] int32: its tokens and the end's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,25 +57,33 @@ class LMFinetuneConfig:
   max_length: int = setting(
       384, "Tokens of a pair (prompt, question, end) at most; a longer question is cut.",
       flag="lm_max_length")
+  max_target_tokens: int = setting(
+      64, "Tokens of a question and its end at most; a longer question is cut.",
+      flag="lm_max_target_tokens")
+
+  def __post_init__(self):
+    check_minimum("lm_max_target_tokens", self.max_target_tokens, 2)
 
 
-def pair_tokens(prompt_ids: list[int], question_ids: list[int], eos_id: int,
-                max_length: int) -> tuple[list[int], int]:
-  """A pair's tokens (prompt, question, end, cut to `max_length`) and where its targets start."""
+def pair_tokens(prompt_ids: list[int], question_ids: list[int], eos_id: int, max_length: int,
+                max_target_tokens: int) -> tuple[list[int], int]:
+  """A pair's tokens (prompt, then question and end cut to `max_target_tokens`, all cut to
+  `max_length`) and where its targets start."""
   if len(prompt_ids) >= max_length:
     raise InputError(f"a prompt of {len(prompt_ids)} tokens leaves no room for the question in "
                      f"--lm_max_length={max_length}", field="lm_max_length")
-  return (prompt_ids + question_ids + [eos_id])[:max_length], len(prompt_ids)
+  targets = (question_ids + [eos_id])[:max_target_tokens]
+  return (prompt_ids + targets)[:max_length], len(prompt_ids)
 
 
-def next_token_loss(log_probs: jax.Array, target_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean negative log-likelihood, number of targets) of the target tokens.
+def next_token_loss(log_probs: jax.Array, target_length: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(mean negative log-likelihood over all target tokens, their number).
 
   Args:
-    log_probs: [batch, length - 1], entry t the log-probability of token t + 1.
-    target_mask: [batch, length], nonzero on the tokens to predict.
+    log_probs: [batch, max_targets], entry j the log-probability of a pair's target j.
+    target_length: [batch], each pair's number of targets.
   """
-  weights = target_mask[:, 1:].astype(jnp.float32)
+  weights = generation.continuation_mask(target_length, log_probs.shape[1]).astype(jnp.float32)
   count = jnp.sum(weights)
   return -jnp.sum(log_probs * weights) / jnp.maximum(count, 1.0), count
 
@@ -103,7 +113,7 @@ class LMFinetuneTask(Task):
                                 config.max_passage_tokens)
       question_ids = self.tokenizer.tokenize([example.question.strip()])[0]
       self.pairs.append(pair_tokens(prompt_ids, question_ids, self.tokenizer.eos_id,
-                                    config.max_length))
+                                    config.max_length, config.max_target_tokens))
     logging.info("lm_finetune: %d (passage, question) pairs (%d questions without a positive "
                  "dropped)", len(self.pairs), built.num_dropped)
     self.model = decoder.DecoderLM(self.pretrained.config, jnp.dtype(context.dtype),
@@ -126,15 +136,14 @@ class LMFinetuneTask(Task):
     # One padded length for every step: a shape compiled once.
     batch = pad_right([self.pairs[index][0] for index in indices], self.tokenizer.pad_id,
                       self.config.max_length)
-    target_mask = np.zeros_like(batch.input_mask)
-    for row, index in enumerate(indices):
-      tokens, start = self.pairs[index]
-      target_mask[row, start:len(tokens)] = 1
-    return LMInputs(batch.token_ids, batch.input_mask, target_mask)
+    starts = np.asarray([self.pairs[index][1] for index in indices], np.int32)
+    lengths = np.asarray([len(self.pairs[index][0]) for index in indices], np.int32) - starts
+    return LMInputs(batch.token_ids, batch.input_mask, starts, lengths)
 
   def loss(self, params, batch: LMInputs, rng, deterministic: bool):
     del rng, deterministic  # the llama has no dropout
-    log_probs = generation.token_log_probs(self.model, params, batch.token_ids,
-                                           batch.input_mask)
-    loss, count = next_token_loss(log_probs, batch.target_mask)
+    log_probs = generation.continuation_token_log_probs(
+        self.model, params, batch.token_ids, batch.input_mask, batch.target_start,
+        self.config.max_target_tokens)
+    loss, count = next_token_loss(log_probs, batch.target_length)
     return loss, {"loss": loss, "target_tokens": count}

@@ -286,6 +286,24 @@ def test_generation_stops_at_eos_and_pads(tied_gguf):
   assert (tokens[0, first_end + 1:] == 0).all()
 
 
+def test_samples_share_their_prompts_prefill(tied_gguf):
+  """n samples of each prompt from one prefill are the continuations of the prompts repeated n
+  times: greedy, token for token, and sampled with the same key."""
+  model = decoder.DecoderLM(tied_gguf.config)
+  prompts = [TOKENS[0].tolist(), TOKENS[1, :5].tolist()]
+  repeated = [prompt for prompt in prompts for _ in range(3)]
+  for settings in (generation.SamplingSettings(max_new_tokens=8),
+                   generation.SamplingSettings(max_new_tokens=8, temperature=1.0, top_p=0.9)):
+    def run(rows, samples):
+      batch = pad_left(rows, pad_id=0)
+      return np.asarray(generation.generate(
+          model, tied_gguf.params, batch.token_ids, batch.input_mask, jax.random.key(4),
+          settings=settings, eos_id=-1, pad_id=0, samples_per_prompt=samples))
+    shared = run(prompts, 3)
+    assert shared.shape == (6, 8)
+    np.testing.assert_array_equal(shared, run(repeated, 1))
+
+
 def test_sampling_is_seeded():
   logits = jnp.asarray(np.random.default_rng(1).normal(size=(4, 50)), jnp.float32)
   settings = generation.SamplingSettings(temperature=1.0, top_p=0.9)

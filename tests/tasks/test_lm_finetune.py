@@ -20,6 +20,7 @@ from orqa_realm.data.documents import load_documents
 from orqa_realm.encode import runs
 from orqa_realm.encode.doc2query import block_prompt
 from orqa_realm.modeling import partitioning
+from orqa_realm.tasks.lm_finetune import pair_tokens
 from orqa_realm.tasks.base import StepContext
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.tiny_lm_finetune import tiny_lm_finetune_task
@@ -45,9 +46,8 @@ def test_a_pair_is_expands_prompt_then_the_question(tiny_task):
   tokenizer = tiny_task.tokenizer
   for row in range(8):
     length = int(batch.input_mask[row].sum())
-    targets = batch.target_mask[row].astype(bool)
-    start = int(np.argmax(targets))
-    assert targets[start:length].all() and not targets[length:].any()
+    start = int(batch.target_start[row])
+    assert start + int(batch.target_length[row]) == length
     assert batch.token_ids[row, length - 1] == tokenizer.eos_id
     question = tokenizer.decode(batch.token_ids[row, start:length])
     prompt = batch.token_ids[row, :start].tolist()
@@ -56,6 +56,15 @@ def test_a_pair_is_expands_prompt_then_the_question(tiny_task):
     assert prompt == block_prompt(tokenizer, tiny_task.store.title(example.positive),
                                   tiny_task.store.text(example.positive),
                                   tiny_task.config.prompt, tiny_task.config.max_passage_tokens)
+
+
+def test_long_questions_and_pairs_are_cut():
+  prompt, question, eos = [5, 6, 7], list(range(10, 20)), 2
+  assert pair_tokens(prompt, question, eos, 100, 4) == ([5, 6, 7, 10, 11, 12, 13], 3)
+  assert pair_tokens(prompt, question[:2], eos, 100, 4) == ([5, 6, 7, 10, 11, 2], 3)
+  assert pair_tokens(prompt, question, eos, 5, 4) == ([5, 6, 7, 10, 11], 3)
+  with pytest.raises(InputError, match="lm_max_length=3"):
+    pair_tokens(prompt, question, eos, 3, 4)
 
 
 def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
@@ -68,7 +77,9 @@ def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
                        attention_mask=torch.as_tensor(batch.input_mask)).logits.double().numpy()
   log_probs = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(
       -1, keepdims=True)) - logits.max(-1, keepdims=True)
-  targets = batch.target_mask[:, 1:].astype(bool)
+  positions = np.arange(batch.token_ids.shape[1])
+  targets = ((positions >= batch.target_start[:, None])
+             & (positions < (batch.target_start + batch.target_length)[:, None]))[:, 1:]
   picked = np.take_along_axis(log_probs[:, :-1], batch.token_ids[:, 1:, None], axis=-1)[..., 0]
   np.testing.assert_allclose(loss, -picked[targets].mean(), rtol=1e-4)
   assert metrics["target_tokens"] == targets.sum()
