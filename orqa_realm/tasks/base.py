@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
 from orqa_realm.index import storage
 from orqa_realm.index.handle import LoadedIndex
@@ -93,6 +94,10 @@ class Task(abc.ABC):
   trains_block_tower: ClassVar[bool] = True
   # The kind of index its checkpoints are published as (`index.storage`: dense or multi-vector).
   index_kind: ClassVar[str] = storage.DENSE
+  # Whether `--grad_accum_steps` may split its batches: the loss is a mean over the batch's
+  # rows (or their tokens, as `loss_weight` says), each row's term independent of the others'
+  # (not so for in-batch negatives), and every leaf's leading axis is those rows.
+  accumulates_gradients: ClassVar[bool] = False
   config: Any  # the task's settings (an instance of `config_class`), as the task uses them
 
   @classmethod
@@ -134,6 +139,12 @@ class Task(abc.ABC):
   def loss(self, params: Params, batch: Batch, rng: jax.Array,
            deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar loss, metrics) over the global batch; `rng` drives dropout."""
+
+  def loss_weight(self, batch: Batch) -> jax.Array:
+    """What `loss` averages over in `batch` (traced): the weight of a micro-batch's loss and
+    gradient when they are accumulated (`accumulates_gradients`). Its rows by default; a loss
+    averaged over tokens says how many."""
+    return jnp.float32(jax.tree.leaves(batch)[0].shape[0])
 
   def eval_batches(self) -> Iterator[Batch]:
     """Held-out batches on which the loop reports the mean of `loss`'s metrics (none by default)."""

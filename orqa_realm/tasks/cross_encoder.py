@@ -74,6 +74,7 @@ class CrossEncoderTask(Task):
   name = "cross_encoder"
   config_class = CrossEncoderTaskConfig
   trains_block_tower = False
+  accumulates_gradients = True  # a mean over queries of each one's listwise loss
 
   def __init__(self, config: CrossEncoderTaskConfig, context: TaskContext):
     # BM25 also gives each evaluation its first stage.

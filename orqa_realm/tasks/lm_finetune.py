@@ -76,22 +76,22 @@ def pair_tokens(prompt_ids: list[int], question_ids: list[int], eos_id: int, max
   return (prompt_ids + targets)[:max_length], len(prompt_ids)
 
 
-def next_token_loss(log_probs: jax.Array, target_length: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(mean negative log-likelihood over all target tokens, their number).
+def next_token_loss(log_probs: jax.Array, target_length: jax.Array) -> jax.Array:
+  """The mean negative log-likelihood over all target tokens.
 
   Args:
     log_probs: [batch, max_targets], entry j the log-probability of a pair's target j.
     target_length: [batch], each pair's number of targets.
   """
   weights = generation.continuation_mask(target_length, log_probs.shape[1]).astype(jnp.float32)
-  count = jnp.sum(weights)
-  return -jnp.sum(log_probs * weights) / jnp.maximum(count, 1.0), count
+  return -jnp.sum(log_probs * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
 class LMFinetuneTask(Task):
   name = "lm_finetune"
   config_class = LMFinetuneConfig
   trains_block_tower = False
+  accumulates_gradients = True  # a mean over the batch's question tokens
 
   def __init__(self, config: LMFinetuneConfig, context: TaskContext):
     config.pairs.check()
@@ -140,10 +140,13 @@ class LMFinetuneTask(Task):
     lengths = np.asarray([len(self.pairs[index][0]) for index in indices], np.int32) - starts
     return LMInputs(batch.token_ids, batch.input_mask, starts, lengths)
 
+  def loss_weight(self, batch: LMInputs) -> jax.Array:
+    return jnp.sum(batch.target_length.astype(jnp.float32))
+
   def loss(self, params, batch: LMInputs, rng, deterministic: bool):
     del rng, deterministic  # the llama has no dropout
     log_probs = generation.continuation_token_log_probs(
         self.model, params, batch.token_ids, batch.input_mask, batch.target_start,
         self.config.max_target_tokens)
-    loss, count = next_token_loss(log_probs, batch.target_length)
-    return loss, {"loss": loss, "target_tokens": count}
+    loss = next_token_loss(log_probs, batch.target_length)
+    return loss, {"loss": loss}

@@ -84,6 +84,7 @@ class ORQATask(Task):
   # ORQA embeds no block: the index's block length stays (its queries' length may change).
   fixed_retriever_fields = retriever.BLOCK_ENCODER_FIELDS
   trains_block_tower = False
+  accumulates_gradients = True  # means over questions of each one's marginal losses
 
   def __init__(self, config: ORQAConfig, context: TaskContext):
     for name in ("train_qa_dataset", "index_dir"):

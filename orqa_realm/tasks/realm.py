@@ -108,6 +108,7 @@ class REALMTask(Task):
   name = "realm"
   config_class = REALMConfig
   needs = frozenset({Need.PARAMS, Need.INDEX})
+  accumulates_gradients = True  # a mean over masked tokens, each query's marginal its own
 
   def __init__(self, config: REALMConfig, context: TaskContext):
     if config.num_candidates < 2:
@@ -213,6 +214,9 @@ class REALMTask(Task):
     return REALMBatch(query_tokens, TokenBatch(*(per_query(array) for array in retrieved)),
                       knowledge.tokens, knowledge.mask_positions, knowledge.targets,
                       knowledge.target_mask, candidates)
+
+  def loss_weight(self, batch: REALMBatch) -> jax.Array:
+    return jnp.sum(batch.target_mask.astype(jnp.float32))  # the masked tokens
 
   def loss(self, params, batch: REALMBatch, rng, deterministic: bool):
     query_rng, block_rng, knowledge_rng = jax.random.split(rng, 3)

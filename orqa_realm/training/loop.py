@@ -60,6 +60,15 @@ class TrainConfig:
       "trains at FACTOR x the learning rate, its weight decay scaled alike; the others at 1x. "
       "Fresh heads over a pretrained encoder otherwise move at the encoder's fine-tuning rate. "
       "A REGEX that matches no parameter is refused.")
+  frozen_parameters: tuple[str, ...] = setting(
+      (), "REGEX,...: parameters whose path matches one of them are not trained (bitwise "
+      "unchanged, no Adam moments kept, left out of the clipped gradient norm), e.g. a frozen "
+      "block tower or knowledge encoder. A REGEX that matches no parameter is refused.")
+  grad_accum_steps: int = setting(
+      1, "Micro-batches each optimizer step's global batch is split into (each of "
+      "--batch_size / N examples), their gradients accumulated: the gradient of the whole "
+      "batch in the memory of one micro-batch. Only for tasks whose loss averages over "
+      "examples or tokens; in-batch negatives need --grad_cache_chunk instead.")
   seed: int = setting(0, "Seeds initialisation, dropout and the data order.")
   dtype: Literal["float32", "bfloat16"] = setting(
       "float32", "Matmul compute dtype; bfloat16 accumulates in float32. Parameters stay "
@@ -127,6 +136,18 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
       boundaries=[warmup])
 
 
+def frozen_patterns(config: TrainConfig) -> list[re.Pattern]:
+  """`config.frozen_parameters` compiled."""
+  patterns = []
+  for rule in config.frozen_parameters:
+    try:
+      patterns.append(re.compile(rule))
+    except re.error as e:
+      raise InputError(f"{rule!r} is not a regular expression: {e}",
+                       field="frozen_parameters") from e
+  return patterns
+
+
 DECAYED_PARAMETERS = ("kernel", "embedding")
 
 
@@ -161,13 +182,13 @@ def multiplier_of(name: str, multipliers: list[LearningRateMultiplier]) -> float
   return next((rule.factor for rule in multipliers if rule.pattern.search(name)), 1.0)
 
 
-def check_multipliers_match(params: Any, multipliers: list[LearningRateMultiplier]) -> None:
-  """Refuses a rule that matches no parameter (a misspelt path would silently do nothing)."""
+def check_patterns_match(params: Any, patterns: list[re.Pattern], field: str) -> None:
+  """Refuses a pattern that matches no parameter (a misspelt path would silently do nothing)."""
   names = [parameter_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
-  for rule in multipliers:
-    if not any(rule.pattern.search(name) for name in names):
-      raise InputError(f"{rule.pattern.pattern!r} matches no parameter of this task (e.g. "
-                       f"{', '.join(names[:4])})", field="learning_rate_multipliers")
+  for pattern in patterns:
+    if not any(pattern.search(name) for name in names):
+      raise InputError(f"{pattern.pattern!r} matches no parameter of this task (e.g. "
+                       f"{', '.join(names[:4])})", field=field)
 
 
 def scale_by_parameter_multiplier(multipliers: list[LearningRateMultiplier]
@@ -191,6 +212,23 @@ def weight_decay_mask(params: Any) -> Any:
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """Clipping, AdamW on the schedule, per-parameter multipliers; frozen parameters (with
+  `--frozen_parameters`) routed by `optax.multi_transform` to zero updates and no state."""
+  trained = trained_optimizer(config)
+  frozen = frozen_patterns(config)
+  if not frozen:
+    return trained
+
+  def labels(params):
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: ("frozen" if any(p.search(parameter_name(path)) for p in frozen)
+                         else "trained"), params)
+
+  return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()}, labels)
+
+
+def trained_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """What updates the parameters that train: clipping, AdamW, multipliers."""
   transforms = [
       optax.clip_by_global_norm(config.max_grad_norm),
       optax.adamw(learning_rate_schedule(config), b1=0.9, b2=0.999, eps=1e-6,
@@ -222,27 +260,99 @@ class StopOnSigterm:
 def train_state_shardings(optimizer: optax.GradientTransformation, params: Any,
                           param_shardings: Any, mesh) -> TrainState:
   """Where each part of the train state lives: the parameters and every optimizer state that
-  mirrors them (Adam's moments) as `param_shardings`; the step and counters replicated."""
+  mirrors them (Adam's moments) as `param_shardings`; the step and counters replicated. A
+  frozen parameter's place in a trained group's state (`optax.MaskedNode`) stays empty."""
   replicated = parallel.replicated(mesh)
   opt_state = jax.eval_shape(optimizer.init, params)
+  masked = lambda node: isinstance(node, optax.MaskedNode)
   return TrainState(replicated, param_shardings, optax.tree_map_params(
-      optimizer, lambda _, sharding: sharding, opt_state, param_shardings,
-      transform_non_params=lambda _: replicated))
+      optimizer, lambda value, sharding: value if masked(value) else sharding, opt_state,
+      param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked))
 
 
 def _format(metrics: dict[str, float]) -> str:
   return " ".join(f"{name}={value:.4g}" for name, value in metrics.items())
 
 
+def check_accumulation(task: Task, config: TrainConfig, mesh) -> None:
+  """Refuses gradient accumulation for a task whose loss couples its batch's examples, or a
+  global batch that does not deal evenly into micro-batches over the devices."""
+  steps = config.grad_accum_steps
+  if steps < 1:
+    raise InputError(f"must be at least 1, not {steps}", field="grad_accum_steps")
+  if steps == 1:
+    return
+  if not task.accumulates_gradients:
+    raise InputError(
+        f"--task={task.name}'s loss is not a mean over independent examples (in-batch "
+        "negatives, or a batch-wide statistic): a micro-batch would change it. For in-batch "
+        "negatives, --grad_cache_chunk gives the whole batch's loss in less memory",
+        field="grad_accum_steps")
+  if config.batch_size % (steps * mesh.size):
+    raise InputError(f"--batch_size={config.batch_size} does not split into {steps} "
+                     f"micro-batches over {mesh.size} device(s)", field="grad_accum_steps")
+
+
+def micro_batches(batch: Any, count: int, sharding: jax.sharding.Sharding | None = None) -> Any:
+  """The global batch's rows dealt into `count` micro-batches, [rows, ...] -> [count,
+  rows / count, ...]: micro-batch i takes rows i, i + count, ..., so that every device, whose
+  rows of the batch are contiguous, holds an equal share of each (placed by `sharding`)."""
+
+  def deal(x):
+    dealt = jnp.swapaxes(x.reshape(x.shape[0] // count, count, *x.shape[1:]), 0, 1)
+    return dealt if sharding is None else jax.lax.with_sharding_constraint(dealt, sharding)
+
+  return jax.tree.map(deal, batch)
+
+
+def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
+                    grad_accum_steps: int = 1, mesh=None) -> tuple[jax.Array, dict, Any]:
+  """(loss, metrics, gradients) of `task.loss` on a global batch, dropout on (traceable).
+
+  With `grad_accum_steps` > 1 the batch is dealt into that many micro-batches
+  (`micro_batches`, each split over `mesh`'s devices), whose losses, metrics and gradients are
+  summed under `lax.scan` weighted by `task.loss_weight` (what each micro-batch's loss averages
+  over) and divided by the total weight: for a loss that is a mean over examples or tokens,
+  the whole batch's loss and gradient in the memory of one micro-batch. Each micro-batch's
+  dropout key folds in its index.
+  """
+
+  def plain(batch, rng):
+    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(p, batch), has_aux=True)(
+        params)
+    return loss, metrics, grads
+
+  if grad_accum_steps == 1:
+    return plain(batch, rng)
+  sharding = (None if mesh is None else jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec(None, parallel.BATCH_AXES)))
+
+  def add(summed_grads, indexed):
+    index, micro_batch = indexed
+    loss, metrics, grads = plain(micro_batch, jax.random.fold_in(rng, index))
+    weight = jnp.asarray(task.loss_weight(micro_batch), jnp.float32)
+    summed_grads = jax.tree.map(lambda total, g: total + weight * g, summed_grads, grads)
+    return summed_grads, (weight, loss, metrics)
+
+  summed_grads, (weights, losses, metrics) = jax.lax.scan(
+      add, jax.tree.map(jnp.zeros_like, params),
+      (jnp.arange(grad_accum_steps), micro_batches(batch, grad_accum_steps, sharding)))
+  total = jnp.maximum(jnp.sum(weights), jnp.finfo(jnp.float32).tiny)
+  mean = lambda values: jnp.sum(weights * values) / total
+  return (mean(losses), jax.tree.map(mean, metrics),
+          jax.tree.map(lambda g: g / total, summed_grads))
+
+
 def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    dropout_key: jax.Array) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
-  """One optimizer step on a global batch: (state, batch) -> (new state, metrics)."""
+                    dropout_key: jax.Array, grad_accum_steps: int = 1, mesh=None
+                    ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+  """One optimizer step on a global batch: (state, batch) -> (new state, metrics); the
+  gradient accumulated over `grad_accum_steps` micro-batches (`batch_gradients`)."""
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(dropout_key, state.step)
-    loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
-    (_, metrics), grads = jax.value_and_grad(
-        lambda params: loss_fn(params, batch), has_aux=True)(state.params)
+    _, metrics, grads = batch_gradients(task, state.params, batch, rng, grad_accum_steps, mesh)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
@@ -308,11 +418,13 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
     raise InputError("a run needs its directory", field="workdir")
   mesh = mesh if mesh is not None else config.mesh()
   parallel.check_batch_size(config.batch_size, mesh)
-  multipliers = learning_rate_multipliers(config)
-  if multipliers:
-    check_multipliers_match(
-        partitioning.unbox(jax.eval_shape(task.init_params, jax.random.key(config.seed))),
-        multipliers)
+  multipliers, frozen = learning_rate_multipliers(config), frozen_patterns(config)
+  if multipliers or frozen:
+    shapes = partitioning.unbox(jax.eval_shape(task.init_params, jax.random.key(config.seed)))
+    check_patterns_match(shapes, [rule.pattern for rule in multipliers],
+                         "learning_rate_multipliers")
+    check_patterns_match(shapes, frozen, "frozen_parameters")
+  check_accumulation(task, config, mesh)
   if settings is None:
     settings = dict(task=dataclasses.asdict(task.config), train=dataclasses.asdict(config))
   paths.check_writable(config.workdir)
@@ -365,7 +477,8 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
                          refresh.index_wait_seconds)
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
-  train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key),
+  train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key,
+                                       config.grad_accum_steps, mesh),
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],

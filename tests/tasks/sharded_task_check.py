@@ -2,7 +2,9 @@
 gradients of one batch on a 4-device mesh == on 1 device.
 
 Each argument is a JSON object {"name", "builder": "module:function", "args": [...], "kwargs":
-{...}} that builds a tiny task with `builder(*args, **kwargs)`. A task that needs parameters to
+{...}} that builds a tiny task with `builder(*args, **kwargs)`, and optionally "grad_accum_steps":
+the 4-device side then accumulates the gradient over that many micro-batches (the 1-device side
+takes the batch whole). A task that needs parameters to
 compose its batch (ADORE retrieves its negatives) gets it from the initial parameters on all
 devices, and one that needs the refreshed index (ART's candidates) a version of seeded random
 embeddings; both meshes then score the same batch. Prints one JSON line, {name: what was found}; the
@@ -38,14 +40,14 @@ def random_index(store, directory: str):
   return open_index(root.latest(), store)
 
 
-def check(task) -> dict:
+def check(task, grad_accum_steps: int = 1) -> dict:
   mesh = parallel.make_mesh()
   params = task.init_params(jax.random.key(0))
   index = (random_index(task.store, tempfile.mkdtemp(prefix="sharded_index_"))
            if Need.INDEX in task.needs else None)
   context = StepContext(mesh, params=(jax.device_put(params, parallel.replicated(mesh))
                                       if Need.PARAMS in task.needs else None), index=index)
-  found = one_device_against_all(task, params, task.train_batch(0, context))
+  found = one_device_against_all(task, params, task.train_batch(0, context), grad_accum_steps)
   metrics = {name: (float(found["metrics_one"][name]), float(found["metrics_four"][name]))
              for name in found["metrics_one"] if np.ndim(found["metrics_one"][name]) == 0}
   return dict(loss_one=found["loss_one"], loss_four=found["loss_four"],
@@ -55,7 +57,8 @@ def check(task) -> dict:
 
 def main(*specs: str):
   assert jax.device_count() == 4, jax.devices()
-  print(json.dumps({spec["name"]: check(build_task(spec)) for spec in map(json.loads, specs)}))
+  print(json.dumps({spec["name"]: check(build_task(spec), spec.get("grad_accum_steps", 1))
+                    for spec in map(json.loads, specs)}))
 
 
 if __name__ == "__main__":

@@ -8,29 +8,33 @@ import jax
 import numpy as np
 
 from orqa_realm.core import parallel
+from orqa_realm.training import loop
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
-def loss_and_grads(task, params, batch, mesh):
-  """(loss, metrics, gradients) of `task.loss` (dropout on, a fixed key), jitted with the params
+def loss_and_grads(task, params, batch, mesh, grad_accum_steps=1):
+  """(loss, metrics, gradients) of `task.loss` (dropout on, a fixed key), as the training loop
+  computes them (accumulated over `grad_accum_steps` micro-batches), jitted with the params
   replicated and the batch sharded over `mesh`; all on the host."""
   rng = jax.random.key(3)
   step = jax.jit(
-      lambda p, b: jax.value_and_grad(task.loss, has_aux=True)(p, b, rng, False),
+      lambda p, b: loop.batch_gradients(task, p, b, rng, grad_accum_steps, mesh),
       in_shardings=(parallel.replicated(mesh), parallel.batch_sharding(mesh)),
       out_shardings=parallel.replicated(mesh))
-  (loss, metrics), grads = step(jax.device_put(params, parallel.replicated(mesh)),
-                                parallel.to_global(batch, mesh))
+  loss, metrics, grads = step(jax.device_put(params, parallel.replicated(mesh)),
+                              parallel.to_global(batch, mesh))
   return float(loss), jax.device_get(metrics), jax.device_get(grads)
 
 
-def one_device_against_all(task, params, batch):
-  """The loss, metrics and gradients of `batch` on a 1-device mesh and on all devices:
-  {loss_one, loss_four, metrics_one, metrics_four, grad_scale (the 1-device gradient norm),
-  grad_difference (the largest elementwise difference)}."""
+def one_device_against_all(task, params, batch, grad_accum_steps=1):
+  """The loss, metrics and gradients of `batch` on a 1-device mesh and on all devices, there
+  accumulated over `grad_accum_steps` micro-batches: {loss_one, loss_four, metrics_one,
+  metrics_four, grad_scale (the 1-device gradient norm), grad_difference (the largest
+  elementwise difference)}."""
   one, four = parallel.make_mesh(jax.devices()[:1]), parallel.make_mesh()
   loss_one, metrics_one, grads_one = loss_and_grads(task, params, batch, one)
-  loss_four, metrics_four, grads_four = loss_and_grads(task, params, batch, four)
+  loss_four, metrics_four, grads_four = loss_and_grads(task, params, batch, four,
+                                                       grad_accum_steps)
   grad_scale = float(np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(grads_one))))
   grad_difference = max(float(np.abs(a - b).max())
                         for a, b in zip(jax.tree.leaves(grads_one), jax.tree.leaves(grads_four)))

@@ -21,6 +21,7 @@ from orqa_realm.encode import runs
 from orqa_realm.encode.doc2query import block_prompt
 from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.lm_finetune import pair_tokens
+from orqa_realm.training import loop
 from orqa_realm.tasks.base import StepContext
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.tasks.tiny_lm_finetune import tiny_lm_finetune_task
@@ -82,7 +83,22 @@ def test_loss_against_pytorch(tiny_task, tiny_decoder_dir):
              & (positions < (batch.target_start + batch.target_length)[:, None]))[:, 1:]
   picked = np.take_along_axis(log_probs[:, :-1], batch.token_ids[:, 1:, None], axis=-1)[..., 0]
   np.testing.assert_allclose(loss, -picked[targets].mean(), rtol=1e-4)
-  assert metrics["target_tokens"] == targets.sum()
+  assert tiny_task.loss_weight(batch) == targets.sum()
+
+
+def test_accumulated_gradients_equal_the_whole_batch(tiny_task):
+  """The loss is a mean over question tokens, which micro-batches hold unequally: weighted by
+  `loss_weight`, 4 micro-batches give the whole batch's loss and gradient."""
+  batch = tiny_task.train_batch(0, StepContext(MESH))
+  params = partitioning.unbox(tiny_task.init_params(jax.random.key(0)))
+  rng = jax.random.key(0)
+  whole = jax.jit(lambda p, b: loop.batch_gradients(tiny_task, p, b, rng))(params, batch)
+  dealt = jax.jit(lambda p, b: loop.batch_gradients(tiny_task, p, b, rng, 4))(params, batch)
+  np.testing.assert_allclose(dealt[0], whole[0], rtol=1e-5)
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(whole[2]))
+  difference = max(float(np.abs(a - b).max())
+                   for a, b in zip(jax.tree.leaves(whole[2]), jax.tree.leaves(dealt[2])))
+  assert scale > 0 and difference <= 1e-5 * scale
 
 
 @pytest.mark.slow
