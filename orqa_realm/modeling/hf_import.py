@@ -15,6 +15,7 @@ import re
 from typing import Any, NamedTuple
 
 import numpy as np
+from absl import logging
 from flax import traverse_util
 
 from orqa_realm.core.errors import InputError
@@ -54,6 +55,15 @@ class HFBert(NamedTuple):
   config: BertConfig
   params: dict[str, Any]  # nested Flax params of BertModel(config), float32 numpy arrays
   head_tensors: dict[str, np.ndarray]  # tensors of heads (e.g. 'cls.predictions.bias'), unmapped
+  initialised: tuple[str, ...] = ()  # parts the checkpoint lacks, freshly initialised ('pooler')
+
+
+def initial_pooler(config: BertConfig) -> dict[str, np.ndarray]:
+  """BERT's initialisation of a pooler (kernel N(0, initializer_range), bias 0), seeded: for a
+  checkpoint saved without one (`BertForMaskedLM`), as `transformers` does on loading it."""
+  kernel = np.random.default_rng(0).normal(
+      0.0, config.initializer_range, (config.hidden_size, config.hidden_size))
+  return dict(kernel=kernel.astype(np.float32), bias=np.zeros(config.hidden_size, np.float32))
 
 
 def flax_path(hf_name: str) -> tuple[tuple[str, ...], bool] | None:
@@ -120,8 +130,9 @@ def read_tensors(model_dir: str) -> tuple[str, dict[str, np.ndarray]]:
 
 
 def convert_tensors(config: BertConfig, tensors: dict[str, np.ndarray],
-                    source: str) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-  """Maps Hugging Face tensors onto `BertModel(config)` params; returns (params, head tensors)."""
+                    source: str) -> tuple[dict[str, Any], dict[str, np.ndarray], tuple[str, ...]]:
+  """Maps Hugging Face tensors onto `BertModel(config)` params; returns (params, head tensors,
+  the parts initialised because the checkpoint has none of them: only the pooler may be)."""
   loop_shapes = parameter_shapes(dataclasses.replace(config, scan_layers=False))
   expected = {path: shape.shape
               for path, shape in traverse_util.flatten_dict(loop_shapes).items()}
@@ -149,6 +160,12 @@ def convert_tensors(config: BertConfig, tensors: dict[str, np.ndarray],
                        f"{expected[path][::-1] if transpose else expected[path]}")
       continue
     converted[path] = np.ascontiguousarray(value)
+  initialised = ()
+  pooler = {path for path in expected if path[0] == "pooler"}
+  if pooler and not pooler & seen:
+    converted.update({("pooler", name): value for name, value in initial_pooler(config).items()})
+    seen |= pooler
+    initialised = ("pooler",)
   missing = sorted("/".join(path) for path in expected.keys() - seen)
   problems = []
   if missing:
@@ -163,7 +180,7 @@ def convert_tensors(config: BertConfig, tensors: dict[str, np.ndarray],
   params = traverse_util.unflatten_dict(converted)
   if config.scan_layers:
     params = stack_layers(params, config.num_hidden_layers)
-  return params, heads
+  return params, heads, initialised
 
 
 def load_hf_bert(model_dir: str | os.PathLike) -> HFBert:
@@ -173,5 +190,8 @@ def load_hf_bert(model_dir: str | os.PathLike) -> HFBert:
     raise InputError("no such model directory", path=model_dir)
   config = read_config(model_dir)
   source, tensors = read_tensors(model_dir)
-  params, heads = convert_tensors(config, tensors, source)
-  return HFBert(config=config, params=params, head_tensors=heads)
+  params, heads, initialised = convert_tensors(config, tensors, source)
+  if initialised:
+    logging.warning("%s has no %s weights: initialised as BERT initialises them", source,
+                    " or ".join(initialised))
+  return HFBert(config=config, params=params, head_tensors=heads, initialised=initialised)

@@ -96,13 +96,17 @@ def mlm_head_params(head_tensors: dict[str, np.ndarray], config: BertConfig,
   prefix = "cls.predictions."
   if not any(name.startswith(prefix) for name in head_tensors):
     return None
-  names = dict(kernel="transform.dense.weight", bias="transform.dense.bias",
-               scale="transform.LayerNorm.weight", ln_bias="transform.LayerNorm.bias",
-               output_bias="bias")
-  missing = [prefix + name for name in names.values() if prefix + name not in head_tensors]
+  # Each tensor's names, newest first (old checkpoints name LayerNorm's gamma and beta).
+  names = dict(kernel=("transform.dense.weight",), bias=("transform.dense.bias",),
+               scale=("transform.LayerNorm.weight", "transform.LayerNorm.gamma"),
+               ln_bias=("transform.LayerNorm.bias", "transform.LayerNorm.beta"),
+               output_bias=("bias",))
+  found = {key: next((prefix + name for name in options if prefix + name in head_tensors), None)
+           for key, options in names.items()}
+  missing = [prefix + names[key][0] for key, name in found.items() if name is None]
   if missing:
     raise InputError(f"the MLM head lacks {missing}", path=source)
-  tensor = lambda key: np.asarray(head_tensors[prefix + names[key]], np.float32)
+  tensor = lambda key: np.asarray(head_tensors[found[key]], np.float32)
   params = dict(mlm_transform=dict(kernel=tensor("kernel").T, bias=tensor("bias")),
                 mlm_layer_norm=dict(scale=tensor("scale"), bias=tensor("ln_bias")),
                 mlm_output_bias=tensor("output_bias"))

