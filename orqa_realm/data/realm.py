@@ -77,6 +77,17 @@ def _units(rows: list[tuple[int, ...]]) -> Units:
   return Units(*(columns[:, field] for field in range(5)))
 
 
+def split_documents(store: BlockStore, heldout_fraction: float,
+                    seed: int) -> tuple[np.ndarray, np.ndarray]:
+  """(training blocks, held-out blocks): the blocks of a seeded random `heldout_fraction` of the
+  store's documents are held out, so that no held-out sentence's document is trained on."""
+  documents = np.asarray(store.document_indices())
+  num_documents = int(documents.max()) + 1
+  order = np.random.default_rng([seed, 1 << 21]).permutation(num_documents)
+  heldout = np.isin(documents, order[:int(round(num_documents * heldout_fraction))])
+  return np.flatnonzero(~heldout), np.flatnonzero(heldout)
+
+
 class REALMExamples:
   """The masked queries of each training step, deterministic in (seed, step).
 
@@ -87,11 +98,12 @@ class REALMExamples:
     continuation: [vocab] bool, WordPiece continuations (`answer_spans.continuation_mask`), for
       whole-word random spans.
     query_length: the query encoder's input length; the query keeps query_length - 2 wordpieces.
+    blocks: the blocks whose sentences are examples (default: all of the store's).
   """
 
   def __init__(self, store: BlockStore, *, masking: Masking, max_masks: int, query_length: int,
                mask_id: int, seed: int, continuation: np.ndarray,
-               spans: SalientSpans | None = None):
+               spans: SalientSpans | None = None, blocks: np.ndarray | None = None):
     if masking == "salient":
       if spans is None:
         raise ValueError("salient masking needs the store's salient spans")
@@ -100,6 +112,8 @@ class REALMExamples:
       self.units = sentence_units(store)
     else:
       raise ValueError(f"masking {masking!r} is not one of salient, random_token, random_span")
+    if blocks is not None:
+      self.units = Units(*(column[np.isin(self.units.blocks, blocks)] for column in self.units))
     if not len(self.units.blocks):
       raise ValueError(f"the block store has nothing to mask with {masking!r} masking")
     self.store = store

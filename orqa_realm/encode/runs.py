@@ -231,6 +231,37 @@ def restore_knowledge_encoder_bert(run: RetrieverRun,
   return checkpoint_reader.restore_params(step, target)[mlm.KNOWLEDGE_ENCODER]["bert"]
 
 
+def knowledge_encoder_model(config: mlm.KnowledgeEncoderConfig, tokenizer_fingerprint: str
+                            ) -> dict[str, Any]:
+  """The model description of a run that trains a knowledge-augmented encoder alone (mlm)."""
+  return {mlm.KNOWLEDGE_ENCODER: config.to_dict(), "tokenizer_fingerprint": tokenizer_fingerprint}
+
+
+def restore_knowledge_encoder(workdir: str, config: mlm.KnowledgeEncoderConfig,
+                              tokenizer_fingerprint: str, mesh) -> dict[str, Any]:
+  """The knowledge-augmented encoder (BERT and MLM head) of the newest checkpoint of an mlm or
+  REALM run, replicated over `mesh` (what REALM's `--knowledge_workdir` starts from); refused
+  when the run holds none, or one of another architecture or tokenizer."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if mlm.KNOWLEDGE_ENCODER not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, without a "
+                     "knowledge-augmented encoder (--task=mlm or realm)", path=workdir,
+                     field="knowledge_workdir")
+  if mlm.KnowledgeEncoderConfig.from_dict(model[mlm.KNOWLEDGE_ENCODER]) != config:
+    raise InputError("the run's knowledge encoder is not --bert's architecture", path=workdir,
+                     field="knowledge_workdir")
+  if model["tokenizer_fingerprint"] != tokenizer_fingerprint:
+    raise InputError(f"the run trained with tokenizer {model['tokenizer_fingerprint']}, the "
+                     f"block store is tokenized with {tokenizer_fingerprint}", path=workdir,
+                     field="knowledge_workdir")
+  shapes = replicated_params_shapes(
+      lambda rng: {mlm.KNOWLEDGE_ENCODER: mlm.init_params(config, rng)}, mesh)
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, None)
+    return checkpoint_reader.restore_params(step, shapes)[mlm.KNOWLEDGE_ENCODER]
+
+
 def orqa_model(config: retriever.RetrieverConfig, tokenizer_fingerprint: str,
                reader_config: reader.ReaderConfig, settings: ReaderSettings,
                version: IndexVersion) -> dict[str, Any]:
@@ -404,6 +435,8 @@ def model_kind(model: dict[str, Any]) -> str:
     return "a cross-encoder"
   if "retriever" in model:
     return "a dual-encoder retriever"
+  if mlm.KNOWLEDGE_ENCODER in model:
+    return "a knowledge-augmented encoder"
   return "another model"
 
 

@@ -141,6 +141,30 @@ class REALMLoss(NamedTuple):
   masked_accuracy: jax.Array  # [] masked wordpieces whose marginal prediction is right
 
 
+class MaskedLMLoss(NamedTuple):
+  loss: jax.Array  # [] mean negative log-likelihood over the masked wordpieces
+  accuracy: jax.Array  # [] masked wordpieces whose most probable wordpiece is right
+
+
+def masked_lm_loss(mlm_logits: jax.Array, targets: jax.Array,
+                   target_mask: jax.Array) -> MaskedLMLoss:
+  """BERT's masked-LM loss, over the batch's masked wordpieces (padding slots excluded).
+
+  Args:
+    mlm_logits: [batch, masks, vocab] logits at the masked positions.
+    targets: [batch, masks] int the masked wordpieces.
+    target_mask: [batch, masks] bool, False on padding slots.
+  """
+  weights = target_mask.astype(jnp.float32)  # [batch, masks]
+  num_masks = jnp.maximum(jnp.sum(weights), 1.0)
+  log_p = jax.nn.log_softmax(mlm_logits.astype(jnp.float32), axis=-1)  # [batch, masks, vocab]
+  target_log_p = jnp.take_along_axis(log_p, targets[..., None].astype(jnp.int32),
+                                     axis=-1)[..., 0]  # [batch, masks]
+  correct = jnp.argmax(mlm_logits, axis=-1) == targets
+  return MaskedLMLoss(loss=-jnp.sum(target_log_p * weights) / num_masks,
+                      accuracy=jnp.sum(correct * weights) / num_masks)
+
+
 def realm_loss(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.Array,
                target_mask: jax.Array, marginal: str = "token") -> REALMLoss:
   """REALM's loss: the masked wordpieces' likelihood marginalised over the candidate documents.

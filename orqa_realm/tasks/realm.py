@@ -86,6 +86,9 @@ class REALMConfig(RetrieverTaskConfig):
   document_length: int = setting(
       288, "Document wordpieces (and its [SEP]) in the knowledge-augmented encoder's input, "
       "after the query.", flag="realm_document_length")
+  knowledge_workdir: str = setting(
+      "", "An mlm (or REALM) run whose newest checkpoint the knowledge-augmented encoder and "
+      "its MLM head start from; empty: --bert's weights (and its head, or a fresh one).")
 
 
 def retriever_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -172,13 +175,18 @@ class REALMTask(Task):
     return params
 
   def warm_start(self, params: dict[str, Any], mesh) -> dict[str, Any]:
-    """The retriever from the newest checkpoint of --retriever_workdir (REALM starts from ICT);
-    the knowledge encoder as `init_params` made it."""
-    if not self.config.retriever_workdir:
-      return params
-    warm = runs.restore_latest_retriever(runs.open_retriever_run(self.config.retriever_workdir),
-                                         mesh)
-    return dict(warm, **{KNOWLEDGE_ENCODER: params[KNOWLEDGE_ENCODER]})
+    """The retriever from the newest checkpoint of --retriever_workdir (REALM starts from ICT),
+    the knowledge encoder from --knowledge_workdir's (an mlm run's trained head); each as
+    `init_params` made it otherwise."""
+    knowledge = params[KNOWLEDGE_ENCODER]
+    if self.config.knowledge_workdir:
+      knowledge = runs.restore_knowledge_encoder(self.config.knowledge_workdir,
+                                                 self.knowledge_config,
+                                                 self.tokenizer.fingerprint, mesh)
+    if self.config.retriever_workdir:
+      params = runs.restore_latest_retriever(
+          runs.open_retriever_run(self.config.retriever_workdir), mesh)
+    return dict(retriever_params(params), **{KNOWLEDGE_ENCODER: knowledge})
 
   def candidates(self, queries: list[REALMQuery], query_embeddings: np.ndarray,
                  index: LoadedIndex, rows: slice = slice(None)) -> np.ndarray:

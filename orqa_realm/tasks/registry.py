@@ -12,6 +12,7 @@ from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
 from orqa_realm.tasks.late_interaction import ColBERTTask, MEBERTTask, PolyEncoderTask
 from orqa_realm.tasks.lm_finetune import LMFinetuneTask
+from orqa_realm.tasks.mlm import MLMTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 from orqa_realm.tasks.rocketqa import RocketQAv2Task
@@ -21,5 +22,5 @@ from orqa_realm.tasks.tasb import TASBTask
 TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask,
                                  DistillTask, DPRTask, ICTTask, LMFinetuneTask, MEBERTTask,
-                                 ORQATask, PolyEncoderTask, REALMTask, RocketQAv2Task, STARTask,
-                                 TASBTask)}
+                                 MLMTask, ORQATask, PolyEncoderTask, REALMTask, RocketQAv2Task,
+                                 STARTask, TASBTask)}
