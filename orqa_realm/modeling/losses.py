@@ -165,20 +165,28 @@ def masked_lm_loss(mlm_logits: jax.Array, targets: jax.Array,
                       accuracy=jnp.sum(correct * weights) / num_masks)
 
 
-def realm_loss(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.Array,
-               target_mask: jax.Array, marginal: str = "token") -> REALMLoss:
-  """REALM's loss: the masked wordpieces' likelihood marginalised over the candidate documents.
+class REALMQueryScores(NamedTuple):
+  """Each query's masked wordpieces scored by the knowledge-augmented encoder."""
+  log_likelihood: jax.Array  # [batch] log p(y | x), marginalised over the candidates
+  null_log_likelihood: jax.Array  # [batch] log p(y | null document, x): no retrieval
+  correct: jax.Array  # [batch] masked wordpieces whose marginal prediction is right
+  null_correct: jax.Array  # [batch] ... predicted reading the null document alone
+  num_masks: jax.Array  # [batch] float32 masked wordpieces (padding slots excluded)
+  top_retrieved_log_likelihood: jax.Array  # [batch] log p(y | best-scored retrieved doc, x)
+  null_probability: jax.Array  # [batch] p(null document | x)
+
+
+def realm_query_scores(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.Array,
+                       target_mask: jax.Array, marginal: str = "token") -> REALMQueryScores:
+  """REALM's likelihood of each query's masked wordpieces, marginalised over the candidates,
+  and the same reading the null document (candidate 0) alone.
 
   log p(z | x) = log_softmax over the k candidates of the retrieval logits, and log p(y | z, x)
   the MLM's log-probabilities of the targets reading candidate z. With `marginal="token"` (the
   reference code) each masked wordpiece j is marginalised alone, log p(y_j | x) = logsumexp_z
-  [log p(z | x) + log p(y_j | z, x)]; with "span" (the paper) the span's wordpieces are multiplied
-  first, log p(y | x) = logsumexp_z [log p(z | x) + sum_j log p(y_j | z, x)]. Either way the loss
-  is the negative log-likelihood summed over the batch and divided by its number of masked
-  wordpieces, so that the two are on one scale.
-
-  Retrieval utility (the paper's RU) compares, per query, the span's log-likelihood reading the
-  best-scored retrieved document (candidate 1 onwards) with reading the null document.
+  [log p(z | x) + log p(y_j | z, x)], and log p(y | x) sums them; with "span" (the paper) the
+  span's wordpieces are multiplied first, log p(y | x) = logsumexp_z [log p(z | x) + sum_j log
+  p(y_j | z, x)]. A prediction is the argmax of the marginal (token) distribution.
 
   Args:
     retrieval_logits: [batch, k] scores of the candidates; candidate 0 is the null document.
@@ -190,7 +198,6 @@ def realm_loss(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.
   if marginal not in ("token", "span"):
     raise ValueError(f"marginal {marginal!r} is not 'token' or 'span'")
   weights = target_mask.astype(jnp.float32)  # [batch, masks]
-  num_masks = jnp.maximum(jnp.sum(weights), 1.0)
   log_p_z = jax.nn.log_softmax(retrieval_logits.astype(jnp.float32), axis=-1)  # [batch, k]
   log_p_vocab = jax.nn.log_softmax(mlm_logits.astype(jnp.float32), axis=-1)  # [b, k, masks, v]
   token_log_p = jnp.take_along_axis(
@@ -199,13 +206,35 @@ def realm_loss(retrieval_logits: jax.Array, mlm_logits: jax.Array, targets: jax.
   span_log_p = jnp.sum(token_log_p, axis=-1)  # [batch, k]
   if marginal == "token":
     marginals = jax.nn.logsumexp(log_p_z[:, :, None] + token_log_p, axis=1)  # [batch, masks]
-    log_likelihood = jnp.sum(marginals * weights)
+    log_likelihood = jnp.sum(marginals * weights, axis=-1)
   else:
-    log_likelihood = jnp.sum(jax.nn.logsumexp(log_p_z + span_log_p, axis=1))
-  top_retrieved = 1 + jnp.argmax(retrieval_logits[:, 1:], axis=-1)  # [batch]
-  utility = jnp.take_along_axis(span_log_p, top_retrieved[:, None], axis=1)[:, 0] - span_log_p[:, 0]
+    log_likelihood = jax.nn.logsumexp(log_p_z + span_log_p, axis=1)
   predictions = jnp.argmax(jax.nn.logsumexp(log_p_z[:, :, None, None] + log_p_vocab, axis=1),
                            axis=-1)  # [batch, masks]
-  return REALMLoss(loss=-log_likelihood / num_masks, retrieval_utility=jnp.mean(utility),
-                   null_probability=jnp.mean(jnp.exp(log_p_z[:, 0])),
-                   masked_accuracy=jnp.sum((predictions == targets) * weights) / num_masks)
+  null_predictions = jnp.argmax(log_p_vocab[:, 0], axis=-1)  # [batch, masks]
+  top_retrieved = 1 + jnp.argmax(retrieval_logits[:, 1:], axis=-1)  # [batch]
+  return REALMQueryScores(
+      log_likelihood=log_likelihood, null_log_likelihood=span_log_p[:, 0],
+      correct=jnp.sum((predictions == targets) * weights, axis=-1),
+      null_correct=jnp.sum((null_predictions == targets) * weights, axis=-1),
+      num_masks=jnp.sum(weights, axis=-1),
+      top_retrieved_log_likelihood=jnp.take_along_axis(span_log_p, top_retrieved[:, None],
+                                                       axis=1)[:, 0],
+      null_probability=jnp.exp(log_p_z[:, 0]))
+
+
+def realm_loss(scores: REALMQueryScores) -> REALMLoss:
+  """REALM's loss from each query's `realm_query_scores`: the negative log-likelihood summed over
+  the batch and divided by its number of masked wordpieces (so that the token and span
+  marginals are on one scale).
+
+  Retrieval utility (the paper's RU) compares, per query, the span's log-likelihood reading the
+  best-scored retrieved document (candidate 1 onwards) with reading the null document.
+  """
+  num_masks = jnp.maximum(jnp.sum(scores.num_masks), 1.0)
+  return REALMLoss(
+      loss=-jnp.sum(scores.log_likelihood) / num_masks,
+      retrieval_utility=jnp.mean(scores.top_retrieved_log_likelihood
+                                 - scores.null_log_likelihood),
+      null_probability=jnp.mean(scores.null_probability),
+      masked_accuracy=jnp.sum(scores.correct) / num_masks)

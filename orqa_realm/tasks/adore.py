@@ -172,9 +172,10 @@ class ADORETask(Task):
     return loss, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(scores, -1) == 0),
                   "weight_mass": jnp.mean(jnp.sum(batch.pair_weights, -1))}
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
     """Answer recall@k of the held-out questions over the frozen index, searched by the
     current question encoder."""
+    del index  # the frozen index it trains over is its own
     if not self.eval_examples:
       return {}
     return answer_recall_of_index(params, self.config.retriever, self.index.searcher,

@@ -150,8 +150,11 @@ class Task(abc.ABC):
     """Held-out batches on which the loop reports the mean of `loss`'s metrics (none by default)."""
     return iter(())
 
-  def evaluate(self, params: Params, mesh: jax.sharding.Mesh) -> dict[str, float]:
+  def evaluate(self, params: Params, mesh: jax.sharding.Mesh,
+               index: LoadedIndex | None = None) -> dict[str, float]:
     """Metrics that batched losses cannot give (e.g. retrieval over the whole corpus), computed
-    at each evaluation with `params` on `mesh` as training holds them; none by default."""
-    del params, mesh
+    at each evaluation with `params` on `mesh` as training holds them, and `index`, the version
+    of the refreshed index training uses now (for a task that declares Need.INDEX; else None);
+    none by default."""
+    del params, mesh, index
     return {}

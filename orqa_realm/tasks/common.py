@@ -152,7 +152,8 @@ class DualEncoderTask(Task):
       return params
     return runs.restore_latest_retriever(runs.open_retriever_run(self.warm_start_workdir), mesh)
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
+    del index  # recall embeds the whole store with the current parameters
     return self.recall(params, mesh)
 
 

@@ -138,7 +138,8 @@ class CrossEncoderTask(Task):
     depth = min(self.config.eval_rerank_depth, len(self.store))
     return searcher.search_texts([example.question for example in self.eval_examples], depth)
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
+    del index  # it reranks BM25's candidates
     if not self.eval_examples:
       return {}
     first_stage = self.eval_first_stage

@@ -178,7 +178,8 @@ class LateInteractionTask(Task):
           jnp.argmax(student, -1) == jnp.argmax(batch.teacher_scores, -1)))
     return loss, dict(metrics, loss=loss)
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
+    del index  # recall encodes the whole store with the current parameters
     if not self.eval_examples:
       return {}
     config, dtype = self.config.retriever, jnp.dtype(self.context.dtype)

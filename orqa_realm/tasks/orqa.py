@@ -219,8 +219,9 @@ class ORQATask(Task):
         batch_size=self.config.predict_batch_size, dtype=jnp.dtype(self.context.dtype),
         mesh=mesh)
 
-  def evaluate(self, params, mesh) -> dict[str, float]:
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
     """Exact match and retrieval recall@k on the held-out questions (none without them)."""
+    del index  # the frozen index it trains over is its own
     if not self.eval_examples:
       return {}
     ks = self.config.evaluation.sorted_ks

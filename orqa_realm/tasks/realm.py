@@ -22,6 +22,13 @@ The loop logs the loss, the retrieval utility (log-likelihood of the span readin
 retrieved document minus reading the null document: positive when retrieval helps), p(null),
 the masked-wordpiece accuracy, and the index version with its staleness in steps.
 
+Each evaluation scores the sentences of a held-out fraction of the store's documents
+(`--realm_heldout_fraction`, never queries in training) as training scores its queries, through
+the index version training uses: their masked wordpieces' log-likelihood and accuracy with
+retrieval (marginalised over the candidates) and reading the null document alone, and the
+held-out retrieval utility, the difference per masked wordpiece with its 95% confidence
+interval over the held-out queries. Retrieval helps on held-out text when it is above zero.
+
 The retriever's params sit at the top level of the params, as in an ICT or DPR run, beside
 'knowledge_encoder', so that `embed`, the refresher and ORQA (`--retriever_workdir`) read a REALM
 checkpoint as they read any retriever run; ORQA also starts its reader from the knowledge
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -43,14 +51,15 @@ from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.masking import Masking
+from orqa_realm.core import parallel
 from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMExamples, REALMQuery,
-                                   knowledge_inputs)
+                                   knowledge_inputs, split_documents)
 from orqa_realm.data.salient_spans import SalientSpans
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling import mlm, retriever
-from orqa_realm.modeling.losses import realm_loss
+from orqa_realm.modeling.losses import REALMQueryScores, realm_loss, realm_query_scores
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
 from orqa_realm.tasks.base import Need, SavedRetriever, StepContext, Task, TaskContext
 from orqa_realm.tasks.common import (RetrieverTaskConfig, batch_length_multiple,
@@ -86,6 +95,12 @@ class REALMConfig(RetrieverTaskConfig):
   document_length: int = setting(
       288, "Document wordpieces (and its [SEP]) in the knowledge-augmented encoder's input, "
       "after the query.", flag="realm_document_length")
+  heldout_fraction: float = setting(
+      0.05, "Fraction of the store's documents whose sentences are held out of training, for "
+      "each evaluation's held-out masked-span scores.", flag="realm_heldout_fraction")
+  eval_batches: int = setting(
+      4, "Held-out batches (of the training batch size) per evaluation.",
+      flag="realm_eval_batches")
   knowledge_workdir: str = setting(
       "", "An mlm (or REALM) run whose newest checkpoint the knowledge-augmented encoder and "
       "its MLM head start from; empty: --bert's weights (and its head, or a fresh one).")
@@ -107,6 +122,23 @@ def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_do
   return kept
 
 
+def heldout_metrics(scores: REALMQueryScores) -> dict[str, float]:
+  """Held-out evaluation from each query's scores: per masked wordpiece, the loss and accuracy
+  with retrieval and with the null document alone, and the retrieval utility (log-likelihood
+  with retrieval minus without, per masked wordpiece of each query, averaged over queries) with
+  the half-width of its 95% confidence interval (normal approximation)."""
+  masks = float(np.sum(scores.num_masks))
+  per_query = ((scores.log_likelihood - scores.null_log_likelihood)
+               / np.maximum(scores.num_masks, 1.0))  # [queries]
+  spread = float(np.std(per_query, ddof=1)) if len(per_query) > 1 else float("nan")
+  return dict(heldout_loss=-float(np.sum(scores.log_likelihood)) / masks,
+              heldout_null_loss=-float(np.sum(scores.null_log_likelihood)) / masks,
+              heldout_masked_accuracy=float(np.sum(scores.correct)) / masks,
+              heldout_null_masked_accuracy=float(np.sum(scores.null_correct)) / masks,
+              heldout_retrieval_utility=float(np.mean(per_query)),
+              heldout_retrieval_utility_ci95=1.96 * spread / math.sqrt(len(per_query)))
+
+
 class REALMTask(Task):
   name = "realm"
   config_class = REALMConfig
@@ -125,11 +157,20 @@ class REALMTask(Task):
     self.knowledge_config = mlm.KnowledgeEncoderConfig(config.source.bert_config())
     retriever_config = self.config.retriever
     spans = SalientSpans(self.store) if config.masking == "salient" else None
-    self.examples = REALMExamples(
-        self.store, masking=config.masking, max_masks=config.max_masks,
+    train_blocks, heldout_blocks = split_documents(self.store, config.heldout_fraction,
+                                                   context.seed)
+    examples = functools.partial(
+        REALMExamples, self.store, masking=config.masking, max_masks=config.max_masks,
         query_length=retriever_config.query_length, mask_id=self.tokenizer.mask_id,
-        seed=context.seed, continuation=continuation_mask(self.tokenizer), spans=spans)
-    logging.info("REALM: %d %s-masking examples per epoch", len(self.examples), config.masking)
+        continuation=continuation_mask(self.tokenizer), spans=spans)
+    try:
+      self.examples = examples(seed=context.seed, blocks=train_blocks)
+      self.eval_examples = (examples(seed=context.seed + 1, blocks=heldout_blocks)
+                            if config.eval_batches and len(heldout_blocks) else None)
+    except ValueError as e:
+      raise InputError(str(e), path=self.store.directory) from e
+    logging.info("REALM: %d %s-masking examples per epoch, %d held out", len(self.examples),
+                 config.masking, len(self.eval_examples) if self.eval_examples else 0)
     dtype = jnp.dtype(context.dtype)
     self.retriever_model = retriever.DualEncoder(retriever_config, dtype, context.remat)
     self.knowledge_model = mlm.KnowledgeAugmentedEncoder(self.knowledge_config, dtype,
@@ -202,15 +243,20 @@ class REALMTask(Task):
     return np.concatenate([np.full((len(queries), 1), -1), retrieved], axis=1).astype(np.int32)
 
   def train_batch(self, step: int, context: StepContext) -> REALMBatch:
+    return self.batch_of(self.examples.batch(step, self.context.batch_size, context.rows),
+                         context.params, context.index, context.mesh, context.rows)
+
+  def batch_of(self, queries: list[REALMQuery], params, index: LoadedIndex, mesh,
+               rows: slice = slice(None)) -> REALMBatch:
+    """The batch of `queries` (rows `rows` of the global batch), their candidates retrieved
+    from `index` with the query tower of `params`."""
     config = self.config.retriever
-    queries = self.examples.batch(step, self.context.batch_size, context.rows)
     query_tokens = self.store.pack([query.masked.token_ids for query in queries],
                                    max_length=config.query_length)
     query_embeddings = embedding.embed_query_tokens(
-        retriever_params(context.params), query_tokens, config,
-        dtype=jnp.dtype(self.context.dtype), mesh=context.mesh)  # [batch, dim]
-    candidates = self.candidates(queries, query_embeddings, context.index,
-                                 context.rows)  # [rows, k]
+        retriever_params(params), query_tokens, config,
+        dtype=jnp.dtype(self.context.dtype), mesh=mesh)  # [batch, dim]
+    candidates = self.candidates(queries, query_embeddings, index, rows)  # [rows, k]
     retrieved = self.store.encode(candidates[:, 1:].ravel(), max_length=config.block_length,
                                   block_format=config.block_format)
     knowledge_length = config.query_length + self.config.document_length
@@ -226,7 +272,10 @@ class REALMTask(Task):
   def loss_weight(self, batch: REALMBatch) -> jax.Array:
     return jnp.sum(batch.target_mask.astype(jnp.float32))  # the masked tokens
 
-  def loss(self, params, batch: REALMBatch, rng, deterministic: bool):
+  def query_scores(self, params, batch: REALMBatch, rng, deterministic: bool
+                   ) -> REALMQueryScores:
+    """Each query's masked wordpieces scored with retrieval and with the null document alone
+    (`losses.realm_query_scores`), both towers and the knowledge encoder applied."""
     query_rng, block_rng, knowledge_rng = jax.random.split(rng, 3)
     batch_size, retrieved_count, block_length = batch.retrieved.token_ids.shape
     tower_params = {"params": retriever_params(params)}
@@ -257,8 +306,27 @@ class REALMTask(Task):
         {"params": params[KNOWLEDGE_ENCODER]}, flat_inputs, flat_positions, deterministic,
         rngs={"dropout": knowledge_rng})  # [batch x k, masks, vocab]
     mlm_logits = mlm_logits.reshape(batch_size, k, *mlm_logits.shape[1:])
-    result = realm_loss(retrieval_logits, mlm_logits, batch.targets, batch.target_mask,
-                        self.config.marginal)
+    return realm_query_scores(retrieval_logits, mlm_logits, batch.targets, batch.target_mask,
+                              self.config.marginal)
+
+  def loss(self, params, batch: REALMBatch, rng, deterministic: bool):
+    result = realm_loss(self.query_scores(params, batch, rng, deterministic))
     return result.loss, dict(loss=result.loss, retrieval_utility=result.retrieval_utility,
                              null_probability=result.null_probability,
                              masked_accuracy=result.masked_accuracy)
+
+  @functools.cached_property
+  def _heldout_scores(self):
+    return jax.jit(lambda params, batch: self.query_scores(params, batch, jax.random.key(0),
+                                                           True))
+
+  def evaluate(self, params, mesh, index=None) -> dict[str, float]:
+    """The held-out sentences' masked-span scores with retrieval (through `index`, the version
+    training uses) and with the null document alone, and the held-out retrieval utility."""
+    if self.eval_examples is None or index is None:
+      return {}
+    scores = [jax.device_get(self._heldout_scores(params, parallel.to_global(
+        self.batch_of(self.eval_examples.batch(step, self.context.batch_size), params, index,
+                      mesh), mesh)))
+              for step in range(self.config.eval_batches)]
+    return heldout_metrics(REALMQueryScores(*map(np.concatenate, zip(*scores))))

@@ -484,14 +484,14 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],
                       in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
 
-  def evaluate(params) -> dict[str, float]:
+  def evaluate(params, index: LoadedIndex | None) -> dict[str, float]:
     totals, count = {}, 0
     for batch in task.eval_batches():
       for name, value in jax.device_get(eval_step(params, parallel.to_global(batch, mesh))).items():
         totals[name] = totals.get(name, 0.0) + float(value)
       count += 1
     metrics = {name: total / count for name, total in totals.items()}
-    metrics.update(task.evaluate(params, mesh))
+    metrics.update(task.evaluate(params, mesh, index))
     return {f"eval_{name}": value for name, value in metrics.items()}
 
   log = MetricsLog(config.workdir, start_step)
@@ -499,7 +499,9 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
                        disable=not sys.stderr.isatty() or jax.process_index() != 0)
 
   def evaluate_and_log(params, step: int) -> None:
-    evaluation = evaluate(params)
+    index = (agreed_index(index_handle)
+             if index_handle is not None and Need.INDEX in task.needs else None)
+    evaluation = evaluate(params, index)
     if evaluation:
       log.write(step, evaluation)
       progress.write(f"step {step}: {_format(evaluation)}")

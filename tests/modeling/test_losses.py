@@ -159,6 +159,32 @@ def numpy_realm(retrieval_logits, mlm_logits, targets, target_mask, marginal):
   return -total / count, np.mean(utilities)
 
 
+def realm_loss(*args):
+  return losses.realm_loss(losses.realm_query_scores(*args))
+
+
+def test_realm_query_scores_without_retrieval_against_numpy():
+  """Reading the null document alone: each query's summed log-probability of its targets and
+  its argmax hits at candidate 0, whatever the retrieval scores."""
+  rng = np.random.default_rng(3)
+  batch, k, masks, vocab = 3, 4, 5, 11
+  mlm_logits = rng.normal(size=(batch, k, masks, vocab)) * 2
+  targets = rng.integers(vocab, size=(batch, masks))
+  targets[0, :2] = mlm_logits[0, 0, :2].argmax(-1)  # two null-document hits
+  target_mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
+  scores = losses.realm_query_scores(
+      jnp.asarray(rng.normal(size=(batch, k)), jnp.float32), jnp.asarray(mlm_logits, jnp.float32),
+      jnp.asarray(targets), jnp.asarray(target_mask))
+  null = numpy_log_softmax(mlm_logits[:, 0])  # [batch, masks, vocab]
+  picked = np.take_along_axis(null, targets[..., None], -1)[..., 0]
+  np.testing.assert_allclose(scores.null_log_likelihood, (picked * target_mask).sum(-1),
+                             rtol=1e-5)
+  np.testing.assert_array_equal(scores.null_correct,
+                                ((null.argmax(-1) == targets) * target_mask).sum(-1))
+  np.testing.assert_array_equal(scores.num_masks, target_mask.sum(-1))
+  assert scores.null_correct[0] >= 2
+
+
 @pytest.mark.parametrize("marginal", ["token", "span"])
 def test_realm_loss_matches_numpy(marginal):
   rng = np.random.default_rng(0)
@@ -167,9 +193,9 @@ def test_realm_loss_matches_numpy(marginal):
   mlm_logits = rng.normal(size=(batch, k, masks, vocab)) * 2
   targets = rng.integers(vocab, size=(batch, masks))
   target_mask = np.array([[1, 1, 1, 0, 0], [1, 0, 0, 0, 0], [1, 1, 1, 1, 1]], bool)
-  result = losses.realm_loss(jnp.asarray(retrieval_logits, jnp.float32),
-                             jnp.asarray(mlm_logits, jnp.float32), jnp.asarray(targets),
-                             jnp.asarray(target_mask), marginal)
+  result = realm_loss(jnp.asarray(retrieval_logits, jnp.float32),
+                      jnp.asarray(mlm_logits, jnp.float32), jnp.asarray(targets),
+                      jnp.asarray(target_mask), marginal)
   expected_loss, expected_utility = numpy_realm(retrieval_logits, mlm_logits, targets,
                                                 target_mask, marginal)
   np.testing.assert_allclose(float(result.loss), expected_loss, rtol=1e-5)
@@ -185,13 +211,13 @@ def test_realm_marginals_differ_and_agree_on_one_document():
   mlm_logits = jnp.asarray(rng.normal(size=(2, 3, 4, 7)) * 2, jnp.float32)
   targets, target_mask = jnp.asarray(rng.integers(7, size=(2, 4))), jnp.ones((2, 4), bool)
   spread = jnp.zeros((2, 3))
-  token = losses.realm_loss(spread, mlm_logits, targets, target_mask, "token").loss
-  span = losses.realm_loss(spread, mlm_logits, targets, target_mask, "span").loss
+  token = realm_loss(spread, mlm_logits, targets, target_mask, "token").loss
+  span = realm_loss(spread, mlm_logits, targets, target_mask, "span").loss
   assert abs(float(token) - float(span)) > 1e-3
   peaked = jnp.array([[0.0, 200.0, 0.0], [0.0, 0.0, 200.0]])
   np.testing.assert_allclose(
-      float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "token").loss),
-      float(losses.realm_loss(peaked, mlm_logits, targets, target_mask, "span").loss), rtol=1e-5)
+      float(realm_loss(peaked, mlm_logits, targets, target_mask, "token").loss),
+      float(realm_loss(peaked, mlm_logits, targets, target_mask, "span").loss), rtol=1e-5)
 
 
 def test_listwise_softmax_matches_numpy():

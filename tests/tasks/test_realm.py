@@ -20,8 +20,10 @@ from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import partitioning
 from orqa_realm.modeling import reader as reader_lib
 from orqa_realm.modeling import retriever
+from orqa_realm.modeling.losses import REALMQueryScores
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
 from orqa_realm.tasks.base import StepContext
+from orqa_realm.tasks.realm import heldout_metrics
 from orqa_realm.training import loop
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.index.hold_batch import assert_switched_with_staleness, train_through_a_refresh
@@ -84,6 +86,55 @@ def random_index(task, directory):
   embeddings = np.random.default_rng(1).normal(size=(len(task.store), 16)).astype(np.float32)
   root.publish(embeddings, store_fingerprint=task.store.fingerprint, checkpoint_step=0)
   return open_index(root.latest(), task.store)
+
+
+def test_heldout_metrics_against_numpy():
+  rng = np.random.default_rng(0)
+  num_masks = np.array([2.0, 1.0, 3.0, 4.0])
+  scores = REALMQueryScores(
+      log_likelihood=-rng.uniform(1, 5, 4) * num_masks,
+      null_log_likelihood=-rng.uniform(1, 5, 4) * num_masks,
+      correct=np.array([1.0, 0.0, 2.0, 1.0]), null_correct=np.array([0.0, 0.0, 1.0, 1.0]),
+      num_masks=num_masks, top_retrieved_log_likelihood=np.zeros(4),
+      null_probability=np.zeros(4))
+  metrics = heldout_metrics(scores)
+  per_query = (scores.log_likelihood - scores.null_log_likelihood) / num_masks
+  assert metrics["heldout_loss"] == pytest.approx(-scores.log_likelihood.sum() / 10)
+  assert metrics["heldout_null_loss"] == pytest.approx(-scores.null_log_likelihood.sum() / 10)
+  assert metrics["heldout_masked_accuracy"] == pytest.approx(0.4)
+  assert metrics["heldout_null_masked_accuracy"] == pytest.approx(0.2)
+  assert metrics["heldout_retrieval_utility"] == pytest.approx(per_query.mean())
+  assert metrics["heldout_retrieval_utility_ci95"] == pytest.approx(
+      1.96 * np.sqrt(np.sum((per_query - per_query.mean()) ** 2) / 3) / 2)
+
+
+def test_held_out_sentences_are_scored_through_the_index(tiny_task, tiny_params, tmp_path):
+  """Evaluation reads held-out documents' sentences only, retrieves their candidates from the
+  index training uses, and scores the null document as the knowledge encoder reads it."""
+  task = tiny_task
+  documents = lambda examples: {task.store.document_index(int(block))
+                                for block in examples.units.blocks}
+  assert documents(task.eval_examples) and not documents(task.examples) & documents(
+      task.eval_examples)
+  index = random_index(task, tmp_path)
+  params = jax.device_put(tiny_params)
+  metrics = task.evaluate(params, MESH, index)
+  assert task.evaluate(params, MESH, None) == {}
+  # The null-document loss, computed directly from the knowledge encoder's logits.
+  totals = []
+  for step in range(task.config.eval_batches):
+    batch = task.batch_of(task.eval_examples.batch(step, 8), params, index, MESH)
+    inputs = type(batch.knowledge_inputs)(*(array[:, 0] for array in batch.knowledge_inputs))
+    logits = np.asarray(task.knowledge_model.apply(
+        {"params": tiny_params[KNOWLEDGE_ENCODER]}, inputs, batch.mask_positions), np.float64)
+    log_p = logits - logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    picked = np.take_along_axis(log_p, batch.targets[..., None], -1)[..., 0]
+    totals.append(picked[batch.target_mask])
+  np.testing.assert_allclose(metrics["heldout_null_loss"], -np.concatenate(totals).mean(),
+                             rtol=1e-5)
+  assert metrics["heldout_retrieval_utility_ci95"] > 0
+  assert np.isfinite(metrics["heldout_loss"])
 
 
 @pytest.mark.slow  # over half a minute: CI runs it in its second step
