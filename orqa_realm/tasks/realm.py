@@ -89,6 +89,11 @@ class REALMConfig(RetrieverTaskConfig):
   num_candidates: int = setting(
       8, "k: documents the knowledge-augmented encoder reads per query, the null document "
       "included.", flag="realm_num_candidates")
+  null_document: bool = setting(
+      True, "Whether the null document is a candidate of the marginal (REALM's choice: a query "
+      "that no document helps can still be predicted). Without it the knowledge encoder still "
+      "reads it, for the held-out comparison, but its retrieval probability is zero.",
+      flag="realm_null_document")
   marginal: Literal["token", "span"] = setting(
       "token", "Marginalise over documents each masked wordpiece alone (REALM's code) or the "
       "span's wordpieces jointly (REALM's paper).", flag="realm_marginal")
@@ -120,6 +125,10 @@ def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_do
     raise ValueError(f"only {len(kept)} blocks outside the query's document among the "
                      f"{len(ranking)} retrieved; {count} are needed")
   return kept
+
+
+# A retrieval logit whose candidate gets no probability (the null document, when it is off).
+NO_PROBABILITY = -1e9
 
 
 def heldout_metrics(scores: REALMQueryScores) -> dict[str, float]:
@@ -275,7 +284,14 @@ class REALMTask(Task):
   def query_scores(self, params, batch: REALMBatch, rng, deterministic: bool
                    ) -> REALMQueryScores:
     """Each query's masked wordpieces scored with retrieval and with the null document alone
-    (`losses.realm_query_scores`), both towers and the knowledge encoder applied."""
+    (`losses.realm_query_scores`)."""
+    return realm_query_scores(*self.logits(params, batch, rng, deterministic), batch.targets,
+                              batch.target_mask, self.config.marginal)
+
+  def logits(self, params, batch: REALMBatch, rng, deterministic: bool
+             ) -> tuple[jax.Array, jax.Array]:
+    """([batch, k] retrieval logits of the candidates, [batch, k, masks, vocab] the knowledge
+    encoder's logits at the masks reading each), both towers and the encoder applied."""
     query_rng, block_rng, knowledge_rng = jax.random.split(rng, 3)
     batch_size, retrieved_count, block_length = batch.retrieved.token_ids.shape
     tower_params = {"params": retriever_params(params)}
@@ -297,6 +313,9 @@ class REALMTask(Task):
     retrieval_logits = self.config.retriever.score_scale * jnp.einsum(
         "bd,bkd->bk", query_embeddings, candidate_embeddings,
         preferred_element_type=jnp.float32)  # [batch, k]
+    if not self.config.null_document:
+      # Finite, so that sums with log-probabilities stay finite and gradients are zero.
+      retrieval_logits = retrieval_logits.at[:, 0].set(NO_PROBABILITY)
 
     k, length = batch.knowledge_inputs.token_ids.shape[1:]
     flat_inputs = TokenBatch(*(array.reshape(batch_size * k, length)
@@ -305,9 +324,7 @@ class REALMTask(Task):
     mlm_logits = self.knowledge_model.apply(
         {"params": params[KNOWLEDGE_ENCODER]}, flat_inputs, flat_positions, deterministic,
         rngs={"dropout": knowledge_rng})  # [batch x k, masks, vocab]
-    mlm_logits = mlm_logits.reshape(batch_size, k, *mlm_logits.shape[1:])
-    return realm_query_scores(retrieval_logits, mlm_logits, batch.targets, batch.target_mask,
-                              self.config.marginal)
+    return retrieval_logits, mlm_logits.reshape(batch_size, k, *mlm_logits.shape[1:])
 
   def loss(self, params, batch: REALMBatch, rng, deterministic: bool):
     result = realm_loss(self.query_scores(params, batch, rng, deterministic))

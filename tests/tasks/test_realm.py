@@ -20,6 +20,7 @@ from orqa_realm.index.storage import IndexRoot
 from orqa_realm.modeling import partitioning
 from orqa_realm.modeling import reader as reader_lib
 from orqa_realm.modeling import retriever
+from orqa_realm.modeling import losses
 from orqa_realm.modeling.losses import REALMQueryScores
 from orqa_realm.modeling.mlm import KNOWLEDGE_ENCODER
 from orqa_realm.tasks.base import StepContext
@@ -135,6 +136,23 @@ def test_held_out_sentences_are_scored_through_the_index(tiny_task, tiny_params,
                              rtol=1e-5)
   assert metrics["heldout_retrieval_utility_ci95"] > 0
   assert np.isfinite(metrics["heldout_loss"])
+
+
+def test_without_the_null_document_the_marginal_is_over_retrieved_documents(
+    salient_squad_store, tiny_bert_dir, tiny_task, tiny_params, tmp_path):
+  batch = tiny_task.train_batch(0, StepContext(MESH, params=tiny_params,
+                                               index=random_index(tiny_task, tmp_path)))
+  no_null = tiny_realm_task(salient_squad_store.directory, tiny_bert_dir, null_document=False)
+  rng = jax.random.key(0)
+  retrieval_logits, mlm_logits = tiny_task.logits(tiny_params, batch, rng, True)
+  scores = no_null.query_scores(tiny_params, batch, rng, True)
+  retrieved_only = losses.realm_query_scores(retrieval_logits[:, 1:], mlm_logits[:, 1:],
+                                             batch.targets, batch.target_mask)
+  np.testing.assert_allclose(scores.log_likelihood, retrieved_only.log_likelihood, rtol=1e-5)
+  assert float(np.max(scores.null_probability)) == 0.0
+  # The null reading is still scored (the held-out baseline), as with the null document on.
+  np.testing.assert_allclose(scores.null_log_likelihood, tiny_task.query_scores(
+      tiny_params, batch, rng, True).null_log_likelihood, rtol=1e-6)
 
 
 @pytest.mark.slow  # over half a minute: CI runs it in its second step
