@@ -222,7 +222,8 @@ def test_orqa_starts_from_a_realm_run(tiny_task, tiny_bert_dir, tmp_path):
 def test_train_cli_runs_realm_on_its_own_refreshed_index(salient_squad_store, tiny_bert_dir,
                                                          tmp_path):
   """`python -m orqa_realm.train --task=realm --refresh_index`: the initial model is indexed, the
-  steps log REALM's metrics with the index version, and --realm_marginal=span is accepted."""
+  steps log REALM's metrics with the index version, the final evaluation the held-out scores,
+  and --realm_marginal=span is accepted."""
   result = subprocess.run(
       [sys.executable, "-m", "orqa_realm.train", "--task=realm", f"--workdir={tmp_path / 'run'}",
        f"--block_store={salient_squad_store.directory}", f"--bert={tiny_bert_dir}",
@@ -236,8 +237,12 @@ def test_train_cli_runs_realm_on_its_own_refreshed_index(salient_squad_store, ti
   assert result.returncode == 0, result.stderr[-3000:]
   with open(tmp_path / "run" / "metrics.jsonl") as f:
     records = [json.loads(line) for line in f]
-  assert [r["step"] for r in records] == [1, 2]
-  for record in records:
+  steps = [r for r in records if "loss" in r]
+  assert [r["step"] for r in steps] == [1, 2]
+  evaluations = [r for r in records if "loss" not in r]
+  assert [r["step"] for r in evaluations] == [2]
+  assert np.isfinite(evaluations[0]["eval_heldout_retrieval_utility"])
+  for record in steps:
     assert record["index_version"] >= 1 and record["loss"] > 0
     assert {"retrieval_utility", "null_probability", "masked_accuracy",
             "index_staleness_steps"} <= set(record)
