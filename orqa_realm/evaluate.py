@@ -63,6 +63,7 @@ from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.encode import evaluation, runs
 from orqa_realm.encode import multi_vector as multi_vector_encode
+from orqa_realm.encode import sparse as sparse_encode
 from orqa_realm.encode.predict import write_predictions
 from orqa_realm.encode.rerank import CrossEncoderReranker, RerankSettings
 from orqa_realm.index import bm25
@@ -70,18 +71,19 @@ from orqa_realm.index.fusion import HybridSearcher
 from orqa_realm.index.rerank import rerank
 from orqa_realm.index.plaid import PLAIDSettings
 from orqa_realm.index.searcher import SearchResult
-from orqa_realm.modeling import multi_vector
+from orqa_realm.modeling import multi_vector, splade
 
 
 @dataclasses.dataclass(frozen=True)
 class EvaluateCommand:
   """What is evaluated, and where the results go."""
   output_dir: str = setting("", "Where metrics.json, the plot and predictions.jsonl go.")
-  retrieval: Literal[("dense", "bm25", "hybrid", *multi_vector.CONFIGS)] = setting(
+  retrieval: Literal[("dense", "bm25", "hybrid", "splade", *multi_vector.CONFIGS)] = setting(
       "dense", "dense: the question encoder over --index_dir; bm25: BM25 over --block_store "
       "(--bm25_*); hybrid: both, fused by normalised dense + --hybrid_alpha x BM25 score; "
-      "colbert, me_bert, poly_encoder: that multi-vector run (--workdir) over its index "
-      "(--index_dir, --multi_vector_backend).")
+      "splade: learned sparse term weights of a SPLADE run (--workdir) or of --bert's MLM head "
+      "over their inverted index (--sparse_index_dir); colbert, me_bert, poly_encoder: that "
+      "multi-vector run (--workdir) over its index (--index_dir, --multi_vector_backend).")
   reader_workdir: str = setting(
       "", "An ORQA run whose reader answers the --eval_qa_dataset questions from the top k "
       "retrieved blocks (exact match, predictions.jsonl).")
@@ -98,6 +100,8 @@ SETTINGS.bind("rerank", RerankSettings)
 SETTINGS.bind("multi-vector search", multi_vector_encode.MultiVectorSearch)
 
 SETTINGS.bind("plaid", PLAIDSettings)
+SETTINGS.bind("splade", sparse_encode.SparseSearch)
+SETTINGS.bind("splade model", splade.SpladeConfig)
 
 MULTI_VECTOR_KINDS = tuple(multi_vector.CONFIGS)  # the --retrieval values of run kinds
 
@@ -113,6 +117,10 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
     groups.append("bm25")
   if command.retrieval == "hybrid":
     groups.append("hybrid")
+  if command.retrieval == "splade":
+    groups.append("splade")
+    if not SETTINGS.build("splade").run.workdir:  # a run's settings are its own
+      groups.append("splade model")
   if command.retrieval in MULTI_VECTOR_KINDS:
     groups.append("multi-vector search")
     if SETTINGS.build("multi-vector search").backend == "plaid":
@@ -125,6 +133,13 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
 def text_searcher(command: EvaluateCommand, source: StoreSource, store, tokenizer, mesh):
   """The --retrieval searcher of the store's blocks, and what it was built from."""
   info: dict[str, Any] = dict(retrieval=command.retrieval)
+  if command.retrieval == "splade":
+    settings = SETTINGS.build("splade")
+    model = (sparse_encode.run_model(settings.run.workdir, settings.run.step, mesh)
+             if settings.run.workdir else
+             sparse_encode.pretrained_model(source.bert, SETTINGS.build("splade model")))
+    searcher, splade_info = sparse_encode.text_searcher(store, tokenizer, model, settings, mesh)
+    return searcher, dict(info, **splade_info)
   if command.retrieval in MULTI_VECTOR_KINDS:
     searcher, multi_vector_info = multi_vector_encode.text_searcher(
         store, tokenizer, SETTINGS.build("multi-vector search"), command.retrieval, mesh,

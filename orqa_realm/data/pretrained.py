@@ -3,6 +3,7 @@ shipped in a package."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 
@@ -49,3 +50,15 @@ def resolve_decoder(name_or_path: str) -> str:
     raise InputError(f"no such GGUF file or model directory (or packaged decoder name: "
                      f"{sorted(PACKAGED_DECODERS)})", path=name_or_path)
   return name_or_path
+
+
+def model_fingerprint(path: str) -> str:
+  """A hash of a model file's bytes (or, for a directory, of its weights file): what a result
+  computed with the model records of it."""
+  if os.path.isdir(path):
+    path = os.path.join(path, "model.safetensors")
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for piece in iter(lambda: f.read(1 << 24), b""):
+      digest.update(piece)
+  return digest.hexdigest()[:16]

@@ -13,7 +13,6 @@ and ends with what an uninterrupted run writes.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import time
 from collections.abc import Sequence
@@ -32,7 +31,7 @@ from orqa_realm.data import expansions as expansions_lib
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.decoder_tokenization import (DecoderTokenizer, check_prompt_template,
                                                    pad_left)
-from orqa_realm.data.pretrained import resolve_decoder
+from orqa_realm.data.pretrained import model_fingerprint, resolve_decoder
 from orqa_realm.encode import runs
 from orqa_realm.modeling import decoder as decoder_lib
 from orqa_realm.modeling import generation, llama_import
@@ -85,17 +84,6 @@ class ExpansionConfig:
                                        temperature=self.temperature, top_p=self.top_p)
 
 
-def file_fingerprint(path: str) -> str:
-  """A hash of a model file's bytes (or, for a directory, of its weights file)."""
-  if os.path.isdir(path):
-    path = os.path.join(path, "model.safetensors")
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    for piece in iter(lambda: f.read(1 << 24), b""):
-      digest.update(piece)
-  return digest.hexdigest()[:16]
-
-
 def block_prompt(tokenizer: DecoderTokenizer, title: str, text: str, prompt: str,
                  max_passage_tokens: int) -> list[int]:
   """The chat prompt asking for a question about one block, its text cut to
@@ -130,7 +118,7 @@ class QuestionGenerator:
       decoder_config, self.params = pretrained.config, jax.device_put(pretrained.params)
       self.tokenizer = DecoderTokenizer(self.path)
       self.weights = dict(decoder=os.path.basename(self.path),
-                          decoder_fingerprint=file_fingerprint(self.path))
+                          decoder_fingerprint=model_fingerprint(self.path))
     self.model = decoder_lib.DecoderLM(decoder_config, dtype=jnp.dtype(config.dtype))
 
   def description(self) -> dict[str, Any]:

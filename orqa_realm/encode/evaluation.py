@@ -29,7 +29,7 @@ from orqa_realm.encode.predict import BlockReader, Prediction, exact_match_rate
 from orqa_realm.index import bm25
 from orqa_realm.index.fusion import FusionConfig
 from orqa_realm.index.handle import open_index
-from orqa_realm.index.searcher import DenseTextSearcher, SearchResult
+from orqa_realm.index.searcher import EncodedTextSearcher, SearchResult
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import partitioning, retriever
 from orqa_realm.modeling.hf_import import load_hf_bert, read_config
@@ -130,7 +130,7 @@ def query_encoder(run: runs.RunCheckpoint, bert: str, version: IndexVersion,
 def dense_searcher(store: BlockStore, tokenizer: Tokenizer, index: embedding.IndexSearch,
                    embed: embedding.EmbedSettings,
                    encoder_of: Callable[[IndexVersion], QueryEncoder], mesh
-                   ) -> tuple[DenseTextSearcher, dict[str, Any]]:
+                   ) -> tuple[EncodedTextSearcher, dict[str, Any]]:
   """The newest version of `index` behind its query encoder (`encoder_of(version)`), and what
   they were built from (for metrics.json)."""
   version = embedding.latest_version(index.index_dir)
@@ -145,7 +145,7 @@ def dense_searcher(store: BlockStore, tokenizer: Tokenizer, index: embedding.Ind
   # The query encoder's input settings (query_length above all) change recall: recorded.
   query_settings = {name: getattr(encoder.config, name) for name in retriever.ALL_FIELDS
                     if name != "bert"}
-  return DenseTextSearcher(embed_texts, searcher), dict(
+  return EncodedTextSearcher(embed_texts, searcher), dict(
       index_version=version.version, index_checkpoint_step=version.checkpoint_step,
       index_run=runs.indexed_run(version), query_checkpoint_step=encoder.checkpoint_step,
       query_encoder=query_settings)

@@ -23,7 +23,7 @@ from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
 from orqa_realm.modeling import (cross_encoder, decoder, mlm, multi_vector, partitioning,
-                                 reader, retriever)
+                                 reader, retriever, splade)
 
 ORQA_TASK = "orqa"
 # ADORE trains only a question tower over a frozen index, as ORQA's retriever half does.
@@ -435,6 +435,8 @@ def model_kind(model: dict[str, Any]) -> str:
     return "a cross-encoder"
   if "retriever" in model:
     return "a dual-encoder retriever"
+  if splade.SPLADE in model:
+    return "a SPLADE sparse retriever"
   if mlm.KNOWLEDGE_ENCODER in model:
     return "a knowledge-augmented encoder"
   return "another model"
@@ -534,3 +536,35 @@ def restore_decoder_run(workdir: str, step: int | None, mesh) -> DecoderRun:
     params = checkpoint_reader.restore_params(step, shapes)
   return DecoderRun(description.workdir, config, model["tokenizer_fingerprint"],
                     model["decoder_source"], params, step, description.run_id)
+
+
+def splade_model(config: splade.SpladeConfig, tokenizer_fingerprint: str) -> dict[str, Any]:
+  """The model description of a run that trains the SPLADE encoder `config`."""
+  return {splade.SPLADE: config.to_dict(), "tokenizer_fingerprint": tokenizer_fingerprint}
+
+
+class SpladeRun(NamedTuple):
+  """A SPLADE encoder, read back from its run directory."""
+  workdir: str
+  config: splade.SpladeConfig
+  tokenizer_fingerprint: str
+  params: dict[str, Any]  # the knowledge-encoder layout: bert + MLM head
+  step: int
+  run_id: str | None
+
+
+def restore_splade_run(workdir: str, step: int | None, mesh) -> SpladeRun:
+  """The SPLADE encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
+  `mesh`; a run of another kind is refused, naming what it is."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if splade.SPLADE not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
+                     "SPLADE run (--task=splade) is expected", path=workdir)
+  config = splade.SpladeConfig.from_dict(model[splade.SPLADE])
+  shapes = replicated_params_shapes(functools.partial(mlm.init_params, config.encoder), mesh)
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, shapes)
+  return SpladeRun(description.workdir, config, model["tokenizer_fingerprint"], params, step,
+                   description.run_id)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -54,10 +54,11 @@ class MultiVectorSearcher(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseTextSearcher:
-  """A dense searcher behind the query encoder that embeds texts for it."""
-  embed: Callable[[Sequence[str]], np.ndarray]  # texts -> [num_texts, dim] query embeddings
-  searcher: Searcher
+class EncodedTextSearcher:
+  """A searcher behind the query encoder that encodes texts for it: dense embeddings for an
+  exact or ScaNN index, sparse term weights for a sparse index (`index/sparse.py`)."""
+  embed: Callable[[Sequence[str]], Any]  # texts -> [num_texts, dim] query vectors
+  searcher: Any  # a Searcher, or a sparse index
 
   @property
   def num_rows(self) -> int:
