@@ -16,6 +16,7 @@ from orqa_realm.tasks.mlm import MLMTask
 from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 from orqa_realm.tasks.rocketqa import RocketQAv2Task
+from orqa_realm.tasks.splade import SpladeTask
 from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
@@ -23,4 +24,4 @@ TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask,
                                  DistillTask, DPRTask, ICTTask, LMFinetuneTask, MEBERTTask,
                                  MLMTask, ORQATask, PolyEncoderTask, REALMTask, RocketQAv2Task,
-                                 STARTask, TASBTask)}
+                                 SpladeTask, STARTask, TASBTask)}

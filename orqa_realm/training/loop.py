@@ -211,6 +211,12 @@ def weight_decay_mask(params: Any) -> Any:
       lambda path, _: getattr(path[-1], "key", None) in DECAYED_PARAMETERS, params)
 
 
+def frozen_mask(params: Any, patterns: list[re.Pattern]) -> Any:
+  """A tree like `params`: True where a parameter's path matches one of `patterns`."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: any(pattern.search(parameter_name(path)) for pattern in patterns), params)
+
+
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   """Clipping, AdamW on the schedule, per-parameter multipliers; frozen parameters (with
   `--frozen_parameters`) routed by `optax.multi_transform` to zero updates and no state."""
@@ -218,12 +224,8 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
   frozen = frozen_patterns(config)
   if not frozen:
     return trained
-
-  def labels(params):
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: ("frozen" if any(p.search(parameter_name(path)) for p in frozen)
-                         else "trained"), params)
-
+  labels = lambda params: jax.tree.map(lambda is_frozen: "frozen" if is_frozen else "trained",
+                                       frozen_mask(params, frozen))
   return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()}, labels)
 
 
@@ -306,8 +308,13 @@ def micro_batches(batch: Any, count: int, sharding: jax.sharding.Sharding | None
 
 
 def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
-                    grad_accum_steps: int = 1, mesh=None) -> tuple[jax.Array, dict, Any]:
+                    grad_accum_steps: int = 1, mesh=None,
+                    frozen: Any = None) -> tuple[jax.Array, dict, Any]:
   """(loss, metrics, gradients) of `task.loss` on a global batch, dropout on (traceable).
+
+  `frozen` (a tree of bools like `params`, or None): those parameters enter the loss under
+  `stop_gradient`, so that their gradients are zero without being computed, nor a backward
+  pass through what only they feed (a frozen encoder under a trained head).
 
   With `grad_accum_steps` > 1 the batch is dealt into that many micro-batches
   (`micro_batches`, each split over `mesh`'s devices), whose losses, metrics and gradients are
@@ -317,10 +324,16 @@ def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
   dropout key folds in its index.
   """
 
+  def held(p):
+    if frozen is None:
+      return p
+    return jax.tree.map(lambda value, is_frozen: (jax.lax.stop_gradient(value) if is_frozen
+                                                  else value), p, frozen)
+
   def plain(batch, rng):
     loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
-    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(p, batch), has_aux=True)(
-        params)
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(held(p), batch),
+                                                has_aux=True)(params)
     return loss, metrics, grads
 
   if grad_accum_steps == 1:
@@ -345,14 +358,19 @@ def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
 
 
 def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedule: optax.Schedule,
-                    dropout_key: jax.Array, grad_accum_steps: int = 1, mesh=None
+                    dropout_key: jax.Array, grad_accum_steps: int = 1, mesh=None,
+                    frozen: list[re.Pattern] | None = None
                     ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
   """One optimizer step on a global batch: (state, batch) -> (new state, metrics); the
-  gradient accumulated over `grad_accum_steps` micro-batches (`batch_gradients`)."""
+  gradient accumulated over `grad_accum_steps` micro-batches (`batch_gradients`). Parameters
+  matching `frozen` get no gradient (`batch_gradients`), so the logged norm is the trained
+  ones'."""
 
   def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(dropout_key, state.step)
-    _, metrics, grads = batch_gradients(task, state.params, batch, rng, grad_accum_steps, mesh)
+    mask = frozen_mask(state.params, frozen) if frozen else None
+    _, metrics, grads = batch_gradients(task, state.params, batch, rng, grad_accum_steps, mesh,
+                                        mask)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
@@ -478,7 +496,7 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
 
   dropout_key = jax.random.fold_in(jax.random.key(config.seed), 1)
   train_step = jax.jit(make_train_step(task, optimizer, schedule, dropout_key,
-                                       config.grad_accum_steps, mesh),
+                                       config.grad_accum_steps, mesh, frozen),
                        in_shardings=(state_shardings, batch_sharding),
                        out_shardings=(state_shardings, replicated), donate_argnums=(0,))
   eval_step = jax.jit(lambda params, batch: task.loss(params, batch, dropout_key, True)[1],

@@ -139,6 +139,24 @@ def test_frozen_parameters_do_not_move_and_keep_no_state():
     np.testing.assert_allclose(params["head"][name], head_params[name], rtol=1e-6)
 
 
+def test_a_step_computes_no_gradient_for_frozen_parameters():
+  """Frozen parameters enter the loss under stop_gradient: the step's gradient norm is the
+  trained parameters' alone, and they move as without the frozen ones."""
+  task, batch = SquaredError(True), uneven_rows()
+  params = task.init_params(jax.random.key(0))
+  config = loop.TrainConfig(num_train_steps=10, learning_rate=0.1, warmup_steps=0,
+                            frozen_parameters=("^b$",))
+  optimizer = loop.make_optimizer(config)
+  state = loop.TrainState(jnp.int32(0), params, optimizer.init(params))
+  step = jax.jit(loop.make_train_step(task, optimizer, optax.constant_schedule(0.1),
+                                      jax.random.key(2), frozen=loop.frozen_patterns(config)))
+  new_state, metrics = step(state, batch)
+  grads = jax.grad(lambda p: task.loss(p, batch, None, False)[0])(params)
+  np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(grads["w"]), rtol=1e-5)
+  np.testing.assert_array_equal(new_state.params["b"], params["b"])
+  assert not np.array_equal(new_state.params["w"], params["w"])
+
+
 @pytest.mark.parametrize("rule", ["(bert", "[x"])
 def test_a_malformed_frozen_pattern_is_refused(rule):
   with pytest.raises(InputError, match="not a regular expression"):
