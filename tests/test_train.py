@@ -23,6 +23,8 @@ UNREAD = {
     "orqa": "hard_negatives_per_question=3",
     "realm": "eval_qa_dataset=squad:x.json",
     "lm_finetune": "art_candidates=4",
+    "mlm": "realm_num_candidates=4",
+    "splade": "pooling=mean",
     # Each multi-vector kind reads only its own settings.
     "colbert": "block_vectors=4",
     "me_bert": "query_augmentation=false",
