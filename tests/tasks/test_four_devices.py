@@ -14,7 +14,9 @@ import pytest
 from tests.tasks.sharding import run_on_four_devices
 
 # A KL of 0.04 is a difference of log-probabilities near 2: float32 keeps 6 digits of it.
-LOSS_TOLERANCE = dict(distill=2e-5)
+# SPLADE's FLOPS sums 30,522 squared term means, each a mean of per-device partial sums: float32
+# rounding in that order is about sqrt(30,522) x 1.2e-7 = 2e-5 of it.
+LOSS_TOLERANCE = dict(distill=2e-5, splade=2e-5)
 TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore", "colbert",
          "me_bert", "poly_encoder", "art", "lm_finetune", "lm_finetune_accumulated", "mlm",
          "splade")
