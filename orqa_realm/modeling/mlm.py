@@ -18,10 +18,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import partitioning
+from orqa_realm.modeling.hf_import import HFBert
 from orqa_realm.modeling.bert import (ACTIVATIONS, BertConfig, BertModel, RematPolicy, dense,
                                       initial_params, layer_norm, with_bert_params)
 from orqa_realm.modeling.partitioning import MLP, VOCAB, logical
@@ -116,3 +118,17 @@ def mlm_head_params(head_tensors: dict[str, np.ndarray], config: BertConfig,
     raise InputError(f"the MLM head does not fit hidden size {hidden} and vocabulary {vocab}",
                      path=source)
   return params
+
+
+def pretrained_init_params(config: KnowledgeEncoderConfig, rng: jax.Array,
+                           pretrained: HFBert | None, source: str) -> dict[str, Any]:
+  """The encoder's boxed params from a checkpoint read by `hf_import` (`source` names it): its
+  BERT, and its MLM head, or a fresh head (with a warning) when it has none (MiniLM); all fresh
+  when `pretrained` is None (--from_scratch)."""
+  if pretrained is None:
+    return init_params(config, rng)
+  head = mlm_head_params(pretrained.head_tensors, pretrained.config, source)
+  if head is None:
+    logging.warning("%s has no MLM head (cls.predictions): the head starts freshly initialised "
+                    "on the tied word embeddings", source)
+  return init_params(config, rng, pretrained.params, head)

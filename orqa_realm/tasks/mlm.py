@@ -26,17 +26,15 @@ from absl import logging
 
 from orqa_realm.core.config import check_minimum, nested, setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.masking import Masking
-from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMExamples, REALMQuery,
-                                   knowledge_inputs, split_documents)
-from orqa_realm.data.salient_spans import SalientSpans
+from orqa_realm.data.realm import KNOWLEDGE_LENGTH_MULTIPLE, REALMQuery, knowledge_inputs
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import runs
 from orqa_realm.modeling import mlm
 from orqa_realm.modeling.losses import masked_lm_loss
 from orqa_realm.tasks.base import StepContext, Task, TaskContext
 from orqa_realm.tasks.common import StoreAndBert, with_store_path
+from orqa_realm.tasks.realm import masked_examples
 
 
 class MLMBatch(NamedTuple):
@@ -83,19 +81,10 @@ class MLMTask(Task):
     self.config = with_store_path(config, self.store)
     self.context = context
     self.knowledge_config = mlm.KnowledgeEncoderConfig(config.source.bert_config())
-    train_blocks, heldout_blocks = split_documents(self.store, config.heldout_fraction,
-                                                   context.seed)
-    spans = SalientSpans(self.store) if config.masking == "salient" else None
-    examples = functools.partial(
-        REALMExamples, self.store, masking=config.masking, max_masks=config.max_masks,
-        query_length=config.query_length, mask_id=self.tokenizer.mask_id,
-        continuation=continuation_mask(self.tokenizer), spans=spans)
-    try:
-      self.examples = examples(seed=context.seed, blocks=train_blocks)
-      self.eval_examples = (examples(seed=context.seed + 1, blocks=heldout_blocks)
-                            if config.eval_batches and len(heldout_blocks) else None)
-    except ValueError as e:
-      raise InputError(str(e), path=self.store.directory) from e
+    self.examples, self.eval_examples = masked_examples(
+        self.store, self.tokenizer, config.masking, max_masks=config.max_masks,
+        query_length=config.query_length, heldout_fraction=config.heldout_fraction,
+        with_heldout=config.eval_batches > 0, seed=context.seed)
     logging.info("mlm: %d %s-masking training examples, %d held out", len(self.examples),
                  config.masking, len(self.eval_examples) if self.eval_examples else 0)
     self.model = mlm.KnowledgeAugmentedEncoder(self.knowledge_config, jnp.dtype(context.dtype),
@@ -110,14 +99,8 @@ class MLMTask(Task):
     return self.config.source.pretrained()
 
   def init_params(self, rng: jax.Array) -> dict[str, Any]:
-    pretrained = self.pretrained
-    head = None if pretrained is None else mlm.mlm_head_params(
-        pretrained.head_tensors, pretrained.config, self.config.source.bert_dir())
-    if pretrained is not None and head is None:
-      logging.warning("%s has no MLM head (cls.predictions): it starts freshly initialised",
-                      self.config.source.bert)
-    return {mlm.KNOWLEDGE_ENCODER: mlm.init_params(
-        self.knowledge_config, rng, pretrained.params if pretrained else None, head)}
+    return {mlm.KNOWLEDGE_ENCODER: mlm.pretrained_init_params(
+        self.knowledge_config, rng, self.pretrained, self.config.source.bert_dir())}
 
   def batch_of(self, queries: list[REALMQuery]) -> MLMBatch:
     """The null-document inputs of `queries`, padded to a multiple of 64 wordpieces."""

@@ -50,12 +50,13 @@ from absl import logging
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.answer_spans import continuation_mask
+from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.masking import Masking
 from orqa_realm.core import parallel
 from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMExamples, REALMQuery,
                                    knowledge_inputs, split_documents)
 from orqa_realm.data.salient_spans import SalientSpans
-from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 from orqa_realm.encode import embedding, runs
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling import mlm, retriever
@@ -110,6 +111,11 @@ class REALMConfig(RetrieverTaskConfig):
       "", "An mlm (or REALM) run whose newest checkpoint the knowledge-augmented encoder and "
       "its MLM head start from; empty: --bert's weights (and its head, or a fresh one).")
 
+  def __post_init__(self):
+    if not 0 <= self.heldout_fraction < 1:
+      raise InputError(f"must be in [0, 1), not {self.heldout_fraction}",
+                       field="realm_heldout_fraction")
+
 
 def retriever_params(params: dict[str, Any]) -> dict[str, Any]:
   """The retriever part of REALM params (everything but the knowledge encoder)."""
@@ -125,6 +131,24 @@ def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_do
     raise ValueError(f"only {len(kept)} blocks outside the query's document among the "
                      f"{len(ranking)} retrieved; {count} are needed")
   return kept
+
+
+def masked_examples(store: BlockStore, tokenizer: Tokenizer, masking: Masking, *, max_masks: int,
+                    query_length: int, heldout_fraction: float, with_heldout: bool,
+                    seed: int) -> tuple[REALMExamples, REALMExamples | None]:
+  """The masked sentences of the training documents, and of the held-out ones (None without
+  any, or without `with_heldout`): a seeded `heldout_fraction` of the store's documents."""
+  train_blocks, heldout_blocks = split_documents(store, heldout_fraction, seed)
+  examples = functools.partial(
+      REALMExamples, store, masking=masking, max_masks=max_masks, query_length=query_length,
+      mask_id=tokenizer.mask_id, continuation=continuation_mask(tokenizer),
+      spans=SalientSpans(store) if masking == "salient" else None)
+  try:
+    return (examples(seed=seed, blocks=train_blocks),
+            examples(seed=seed + 1, blocks=heldout_blocks)
+            if with_heldout and len(heldout_blocks) else None)
+  except ValueError as e:
+    raise InputError(str(e), path=store.directory) from e
 
 
 # A retrieval logit whose candidate gets no probability (the null document, when it is off).
@@ -165,19 +189,10 @@ class REALMTask(Task):
     self.context = context
     self.knowledge_config = mlm.KnowledgeEncoderConfig(config.source.bert_config())
     retriever_config = self.config.retriever
-    spans = SalientSpans(self.store) if config.masking == "salient" else None
-    train_blocks, heldout_blocks = split_documents(self.store, config.heldout_fraction,
-                                                   context.seed)
-    examples = functools.partial(
-        REALMExamples, self.store, masking=config.masking, max_masks=config.max_masks,
-        query_length=retriever_config.query_length, mask_id=self.tokenizer.mask_id,
-        continuation=continuation_mask(self.tokenizer), spans=spans)
-    try:
-      self.examples = examples(seed=context.seed, blocks=train_blocks)
-      self.eval_examples = (examples(seed=context.seed + 1, blocks=heldout_blocks)
-                            if config.eval_batches and len(heldout_blocks) else None)
-    except ValueError as e:
-      raise InputError(str(e), path=self.store.directory) from e
+    self.examples, self.eval_examples = masked_examples(
+        self.store, self.tokenizer, config.masking, max_masks=config.max_masks,
+        query_length=retriever_config.query_length, heldout_fraction=config.heldout_fraction,
+        with_heldout=config.eval_batches > 0, seed=context.seed)
     logging.info("REALM: %d %s-masking examples per epoch, %d held out", len(self.examples),
                  config.masking, len(self.eval_examples) if self.eval_examples else 0)
     dtype = jnp.dtype(context.dtype)
@@ -212,16 +227,8 @@ class REALMTask(Task):
     pretrained = self.pretrained
     params = dict(retriever.init_params(self.config.retriever, retriever_rng,
                                         pretrained.params if pretrained else None))
-    head = None
-    if pretrained is not None:
-      head = mlm.mlm_head_params(pretrained.head_tensors, pretrained.config,
-                                 self.config.source.bert_dir())
-      if head is None:
-        logging.warning("%s has no MLM head (cls.predictions): the knowledge encoder's head "
-                        "starts freshly initialised on the tied word embeddings",
-                        self.config.source.bert)
-    params[KNOWLEDGE_ENCODER] = mlm.init_params(
-        self.knowledge_config, knowledge_rng, pretrained.params if pretrained else None, head)
+    params[KNOWLEDGE_ENCODER] = mlm.pretrained_init_params(
+        self.knowledge_config, knowledge_rng, pretrained, self.config.source.bert_dir())
     return params
 
   def warm_start(self, params: dict[str, Any], mesh) -> dict[str, Any]:

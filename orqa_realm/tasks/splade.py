@@ -102,14 +102,8 @@ class SpladeTask(Task):
     return self.config.source.pretrained()
 
   def init_params(self, rng: jax.Array) -> Any:
-    pretrained = self.pretrained
-    head = None if pretrained is None else mlm.mlm_head_params(
-        pretrained.head_tensors, pretrained.config, self.config.source.bert_dir())
-    if pretrained is not None and head is None:
-      logging.warning("%s has no MLM head (cls.predictions): SPLADE starts with a fresh one",
-                      self.config.source.bert)
-    return mlm.init_params(self.config.splade.encoder, rng,
-                           pretrained.params if pretrained else None, head)
+    return mlm.pretrained_init_params(self.config.splade.encoder, rng, self.pretrained,
+                                      self.config.source.bert_dir())
 
   def train_batch(self, step: int, context: StepContext) -> SpladeInputs:
     indices = question_indices(len(self.examples), self.context.batch_size,
