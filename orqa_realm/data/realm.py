@@ -10,18 +10,21 @@ examples of a step are a pure function of (seed, step), so a resumed run sees th
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 
+from orqa_realm.core.errors import InputError
+from orqa_realm.data.answer_spans import continuation_mask
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.masking import (MaskedQuery, Masking, apply_mask, random_span_positions,
                                      random_token_positions, window)
 from orqa_realm.data.qa import question_indices
 from orqa_realm.data.reader_inputs import padded_length
 from orqa_realm.data.salient_spans import SalientSpans
-from orqa_realm.data.tokenization import TokenBatch
+from orqa_realm.data.tokenization import TokenBatch, Tokenizer
 
 
 class REALMQuery(NamedTuple):
@@ -201,3 +204,26 @@ def knowledge_inputs(store: BlockStore, queries: Sequence[REALMQuery], candidate
   reshape = lambda array: array.reshape(num_queries, k, length)
   return KnowledgeInputs(TokenBatch(*(reshape(array) for array in tokens)), mask_positions,
                          targets, target_mask)
+
+
+def masked_examples(store: BlockStore, tokenizer: Tokenizer, masking: Masking, *, max_masks: int,
+                    query_length: int, heldout_fraction: float, with_heldout: bool,
+                    seed: int) -> tuple[REALMExamples, REALMExamples | None]:
+  """The masked sentences of the training documents, and of the held-out ones: a seeded
+  `heldout_fraction` of the store's documents (the same split for the same store, fraction and
+  seed, so that an MLM run and the REALM run it starts hold out the same documents). Without
+  `with_heldout` nothing is held out, and the second is None."""
+  if with_heldout:
+    train_blocks, heldout_blocks = split_documents(store, heldout_fraction, seed)
+  else:
+    train_blocks, heldout_blocks = np.arange(len(store)), np.zeros(0, np.int64)
+  examples = functools.partial(
+      REALMExamples, store, masking=masking, max_masks=max_masks, query_length=query_length,
+      mask_id=tokenizer.mask_id, continuation=continuation_mask(tokenizer),
+      spans=SalientSpans(store) if masking == "salient" else None)
+  try:
+    return (examples(seed=seed, blocks=train_blocks),
+            examples(seed=seed + 1, blocks=heldout_blocks)
+            if with_heldout and len(heldout_blocks) else None)
+  except ValueError as e:
+    raise InputError(str(e), path=store.directory) from e

@@ -35,8 +35,8 @@ QUERY_CHUNK = 256
 
 
 def top_k(scores: np.ndarray, k: int) -> SearchResult:
-  """The k best columns of each row of `scores` [queries, blocks], best first (ties by
-  column)."""
+  """The k best columns of each row of `scores` [queries, blocks], best first; among columns
+  tied with the k-th score, which are kept is arbitrary (those kept are ordered by column)."""
   candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # [queries, k] unordered
   picked = np.take_along_axis(scores, candidates, axis=1)
   order = np.lexsort((candidates, -picked), axis=1)
@@ -56,6 +56,7 @@ class SparseIndex:
       raise ValueError(f"vectors of {blocks.shape[1]} terms for a vocabulary of "
                        f"{vocabulary['size']}")
     self.blocks = blocks.tocsr().astype(np.float32)
+    self.postings = self.blocks.T.tocsr()  # [vocab, blocks]: each term's blocks and weights
     self.vocabulary, self.encoder = vocabulary, encoder
 
   @property
@@ -73,8 +74,7 @@ class SparseIndex:
     if queries.shape[1] != self.blocks.shape[1]:
       raise ValueError(f"queries of {queries.shape[1]} terms for a vocabulary of "
                        f"{self.blocks.shape[1]}")
-    transposed = self.blocks.T.tocsr()  # [vocab, blocks]: the postings of each term
-    results = [top_k((queries[start:start + QUERY_CHUNK] @ transposed).toarray(), k)
+    results = [top_k((queries[start:start + QUERY_CHUNK] @ self.postings).toarray(), k)
                for start in range(0, queries.shape[0], QUERY_CHUNK)]
     return SearchResult(np.concatenate([r.ids for r in results]),
                         np.concatenate([r.scores for r in results]))

@@ -85,7 +85,7 @@ def generate(model: DecoderLM, params: Any, prompt_ids: jax.Array, prompt_mask: 
     pad_id: what follows a sequence's end in the output.
     samples_per_prompt: continuations of each prompt, from one prefill of it.
   Returns:
-    [batch * samples_per_prompt, max_new_tokens] int32: the new tokens, `pad_id` after each
+    [prompts * samples_per_prompt, max_new_tokens] int32: the new tokens, `pad_id` after each
     sequence's end; prompt i's continuations are rows i * samples_per_prompt, ... (those of a
     prompt repeated that many times in `prompt_ids`).
   """

@@ -27,14 +27,14 @@ from absl import logging
 from orqa_realm.core.config import check_minimum, nested, setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.masking import Masking
-from orqa_realm.data.realm import KNOWLEDGE_LENGTH_MULTIPLE, REALMQuery, knowledge_inputs
+from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMQuery, knowledge_inputs,
+                                   masked_examples)
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import runs
 from orqa_realm.modeling import mlm
 from orqa_realm.modeling.losses import masked_lm_loss
 from orqa_realm.tasks.base import StepContext, Task, TaskContext
-from orqa_realm.tasks.common import StoreAndBert, with_store_path
-from orqa_realm.tasks.realm import masked_examples
+from orqa_realm.tasks.common import StoreAndBert, batch_length_multiple, with_store_path
 
 
 class MLMBatch(NamedTuple):
@@ -103,11 +103,14 @@ class MLMTask(Task):
         self.knowledge_config, rng, self.pretrained, self.config.source.bert_dir())}
 
   def batch_of(self, queries: list[REALMQuery]) -> MLMBatch:
-    """The null-document inputs of `queries`, padded to a multiple of 64 wordpieces."""
+    """The null-document inputs of `queries`, padded to a multiple of 64 wordpieces (on several
+    hosts, to the full length: the hosts' rows form one global array)."""
     null = np.full((len(queries), 1), -1, np.int32)
+    length = self.config.query_length + 1
     inputs = knowledge_inputs(self.store, queries, null, max_query_length=self.config.query_length,
                               max_document_length=1, max_masks=self.config.max_masks,
-                              length_multiple=KNOWLEDGE_LENGTH_MULTIPLE)
+                              length_multiple=batch_length_multiple(KNOWLEDGE_LENGTH_MULTIPLE,
+                                                                    length))
     return MLMBatch(TokenBatch(*(array[:, 0] for array in inputs.tokens)), inputs.mask_positions,
                     inputs.targets, inputs.target_mask)
 

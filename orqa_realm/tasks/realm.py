@@ -49,14 +49,12 @@ from absl import logging
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.answer_spans import continuation_mask
-from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.masking import Masking
 from orqa_realm.core import parallel
-from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMExamples, REALMQuery,
-                                   knowledge_inputs, split_documents)
-from orqa_realm.data.salient_spans import SalientSpans
-from orqa_realm.data.tokenization import TokenBatch, Tokenizer
+from orqa_realm.data.realm import (KNOWLEDGE_LENGTH_MULTIPLE, REALMQuery, knowledge_inputs,
+                                   masked_examples)
+from orqa_realm.data.qa import question_indices
+from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import embedding, runs
 from orqa_realm.index.handle import LoadedIndex
 from orqa_realm.modeling import mlm, retriever
@@ -133,24 +131,6 @@ def remove_source_document(ranking: np.ndarray, documents: np.ndarray, source_do
   return kept
 
 
-def masked_examples(store: BlockStore, tokenizer: Tokenizer, masking: Masking, *, max_masks: int,
-                    query_length: int, heldout_fraction: float, with_heldout: bool,
-                    seed: int) -> tuple[REALMExamples, REALMExamples | None]:
-  """The masked sentences of the training documents, and of the held-out ones (None without
-  any, or without `with_heldout`): a seeded `heldout_fraction` of the store's documents."""
-  train_blocks, heldout_blocks = split_documents(store, heldout_fraction, seed)
-  examples = functools.partial(
-      REALMExamples, store, masking=masking, max_masks=max_masks, query_length=query_length,
-      mask_id=tokenizer.mask_id, continuation=continuation_mask(tokenizer),
-      spans=SalientSpans(store) if masking == "salient" else None)
-  try:
-    return (examples(seed=seed, blocks=train_blocks),
-            examples(seed=seed + 1, blocks=heldout_blocks)
-            if with_heldout and len(heldout_blocks) else None)
-  except ValueError as e:
-    raise InputError(str(e), path=store.directory) from e
-
-
 # A retrieval logit whose candidate gets no probability (the null document, when it is off).
 NO_PROBABILITY = -1e9
 
@@ -207,6 +187,7 @@ class REALMTask(Task):
     # The null document's block-tower input: an empty title and body.
     self.null_block = self.store.pack_blocks([[]], [[]], max_length=8,
                                              block_format=retriever_config.block_format)
+    self._heldout_scorers: dict[Any, Any] = {}  # mesh -> jitted held-out scoring
 
   @classmethod
   def saved_retriever(cls, config: REALMConfig) -> SavedRetriever | None:
@@ -339,18 +320,31 @@ class REALMTask(Task):
                              null_probability=result.null_probability,
                              masked_accuracy=result.masked_accuracy)
 
-  @functools.cached_property
-  def _heldout_scores(self):
-    return jax.jit(lambda params, batch: self.query_scores(params, batch, jax.random.key(0),
-                                                           True))
+  def heldout_scorer(self, mesh):
+    """Jitted (params, batch) -> REALMQueryScores without dropout, replicated over `mesh` (so
+    that every host reads them whole); one per mesh."""
+    if mesh not in self._heldout_scorers:
+      self._heldout_scorers[mesh] = jax.jit(
+          lambda params, batch: self.query_scores(params, batch, jax.random.key(0), True),
+          out_shardings=parallel.replicated(mesh))
+    return self._heldout_scorers[mesh]
 
   def evaluate(self, params, mesh, index=None) -> dict[str, float]:
     """The held-out sentences' masked-span scores with retrieval (through `index`, the version
-    training uses) and with the null document alone, and the held-out retrieval utility."""
+    training uses) and with the null document alone, and the held-out retrieval utility. Each
+    sentence counts once, however many batches the held-out pool fills (batches cycle through
+    it), so that the interval is over distinct queries. Each host builds its own rows, as in
+    training."""
     if self.eval_examples is None or index is None:
       return {}
-    scores = [jax.device_get(self._heldout_scores(params, parallel.to_global(
-        self.batch_of(self.eval_examples.batch(step, self.context.batch_size), params, index,
-                      mesh), mesh)))
-              for step in range(self.config.eval_batches)]
-    return heldout_metrics(REALMQueryScores(*map(np.concatenate, zip(*scores))))
+    batch_size, examples = self.context.batch_size, self.eval_examples
+    rows = parallel.host_local_rows(batch_size)
+    units, scores = [], []
+    for step in range(self.config.eval_batches):
+      batch = self.batch_of(examples.batch(step, batch_size, rows), params, index, mesh, rows)
+      result = self.heldout_scorer(mesh)(params, parallel.global_from_local(batch, mesh))
+      scores.append(jax.tree.map(parallel.fetch_replicated, result))
+      units.append(question_indices(len(examples), batch_size, seed=examples.seed, step=step))
+    _, first = np.unique(np.concatenate(units), return_index=True)
+    return heldout_metrics(REALMQueryScores(*(np.concatenate(field)[first]
+                                              for field in zip(*scores))))

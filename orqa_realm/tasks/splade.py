@@ -54,8 +54,8 @@ class SpladeTaskConfig:
   splade: splade.SpladeConfig = nested(splade.SpladeConfig())
   pairs: TrainingPairs = nested(TrainingPairs())
   hard_negatives_per_question: int = setting(
-      1, "Hard negatives per question (DPR: 1 from BM25; ANCE: from the refreshed index), "
-      "besides the in-batch negatives.")
+      1, "Hard negatives per question (mined by --negatives_retrieval), besides the in-batch "
+      "negatives.")
   query_flops: float = setting(
       3e-4, "Weight of the queries' FLOPS regulariser (SPLADE v2's lambda_q).",
       flag="splade_query_flops")
@@ -145,7 +145,7 @@ class SpladeTask(Task):
     questions = sparse_encode.encode_queries([example.question for example in self.eval_examples],
                                              self.tokenizer, model, mesh=mesh,
                                              dtype=jnp.dtype(self.context.dtype))
-    ks = [k for k in self.config.evaluation.sorted_ks if k <= len(self.store)]
+    ks = [k for k in self.config.evaluation.sorted_ks if k <= len(self.store)] or [len(self.store)]
     result = sparse_index.search(questions, max(ks))
     recalls = recall_at_k(answer_hits(result.ids, self.store, self.eval_examples), ks)
     metrics = {f"answer_recall@{k}": value for k, value in recalls.items()}

@@ -63,7 +63,8 @@ class TrainConfig:
   frozen_parameters: tuple[str, ...] = setting(
       (), "REGEX,...: parameters whose path matches one of them are not trained (bitwise "
       "unchanged, no Adam moments kept, left out of the clipped gradient norm), e.g. a frozen "
-      "block tower or knowledge encoder. A REGEX that matches no parameter is refused.")
+      "block tower or knowledge encoder. A REGEX that matches no parameter is refused; the "
+      "optimizer state depends on them, so a run resumes only with the same ones.")
   grad_accum_steps: int = setting(
       1, "Micro-batches each optimizer step's global batch is split into (each of "
       "--batch_size / N examples), their gradients accumulated: the gradient of the whole "
@@ -288,7 +289,8 @@ def check_accumulation(task: Task, config: TrainConfig, mesh) -> None:
     raise InputError(
         f"--task={task.name}'s loss is not a mean over independent examples (in-batch "
         "negatives, or a batch-wide statistic): a micro-batch would change it. For in-batch "
-        "negatives, --grad_cache_chunk gives the whole batch's loss in less memory",
+        "negatives, GradCache (--grad_cache_chunk, DPR and the tasks built on it) gives the "
+        "whole batch's loss in less memory",
         field="grad_accum_steps")
   if config.batch_size % (steps * mesh.size):
     raise InputError(f"--batch_size={config.batch_size} does not split into {steps} "
