@@ -25,6 +25,21 @@ class Owner(NamedTuple):
   format: str  # its "format" field, e.g. "orqa_realm.block_store"
 
 
+def read_manifest(directory: paths.PathLike, owner: Owner, what: str,
+                  format_version: int) -> tuple[str, dict[str, Any]]:
+  """(path, contents) of the JSON manifest `owner` names in `directory`, refused when it is
+  unreadable or of another format version (`what` names the directory's kind in the message)."""
+  path = str(epath.Path(directory) / owner.manifest)
+  try:
+    manifest = json.loads(epath.Path(path).read_text(encoding="utf-8"))
+  except (OSError, json.JSONDecodeError) as e:
+    raise InputError(f"not a readable {what}: {e}", path=path) from e
+  if manifest.get("format_version") != format_version:
+    raise InputError(f"{what} format {manifest.get('format_version')}, expected "
+                     f"{format_version}: delete the directory to rebuild it", path=path)
+  return path, manifest
+
+
 def check_replaceable(directory: paths.PathLike, owner: Owner) -> None:
   """Refuses to replace `directory` unless it is missing, empty, or holds `owner`'s manifest:
   a mistyped --output_dir must never delete someone's folder."""

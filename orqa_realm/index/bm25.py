@@ -29,7 +29,7 @@ from orqa_realm.core import paths
 from orqa_realm.core.config import nested, setting
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.expansions import Expansions
-from orqa_realm.data.files import Owner, atomic_directory, check_replaceable
+from orqa_realm.data.files import Owner, atomic_directory, check_replaceable, read_manifest
 from orqa_realm.core.errors import InputError
 from orqa_realm.index.searcher import SearchResult, check_k
 
@@ -121,14 +121,7 @@ class BM25Searcher:
   @classmethod
   def load(cls, directory: str, store: BlockStore, settings: BM25Settings) -> BM25Searcher:
     """The index saved in `directory`, refused unless built from `store` with `settings`."""
-    path = str(epath.Path(directory) / META_FILE)
-    try:
-      meta = json.loads(epath.Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-      raise InputError(f"not a readable BM25 index: {e}", path=path) from e
-    if meta.get("format_version") != FORMAT_VERSION:
-      raise InputError(f"BM25 index format {meta.get('format_version')}, expected "
-                       f"{FORMAT_VERSION}: delete the directory to rebuild it", path=path)
+    path, meta = read_manifest(directory, OWNER, "BM25 index", FORMAT_VERSION)
     store.check_matches(num_rows=meta["num_rows"], fingerprint=meta["store_fingerprint"],
                         source=f"the BM25 index {directory}")
     saved = BM25Settings(**meta["settings"])

@@ -23,7 +23,7 @@ from etils import epath
 from orqa_realm.core import paths
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
-from orqa_realm.data.files import Owner, atomic_directory
+from orqa_realm.data.files import Owner, atomic_directory, read_manifest
 from orqa_realm.index.searcher import SearchResult, check_k
 
 FORMAT_VERSION = 1
@@ -94,14 +94,7 @@ class SparseIndex:
            encoder: dict[str, Any]) -> SparseIndex:
     """The index saved in `directory`, refused unless it holds `store` encoded by `encoder`
     over `vocabulary`."""
-    path = str(epath.Path(directory) / META_FILE)
-    try:
-      meta = json.loads(epath.Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-      raise InputError(f"not a readable sparse index: {e}", path=path) from e
-    if meta.get("format_version") != FORMAT_VERSION:
-      raise InputError(f"sparse index format {meta.get('format_version')}, expected "
-                       f"{FORMAT_VERSION}: delete the directory to rebuild it", path=path)
+    path, meta = read_manifest(directory, OWNER, "sparse index", FORMAT_VERSION)
     store.check_matches(num_rows=meta["num_rows"], fingerprint=meta["store_fingerprint"],
                         source=f"the sparse index {directory}")
     for name, expected in (("vocabulary", vocabulary), ("encoder", encoder)):
