@@ -118,8 +118,19 @@ def layer_norm(config: BertConfig, name: str, axis: str = EMBED) -> nn.LayerNorm
                       bias_init=logical(nn.initializers.zeros_init(), axis), name=name)
 
 
-def dot_product_attention(query, key, value, mask,
-                          dropout: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
+# How attention's core runs over a batch. "batched": both matmuls and the softmax over the whole
+# batch at once, the formulation XLA fuses well on GPU/TPU. "per_sequence": a loop over the batch's
+# sequences (one per device per step), so that a sequence's [heads, length, length] logits stay in
+# cache between the two matmuls and the softmax: on CPU the batched logits of 32 x 288 tokens
+# (127 MB per layer) go through memory three times, and the loop ran the attention core 6x faster
+# (see README "Benchmarks"). "cudnn": `jax.nn.dot_product_attention`'s cuDNN flash attention
+# (NVIDIA GPUs, bfloat16/float16, no attention dropout). "auto": per_sequence on CPU, else batched.
+AttentionImplementation = Literal["auto", "batched", "per_sequence", "cudnn"]
+ATTENTION_IMPLEMENTATIONS = ("auto", "batched", "per_sequence", "cudnn")
+
+
+def dot_product_attention(query, key, value, mask, dropout_rate: float = 0.0,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
   """Softmax attention in head-major layout, with dropout on the probabilities while training.
 
   Batch and heads lead, so both products are plain batched matmuls with no transposes between
@@ -129,7 +140,8 @@ def dot_product_attention(query, key, value, mask,
   Args:
     query, key, value: [batch, heads, length, head_dim].
     mask: [batch, 1, 1, length] bool, True where a key may be attended to.
-    dropout: applied to the attention probabilities (training); None for none.
+    dropout_rate: the probability of dropping an attention probability (training).
+    dropout_rng: the key of the dropout mask; None for no dropout.
   Returns:
     [batch, heads, length, head_dim] float32.
   """
@@ -138,10 +150,60 @@ def dot_product_attention(query, key, value, mask,
                       preferred_element_type=jnp.float32) * scale  # [batch, heads, length, length]
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probabilities = jax.nn.softmax(logits, axis=-1)
-  if dropout is not None:
-    probabilities = dropout(probabilities)
+  if dropout_rng is not None and dropout_rate > 0.0:
+    # As nn.Dropout: kept probabilities scaled by 1 / (1 - rate).
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probabilities.shape)
+    probabilities = jnp.where(keep, probabilities / (1.0 - dropout_rate), 0.0)
   return jnp.einsum("bnts,bnsh->bnth", probabilities.astype(value.dtype), value,
                     preferred_element_type=jnp.float32)
+
+
+def per_sequence_attention(query, key, value, mask, dropout_rate: float = 0.0,
+                           dropout_rng: jax.Array | None = None) -> jax.Array:
+  """`dot_product_attention` looped over the batch a few sequences at a time (same arguments and
+  result), so that each step's logits fit in cache.
+
+  Each step takes gcd(batch, device count) sequences, the i-th of every device's share when the
+  batch is split over all devices (as the training loop and the embedding pipeline split it):
+  the loop then runs over each device's own rows, with no collective.
+  """
+  batch = query.shape[0]
+  group = np.gcd(batch, jax.device_count())
+
+  def steps_first(x):  # [batch, ...] -> [batch / group, group, ...], row i*(batch/group)+j at [j, i]
+    return jnp.swapaxes(x.reshape(group, batch // group, *x.shape[1:]), 0, 1)
+
+  def step(inputs):
+    *arrays, rng = inputs
+    return dot_product_attention(*arrays, dropout_rate, rng)
+
+  rngs = (None if dropout_rng is None else jax.random.split(dropout_rng, batch // group))
+  context = jax.lax.map(step, (*map(steps_first, (query, key, value, mask)), rngs))
+  return jnp.swapaxes(context, 0, 1).reshape(query.shape)  # [batch, heads, length, head_dim]
+
+
+def cudnn_attention(query, key, value, mask, dropout_rate: float = 0.0,
+                    dropout_rng: jax.Array | None = None) -> jax.Array:
+  """`dot_product_attention` (same arguments and result) by cuDNN's fused flash attention."""
+  if dropout_rng is not None and dropout_rate > 0.0:
+    raise ValueError("attention 'cudnn' has no attention dropout: train with "
+                     "attention_probs_dropout_prob 0, or use attention 'batched'")
+  token_major = lambda x: jnp.swapaxes(x, 1, 2)  # [batch, length, heads, head_dim]
+  context = jax.nn.dot_product_attention(token_major(query), token_major(key), token_major(value),
+                                         mask=mask, implementation="cudnn")
+  return token_major(context).astype(jnp.float32)
+
+
+def attention_function(implementation: AttentionImplementation) -> Callable[..., jax.Array]:
+  """The function computing attention's core for `implementation` (see
+  `AttentionImplementation`), "auto" resolved for the default backend."""
+  if implementation not in ATTENTION_IMPLEMENTATIONS:
+    raise ValueError(f"attention implementation {implementation!r} is not one of "
+                     f"{list(ATTENTION_IMPLEMENTATIONS)}")
+  if implementation == "auto":
+    implementation = "per_sequence" if jax.default_backend() == "cpu" else "batched"
+  return {"batched": dot_product_attention, "per_sequence": per_sequence_attention,
+          "cudnn": cudnn_attention}[implementation]
 
 
 class BertEmbeddings(nn.Module):
@@ -170,6 +232,7 @@ class BertSelfAttention(nn.Module):
   """Multi-head self-attention and its output projection."""
   config: BertConfig
   dtype: Any = jnp.float32
+  attention: AttentionImplementation = "auto"
 
   @nn.compact
   def __call__(self, hidden, attention_mask, deterministic: bool):
@@ -182,10 +245,10 @@ class BertSelfAttention(nn.Module):
       projected = projected.reshape(*projected.shape[:-1], heads, head_dim)
       return jnp.swapaxes(projected, -3, -2).astype(self.dtype)
 
-    context = dot_product_attention(
-        project("query"), project("key"), project("value"), attention_mask,
-        functools.partial(nn.Dropout(config.attention_probs_dropout_prob),
-                          deterministic=deterministic))
+    rate = config.attention_probs_dropout_prob
+    dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
+    context = attention_function(self.attention)(
+        project("query"), project("key"), project("value"), attention_mask, rate, dropout_rng)
     context = jnp.swapaxes(context, -3, -2)  # [batch, length, heads, head_dim]
     context = context.reshape(*context.shape[:-2], config.hidden_size)  # [batch, length, hidden]
     return dense(config.hidden_size, config, self.dtype, "output", (HEADS, EMBED))(context)
@@ -195,12 +258,13 @@ class BertLayer(nn.Module):
   """One post-LayerNorm transformer layer."""
   config: BertConfig
   dtype: Any = jnp.float32
+  attention: AttentionImplementation = "auto"
 
   @nn.compact
   def __call__(self, hidden, attention_mask, deterministic: bool):
     config = self.config
     dropout = nn.Dropout(config.hidden_dropout_prob)
-    attended = BertSelfAttention(config, self.dtype, name="attention")(
+    attended = BertSelfAttention(config, self.dtype, self.attention, name="attention")(
         hidden, attention_mask, deterministic)
     hidden = layer_norm(config, "attention_layer_norm")(
         hidden + dropout(attended, deterministic=deterministic))
@@ -223,10 +287,12 @@ class BertModel(nn.Module):
     config: the architecture (and the layout of its layers, `config.scan_layers`).
     dtype: compute dtype of matrix multiplications (float32 or bfloat16).
     remat: what each layer keeps for the backward pass, one of `REMAT_POLICIES`.
+    attention: how attention's core runs over the batch, one of `AttentionImplementation`.
   """
   config: BertConfig
   dtype: Any = jnp.float32
   remat: RematPolicy = "none"
+  attention: AttentionImplementation = "auto"
 
   @nn.compact
   def __call__(self, token_ids, segment_ids, input_mask, deterministic: bool = True) -> BertOutput:
@@ -248,11 +314,11 @@ class BertModel(nn.Module):
                      split_rngs={"params": True, "dropout": True},
                      in_axes=(nn.broadcast, nn.broadcast), length=config.num_hidden_layers,
                      metadata_params={nn.PARTITION_NAME: LAYERS})
-      hidden, _ = scan(layer(config, self.dtype, name="layers"), hidden, attention_mask,
-                       deterministic)
+      hidden, _ = scan(layer(config, self.dtype, self.attention, name="layers"), hidden,
+                       attention_mask, deterministic)
     else:
       for index in range(config.num_hidden_layers):
-        hidden = layer(config, self.dtype, name=f"layer_{index}")(
+        hidden = layer(config, self.dtype, self.attention, name=f"layer_{index}")(
             hidden, attention_mask, deterministic)
     pooled = jnp.tanh(dense(config.hidden_size, config, self.dtype, "pooler")(
         hidden[:, 0]))  # [batch, hidden]
