@@ -14,6 +14,7 @@ from tests.modeling.test_bert import TINY
 
 
 def main():
+  bert._LOGITS_BYTES_PER_STEP = 1  # one sequence of each device's share per step: two steps
   mesh = parallel.make_mesh()
   token_ids = np.random.default_rng(0).integers(0, TINY.vocab_size, (8, 12)).astype(np.int32)
   input_mask = (np.arange(12)[None, :] < np.arange(5, 13)[:, None]).astype(np.int32)

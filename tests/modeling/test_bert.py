@@ -224,9 +224,28 @@ def test_attention_matches_jax_reference():
   np.testing.assert_allclose(head_major(ours), reference, atol=1e-5)
 
 
-def test_per_sequence_attention_equals_batched():
-  """The loop over sequences computes what the batched formulation does, padding included, for
-  a batch the device count does not divide."""
+@pytest.fixture
+def one_sequence_per_step(monkeypatch):
+  """Tiny configs' logits are far under a step's budget: one sequence per step, so the loop has
+  several steps."""
+  monkeypatch.setattr(bert, "_LOGITS_BYTES_PER_STEP", 1)
+
+
+def test_rows_per_step_fill_the_budget_evenly_over_devices():
+  logits = lambda heads, length: heads * length * length * 4
+  assert bert.attention_rows_per_step(32, 12, 288, devices=1) == 1  # 4 MB a sequence
+  assert bert.attention_rows_per_step(32, 12, 128, devices=1) == 2
+  assert bert.attention_rows_per_step(32, 12, 32, devices=1) == 32  # the whole batch
+  assert logits(12, 128) * 2 <= bert._LOGITS_BYTES_PER_STEP < logits(12, 128) * 3
+  # Two sequences from each of 4 devices' shares of 8, one from each of 4's shares of 3.
+  assert bert.attention_rows_per_step(32, 12, 128, devices=4) == 8
+  assert bert.attention_rows_per_step(12, 12, 288, devices=4) == 4
+  # A budget of 5 sequences (409,600 bytes each) in a batch of 12: 4, the largest divisor.
+  assert bert.attention_rows_per_step(12, 1, 320, devices=1) == 4
+
+
+def test_per_sequence_attention_equals_batched(one_sequence_per_step):
+  """The loop over sequences computes what the batched formulation does, padding included."""
   keys = jax.random.split(jax.random.key(0), 3)
   query, key, value = (jax.random.normal(k, (3, 2, 7, 8)) for k in keys)  # [batch, heads, ...]
   mask = (jnp.arange(7) < jnp.array([[7], [4], [1]]))[:, None, None, :]
@@ -235,7 +254,7 @@ def test_per_sequence_attention_equals_batched():
 
 
 @pytest.mark.parametrize("attention", [bert.dot_product_attention, bert.per_sequence_attention])
-def test_attention_dropout_drops_and_rescales_probabilities(attention):
+def test_attention_dropout_drops_and_rescales_probabilities(attention, one_sequence_per_step):
   """With identity values the context is the probabilities themselves: about `rate` of them
   are zeroed and the rest are the softmax scaled by 1 / (1 - rate)."""
   batch, heads, length, rate = 4, 2, 16, 0.25
@@ -250,8 +269,9 @@ def test_attention_dropout_drops_and_rescales_probabilities(attention):
   np.testing.assert_allclose(dropped[kept], softmax[kept] / (1.0 - rate), rtol=1e-5)
 
 
-def test_attention_implementations_give_the_same_model(tiny_batch):
-  """Outputs and gradients of the whole model, with each CPU implementation of attention."""
+def test_attention_implementations_give_the_same_model(tiny_batch, one_sequence_per_step):
+  """Outputs and gradients of the whole model, with each CPU implementation of attention (the
+  loop's steps rematerialised in the backward pass)."""
   params = bert.initial_params(bert.BertModel(TINY), jax.random.key(0), *tiny_batch)
   params = nn.unbox(params)
 
@@ -276,8 +296,9 @@ def test_cudnn_attention_refuses_dropout():
 
 
 def test_per_sequence_attention_needs_no_collective_on_a_split_batch():
-  """On 4 devices with the batch split over them, the loop runs over each device's own rows:
-  the compiled model has no collective, and its outputs equal one device's."""
+  """On 4 devices with the batch split over them, the loop runs over each device's own rows
+  (one sequence of each per step): the compiled model has no collective, and its outputs equal
+  one device's."""
   result = subprocess.run(
       [sys.executable, "-m", "tests.modeling.attention_sharding_check"], cwd=REPO_ROOT,
       capture_output=True, text=True, timeout=300,
@@ -287,6 +308,50 @@ def test_per_sequence_attention_needs_no_collective_on_a_split_batch():
   assert report["devices"] == 4
   assert report["collectives"] == []
   assert report["max_difference"] <= 1e-5
+
+
+def test_bfloat16_dense_backward_multiplies_the_bfloat16_cotangent():
+  """A bfloat16 dense product's gradients are those of the cotangent rounded to bfloat16 (as
+  PyTorch's autocast), computed exactly and rounded to bfloat16; the forward is exact in float32."""
+  rng = np.random.default_rng(0)
+  inputs, kernel = (jnp.asarray(rng.normal(size=shape), jnp.bfloat16) for shape in [(2, 3, 8), (8, 4)])
+  cotangent = jnp.asarray(rng.normal(size=(2, 3, 4)), jnp.float32)
+  output, pullback = jax.vjp(bert.bfloat16_dense, inputs, kernel)
+  d_inputs, d_kernel = pullback(cotangent)
+  x, w = np.asarray(inputs, np.float64), np.asarray(kernel, np.float64)
+  g = np.asarray(cotangent.astype(jnp.bfloat16), np.float64)
+  np.testing.assert_allclose(output, x @ w, rtol=1e-6)
+  assert d_inputs.dtype == d_kernel.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(d_inputs, np.float64), g @ w.T, rtol=2 ** -8, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(d_kernel, np.float64),
+                             x.reshape(-1, 8).T @ g.reshape(-1, 4), rtol=2 ** -8, atol=1e-6)
+
+
+def test_bfloat16_model_gradients_near_float32(tiny_batch):
+  """The whole model's gradients in bfloat16 (bfloat16 products forward and backward) within
+  bfloat16's precision of the float32 gradients, parameter by parameter."""
+  params = nn.unbox(bert.initial_params(bert.BertModel(TINY), jax.random.key(0), *tiny_batch))
+
+  def gradients(dtype):
+    def loss(params):
+      output = bert.BertModel(TINY, dtype=dtype).apply({"params": params}, *tiny_batch)
+      return (output.sequence_output ** 2).mean() + (output.pooled_output ** 2).sum()
+    return jax.grad(loss)(params)
+
+  errors = jax.tree.map(lambda ours, exact: float(jnp.linalg.norm(ours - exact)
+                                                 / jnp.linalg.norm(exact)),
+                        gradients(jnp.bfloat16), gradients(jnp.float32))
+  # The key bias's exact gradient is zero (a softmax ignores a shift of all of a query's
+  # logits): what either dtype gives there is rounding noise.
+  del errors["layers"]["attention"]["key"]["bias"]
+  assert max(jax.tree.leaves(errors)) < 0.02, errors
+
+
+def test_dense_layers_use_the_bfloat16_product_only_for_bfloat16_operands():
+  calls = lambda dtype: str(jax.make_jaxpr(lambda x, w: bert.dot_general_f32_accumulation(
+      x, w, (((2,), (0,)), ((), ()))))(jnp.ones((2, 3, 8), dtype), jnp.ones((8, 4), dtype)))
+  assert "custom_vjp_call" in calls(jnp.bfloat16)
+  assert "custom_vjp_call" not in calls(jnp.float32)
 
 
 def test_mean_pool_ignores_padding():
