@@ -128,13 +128,29 @@ def _bfloat16_dense_backward(residuals, cotangent):
   cotangent = cotangent.astype(jnp.bfloat16)  # [..., out]
   d_inputs = jax.lax.dot_general(cotangent, kernel, (((cotangent.ndim - 1,), (1,)), ((), ())),
                                  preferred_element_type=jnp.float32)  # [..., in]
-  leading = tuple(range(inputs.ndim - 1))
-  d_kernel = jax.lax.dot_general(inputs, cotangent, ((leading, leading), ((), ())),
-                                 preferred_element_type=jnp.float32)  # [in, out]
+  tokens = inputs.reshape(-1, inputs.shape[-1])  # [tokens, in]
+  d_kernel = jnp.dot(transposed_in_memory(tokens), cotangent.reshape(-1, cotangent.shape[-1]),
+                     preferred_element_type=jnp.float32)  # [in, out]
   return d_inputs.astype(jnp.bfloat16), d_kernel.astype(jnp.bfloat16)
 
 
 bfloat16_dense.defvjp(_bfloat16_dense_forward, _bfloat16_dense_backward)
+
+
+def transposed_in_memory(matrix: jax.Array, block: int = 64) -> jax.Array:
+  """matrix.T [columns, rows], written out as such rather than folded into the consumer.
+
+  XLA folds a plain transpose into the dot that reads it, and its CPU backend runs a bfloat16
+  dot contracting the first axis of its left operand in float32 (converting both operands):
+  the kernel gradient xᵀg ran at 323 GFLOP/s. Transposed through a 3-D view it is copied, and
+  the dot runs on the bfloat16 kernel: 754 GFLOP/s (4096 x 384 by 4096 x 1536, README
+  "Benchmarks").
+  """
+  rows, columns = matrix.shape
+  if rows % block:
+    return matrix.T
+  return jnp.transpose(matrix.reshape(rows // block, block, columns), (2, 0, 1)).reshape(
+      columns, rows)
 
 
 def dense(features: int, config: BertConfig, dtype, name: str,
@@ -156,12 +172,15 @@ def layer_norm(config: BertConfig, name: str, axis: str = EMBED) -> nn.LayerNorm
 
 
 # How attention's core runs over a batch. "batched": both matmuls and the softmax over the whole
-# batch at once, the formulation XLA fuses well on GPU/TPU. "per_sequence": a loop over the batch's
-# sequences (one per device per step), so that a sequence's [heads, length, length] logits stay in
-# cache between the two matmuls and the softmax: on CPU the batched logits of 32 x 288 tokens
-# (127 MB per layer) go through memory three times, and the loop ran the attention core 6x faster
-# (see README "Benchmarks"). "cudnn": `jax.nn.dot_product_attention`'s cuDNN flash attention
-# (NVIDIA GPUs, bfloat16/float16, no attention dropout). "auto": per_sequence on CPU, else batched.
+# batch at once, the formulation XLA fuses well on GPU/TPU. "per_sequence": a loop over the batch
+# a few sequences at a time, so that their [heads, length, length] logits stay in cache between
+# the two matmuls and the softmax: on CPU the batched logits of 32 x 288 tokens (127 MB per layer)
+# go through memory three times, and the loop ran the attention core 6x faster (see README
+# "Benchmarks"). "cudnn": `jax.nn.dot_product_attention`'s cuDNN flash attention (NVIDIA GPUs,
+# bfloat16/float16, no attention dropout). "auto": on CPU per_sequence where one sequence's logits
+# fill a step's budget (`_LOGITS_BYTES_PER_STEP`: from 210 tokens with 12 heads), else batched;
+# at 128 tokens neither won everywhere (embedding: per_sequence 13% faster in float32, 17% slower
+# in bfloat16).
 AttentionImplementation = Literal["auto", "batched", "per_sequence", "cudnn"]
 ATTENTION_IMPLEMENTATIONS = ("auto", "batched", "per_sequence", "cudnn")
 
@@ -253,14 +272,16 @@ def cudnn_attention(query, key, value, mask, dropout_rate: float = 0.0,
   return token_major(context).astype(jnp.float32)
 
 
-def attention_function(implementation: AttentionImplementation) -> Callable[..., jax.Array]:
+def attention_function(implementation: AttentionImplementation, heads: int,
+                       length: int) -> Callable[..., jax.Array]:
   """The function computing attention's core for `implementation` (see
-  `AttentionImplementation`), "auto" resolved for the default backend."""
+  `AttentionImplementation`), "auto" resolved for the default backend, `heads` and `length`."""
   if implementation not in ATTENTION_IMPLEMENTATIONS:
     raise ValueError(f"attention implementation {implementation!r} is not one of "
                      f"{list(ATTENTION_IMPLEMENTATIONS)}")
   if implementation == "auto":
-    implementation = "per_sequence" if jax.default_backend() == "cpu" else "batched"
+    long = heads * length * length * 4 >= _LOGITS_BYTES_PER_STEP
+    implementation = "per_sequence" if jax.default_backend() == "cpu" and long else "batched"
   return {"batched": dot_product_attention, "per_sequence": per_sequence_attention,
           "cudnn": cudnn_attention}[implementation]
 
@@ -306,7 +327,7 @@ class BertSelfAttention(nn.Module):
 
     rate = config.attention_probs_dropout_prob
     dropout_rng = None if deterministic or rate == 0.0 else self.make_rng("dropout")
-    context = attention_function(self.attention)(
+    context = attention_function(self.attention, heads, hidden.shape[-2])(
         project("query"), project("key"), project("value"), attention_mask, rate, dropout_rng)
     context = jnp.swapaxes(context, -3, -2)  # [batch, length, heads, head_dim]
     context = context.reshape(*context.shape[:-2], config.hidden_size)  # [batch, length, hidden]

@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import gzip
 import json
+import re
 import subprocess
 import sys
 
@@ -284,6 +285,12 @@ def test_attention_implementations_give_the_same_model(tiny_batch, one_sequence_
   jax.tree.map(functools.partial(np.testing.assert_allclose, atol=1e-6), per_sequence, batched)
 
 
+def test_auto_attention_loops_on_cpu_where_a_sequence_fills_the_budget():
+  assert bert.attention_function("auto", 12, 288) is bert.per_sequence_attention  # 4 MB
+  assert bert.attention_function("auto", 12, 128) is bert.dot_product_attention  # 0.8 MB
+  assert bert.attention_function("batched", 12, 288) is bert.dot_product_attention
+
+
 def test_unknown_attention_implementation_is_refused(tiny_batch):
   with pytest.raises(ValueError, match="attention implementation 'flash'"):
     bert.BertModel(TINY, attention="flash").init(jax.random.key(0), *tiny_batch)
@@ -345,6 +352,23 @@ def test_bfloat16_model_gradients_near_float32(tiny_batch):
   # logits): what either dtype gives there is rounding noise.
   del errors["layers"]["attention"]["key"]["bias"]
   assert max(jax.tree.leaves(errors)) < 0.02, errors
+
+
+@pytest.mark.parametrize("rows", [256, 100])
+def test_transposed_in_memory_is_the_transpose(rows):
+  matrix = jnp.arange(rows * 3, dtype=jnp.float32).reshape(rows, 3)
+  np.testing.assert_array_equal(bert.transposed_in_memory(matrix), matrix.T)
+
+
+def test_bfloat16_dense_backward_stays_in_bfloat16():
+  """No operand of the compiled backward pass is converted to float32 for a float32 product
+  (XLA's CPU fallback for products it has no bfloat16 kernel for)."""
+  inputs, kernel = jnp.ones((256, 64), jnp.bfloat16), jnp.ones((64, 96), jnp.bfloat16)
+  gradients = jax.jit(jax.grad(lambda x, w: bert.bfloat16_dense(x, w).sum(), argnums=(0, 1)))
+  compiled = gradients.lower(inputs, kernel).compile().as_text()
+  upcast = re.findall(r"= f32\[(?:256,64|64,256|256,96|96,256|64,96|96,64)\]\S* convert\(",
+                      compiled)
+  assert not upcast, upcast
 
 
 def test_dense_layers_use_the_bfloat16_product_only_for_bfloat16_operands():
