@@ -111,3 +111,38 @@ def print_table(title: str, columns: list[str], rows: list[list[str]]) -> None:
   for row in rows:
     print("| " + " | ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
                             for i, (cell, w) in enumerate(zip(row, widths))) + " |")
+
+
+def clustered_vectors(num_rows: int, num_queries: int, dim: int, num_clusters: int,
+                      spread: float, seed: int = 0):
+  """([num_rows, dim], [num_queries, dim]) float32 draws from one Gaussian mixture."""
+  import numpy as np
+
+  rng = np.random.default_rng(seed)
+  centres = rng.standard_normal((num_clusters, dim), dtype=np.float32)
+
+  def draw(count):
+    return centres[rng.integers(num_clusters, size=count)] + spread * rng.standard_normal(
+        (count, dim), dtype=np.float32)
+
+  return draw(num_rows), draw(num_queries)
+
+
+def recall_at_k(found, exact) -> float:
+  import numpy as np
+
+  k = exact.shape[1]
+  return float(np.mean([len(np.intersect1d(a[:k], b)) / k for a, b in zip(found, exact)]))
+
+
+def numpy_exact(corpus, queries, k: int, batch_size: int = 1024):
+  """[num_queries, k] ids of the largest inner products, best first (float32 BLAS + partition)."""
+  import numpy as np
+
+  ids = np.empty((len(queries), k), np.int64)
+  for start in range(0, len(queries), batch_size):
+    scores = queries[start:start + batch_size] @ corpus.T  # [batch, num_rows]
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
+    ids[start:start + batch_size] = np.take_along_axis(top, order, axis=1)
+  return ids

@@ -28,7 +28,8 @@ import time
 
 from absl import app, flags
 
-from common import REPO_ROOT, best_seconds, print_table
+from common import (REPO_ROOT, best_seconds, clustered_vectors, numpy_exact, print_table,
+                    recall_at_k)
 
 _NUM_ROWS = flags.DEFINE_integer("num_rows", 500_000, "Rows of the synthetic corpus.")
 _DIM = flags.DEFINE_integer("dim", 128, "Dimension of the synthetic vectors.")
@@ -66,21 +67,6 @@ class Row:
     build = "-" if self.build_seconds is None else f"{self.build_seconds:.1f}"
     return [self.method, self.setting, build, f"{self.queries_per_second:,.0f}",
             f"{self.recall:.4f}"]
-
-
-def clustered_vectors(num_rows: int, num_queries: int, dim: int, num_clusters: int,
-                      spread: float, seed: int = 0):
-  """([num_rows, dim], [num_queries, dim]) float32 draws from one Gaussian mixture."""
-  import numpy as np
-
-  rng = np.random.default_rng(seed)
-  centres = rng.standard_normal((num_clusters, dim), dtype=np.float32)
-
-  def draw(count):
-    return centres[rng.integers(num_clusters, size=count)] + spread * rng.standard_normal(
-        (count, dim), dtype=np.float32)
-
-  return draw(num_rows), draw(num_queries)
 
 
 def scifact_vectors(index_root: str, scifact_dir: str):
@@ -124,26 +110,6 @@ def timed(function):
   started = time.perf_counter()
   result = function()
   return time.perf_counter() - started, result
-
-
-def recall_at_k(found, exact) -> float:
-  import numpy as np
-
-  k = exact.shape[1]
-  return float(np.mean([len(np.intersect1d(a[:k], b)) / k for a, b in zip(found, exact)]))
-
-
-def numpy_exact(corpus, queries, k: int, batch_size: int = 1024):
-  """[num_queries, k] ids of the largest inner products, best first (float32 BLAS + partition)."""
-  import numpy as np
-
-  ids = np.empty((len(queries), k), np.int64)
-  for start in range(0, len(queries), batch_size):
-    scores = queries[start:start + batch_size] @ corpus.T  # [batch, num_rows]
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-    ids[start:start + batch_size] = np.take_along_axis(top, order, axis=1)
-  return ids
 
 
 def build_raw_scann(corpus, config):

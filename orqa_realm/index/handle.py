@@ -19,7 +19,7 @@ from absl import logging
 from etils import epath
 
 from orqa_realm.core import parallel, paths
-from orqa_realm.index.exact import ExactSearcher
+from orqa_realm.index.exact import DEFAULT_CHUNK_SIZE, ExactSearcher
 from orqa_realm.index.scann_index import ScannSearcher
 from orqa_realm.index.searcher import Searcher
 from orqa_realm.index.storage import (SCANN_DIR, IndexRoot, IndexVersion, check_matches_store,
@@ -36,7 +36,7 @@ class LoadedIndex:
 
 
 def open_index(version: IndexVersion, store=None, *, backend: str = "exact", mesh=None,
-               exact_chunk_size: int = 32768) -> LoadedIndex:
+               exact_chunk_size: int = DEFAULT_CHUNK_SIZE) -> LoadedIndex:
   """Loads `version` for searching with `backend`, first checking it was built from `store`."""
   if store is not None:
     check_matches_store(version, store)

@@ -7,7 +7,10 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm.index.exact import ExactSearcher
+import jax.numpy as jnp
+from jax import lax
+
+from orqa_realm.index.exact import ExactSearcher, windowed_top_k
 from tests.conftest import REPO_ROOT, subprocess_env
 
 
@@ -26,6 +29,37 @@ def test_equals_numpy_whatever_the_chunking(chunk_size):
   ids, scores = numpy_top_k(queries, embeddings, 5)
   np.testing.assert_array_equal(result.ids, ids)
   np.testing.assert_allclose(result.scores, scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("scores", [
+    np.random.default_rng(3).normal(size=(6, 4096)),
+    np.random.default_rng(4).integers(0, 3, size=(6, 2048)),  # ties everywhere
+    np.where(np.arange(1024) < 700, np.random.default_rng(5).normal(size=(6, 1024)), -np.inf),
+], ids=["normal", "ties", "padding"])
+@pytest.mark.parametrize("k", [1, 10])
+def test_windowed_top_k_is_top_k(scores, k):
+  scores = jnp.asarray(scores, jnp.float32)
+  ours, reference = windowed_top_k(scores, k), lax.top_k(scores, k)
+  np.testing.assert_array_equal(ours[0], reference[0])
+  np.testing.assert_array_equal(ours[1], reference[1])
+
+
+def test_windowed_top_k_breaks_a_tie_across_windows_by_position():
+  """The 2nd best (3) ties between window 0 and window 1, whose maximum (7) ranks it first:
+  the lower position must win, as in one top-k."""
+  scores = np.zeros((1, 128), np.float32)
+  scores[0, [0, 32, 33]] = [3, 7, 3]
+  np.testing.assert_array_equal(windowed_top_k(jnp.asarray(scores), 2)[1], [[32, 0]])
+
+
+def test_windowed_chunks_equal_numpy_ties_included():
+  """Chunks of 1024 rows (32 windows of 32) searched through window maxima: the same ids as a
+  stable NumPy sort, with scores drawn from 4 values so that most of them tie."""
+  rng = np.random.default_rng(6)
+  embeddings = rng.integers(0, 2, size=(3000, 2)).astype(np.float32)
+  queries = rng.integers(1, 3, size=(9, 2)).astype(np.float32)
+  result = ExactSearcher(embeddings, chunk_size=1024).search(queries, 5)
+  np.testing.assert_array_equal(result.ids, numpy_top_k(queries, embeddings, 5)[0])
 
 
 def test_ties_go_to_the_lower_id_as_in_one_top_k():
