@@ -6,6 +6,7 @@ from orqa_realm.tasks.adore import ADORETask
 from orqa_realm.tasks.ance import ANCETask
 from orqa_realm.tasks.art import ARTTask
 from orqa_realm.tasks.base import Task
+from orqa_realm.tasks.contrastive import ContrieverTask, SimCSETask
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask
 from orqa_realm.tasks.distill import DistillTask
 from orqa_realm.tasks.dpr import DPRTask
@@ -21,7 +22,7 @@ from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
-    task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, CrossEncoderTask,
-                                 DistillTask, DPRTask, ICTTask, LMFinetuneTask, MEBERTTask,
-                                 MLMTask, ORQATask, PolyEncoderTask, REALMTask, RocketQAv2Task,
-                                 SpladeTask, STARTask, TASBTask)}
+    task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, ContrieverTask,
+                                 CrossEncoderTask, DistillTask, DPRTask, ICTTask, LMFinetuneTask,
+                                 MEBERTTask, MLMTask, ORQATask, PolyEncoderTask, REALMTask,
+                                 RocketQAv2Task, SimCSETask, SpladeTask, STARTask, TASBTask)}
