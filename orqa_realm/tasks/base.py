@@ -140,6 +140,20 @@ class Task(abc.ABC):
            deterministic: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar loss, metrics) over the global batch; `rng` drives dropout."""
 
+  def init_task_state(self, params: Params) -> Any:
+    """What the task carries from step to step besides the parameters (MoCo's momentum encoder
+    and queue of keys), from the initial (unboxed) `params`: checkpointed and restored with
+    them, replicated over the mesh. None (the default): a stateless task, whose `loss` is all
+    the loop calls."""
+    del params
+    return None
+
+  def stateful_loss(self, params: Params, task_state: Any, batch: Batch,
+                    rng: jax.Array) -> tuple[jax.Array, tuple[dict[str, jax.Array], Any]]:
+    """A stateful task's training loss: (scalar loss, (metrics, next task state)), dropout on.
+    Evaluation still calls `loss`."""
+    raise NotImplementedError(f"--task={self.name} has no task state")
+
   def loss_weight(self, batch: Batch) -> jax.Array:
     """What `loss` averages over in `batch` (traced): the weight of a micro-batch's loss and
     gradient when they are accumulated (`accumulates_gradients`). Its rows by default; a loss

@@ -2,7 +2,9 @@
 (independent crops with word deletion) and SimCSE (the same text twice, differing by dropout).
 
 Both train one shared encoder (`--share_encoders`, the default here) with the in-batch softmax
-over the global batch, each query view's positive being the key view of its own block; blocks
+over the global batch, each query view's positive being the key view of its own block; Contriever
+also as MoCo (`--moco_queue_size`), with keys from a momentum copy of the encoder and a queue of
+past batches' keys as the negatives, the two kept in the checkpointed train state; blocks
 held out of training (`heldout_fraction`) give the evaluation batches, and each evaluation may
 report answer recall@k on a QA set over the whole store, as ICT's does.
 """
@@ -11,7 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
@@ -54,6 +59,12 @@ class ContrieverConfig:
       flag="contriever_max_crop_ratio")
   delete_prob: float = setting(
       0.1, "Probability of deleting each wordpiece of a crop.", flag="contriever_delete_prob")
+  moco_queue_size: int = setting(
+      0, "MoCo: keys of past batches kept (a multiple of --batch_size) as the negatives, each "
+      "step's keys from a momentum copy of the encoder; 0: in-batch negatives, one encoder.")
+  moco_momentum: float = setting(
+      0.999, "MoCo: the key encoder's parameters move to m x theirs + (1 - m) x the encoder's "
+      "before each step.")
   heldout_fraction: float = setting(
       0.05, "Fraction of blocks held out of training for evaluation.",
       flag="contrastive_heldout_fraction")
@@ -70,6 +81,10 @@ class ContrieverConfig:
     if self.min_crop_ratio > self.max_crop_ratio:
       raise InputError(f"exceeds --contriever_max_crop_ratio={self.max_crop_ratio}",
                        field="contriever_min_crop_ratio")
+    if self.moco_queue_size < 0:
+      raise InputError(f"must be at least 0, not {self.moco_queue_size}", field="moco_queue_size")
+    if not 0.0 <= self.moco_momentum < 1.0:
+      raise InputError(f"must be in [0, 1), not {self.moco_momentum}", field="moco_momentum")
     check_heldout_fraction(self.heldout_fraction)
 
   def views(self) -> tuple[ViewSettings, bool]:
@@ -140,9 +155,70 @@ class ContrastiveTask(DualEncoderTask):
       yield ContrastiveInputs(batch.queries, batch.keys)
 
 
+class MoCoState(NamedTuple):
+  """MoCo's state between steps (He et al. 2020, as Contriever uses it)."""
+  key_params: Any  # the momentum encoder: the retriever's params, averaged
+  # [queue_size, dim] float32: keys of past batches, the oldest overwritten first; random unit
+  # vectors at the start, as in MoCo's and Contriever's code, so that step 1 has negatives.
+  queue: jax.Array
+  position: jax.Array  # [] int32 where the next batch's keys go
+
+
+def moco_loss(queries: jax.Array, keys: jax.Array, queue: jax.Array,
+              score_scale: float) -> tuple[jax.Array, jax.Array]:
+  """MoCo's loss: each query's softmax over its own key and the queue's keys.
+
+  Args:
+    queries: [batch, dim]; keys: [batch, dim], row i query i's positive; queue: [size, dim].
+  Returns:
+    (mean loss, accuracy: the share of queries whose own key scores highest).
+  """
+  positive = score_scale * jnp.sum(queries * keys, axis=-1, keepdims=True)  # [batch, 1]
+  negatives = score_scale * jnp.einsum("bd,qd->bq", queries, queue)  # [batch, size]
+  logits = jnp.concatenate([positive, negatives], axis=1)
+  loss = -jax.nn.log_softmax(logits, axis=1)[:, 0].mean()
+  return loss, (jnp.argmax(logits, axis=1) == 0).mean()
+
+
 class ContrieverTask(ContrastiveTask):
+  """Contriever, in-batch or (with `moco_queue_size`) MoCo."""
   name = "contriever"
   config_class = ContrieverConfig
+
+  def __init__(self, config: ContrieverConfig, context: TaskContext):
+    if config.moco_queue_size % context.batch_size:
+      raise InputError(f"--moco_queue_size={config.moco_queue_size} is not a multiple of "
+                       f"--batch_size={context.batch_size}", field="moco_queue_size")
+    super().__init__(config, context)
+
+  def init_task_state(self, params) -> MoCoState | None:
+    if not self.config.moco_queue_size:
+      return None
+    retriever_config = self.config.retriever
+    dim = retriever_config.projection_size or retriever_config.bert.hidden_size
+    queue = jax.random.normal(jax.random.key(self.context.seed),
+                              (self.config.moco_queue_size, dim), jnp.float32)
+    return MoCoState(key_params=jax.tree.map(jnp.copy, params),
+                     queue=queue / jnp.linalg.norm(queue, axis=1, keepdims=True),
+                     position=jnp.zeros((), jnp.int32))
+
+  def stateful_loss(self, params, task_state: MoCoState, batch: ContrastiveInputs, rng):
+    momentum = self.config.moco_momentum
+    key_params = jax.tree.map(lambda key, value: momentum * key
+                              + (1.0 - momentum) * jax.lax.stop_gradient(value),
+                              task_state.key_params, params)
+    query_rng, key_rng = jax.random.split(rng)
+    queries = self.model.apply({"params": params}, batch.queries, False,
+                               method=self.model.embed_queries, rngs={"dropout": query_rng})
+    keys = jax.lax.stop_gradient(self.model.apply(
+        {"params": key_params}, batch.keys, False, method=self.model.embed_blocks,
+        rngs={"dropout": key_rng}))  # [batch, dim]
+    loss, accuracy = moco_loss(queries, keys, task_state.queue,
+                               self.config.retriever.score_scale)
+    size, batch_size = task_state.queue.shape[0], keys.shape[0]
+    queue = jax.lax.dynamic_update_slice(task_state.queue, keys, (task_state.position, 0))
+    state = MoCoState(key_params, queue, (task_state.position + batch_size) % size)
+    return loss, ({"loss": loss, "accuracy": accuracy}, state)
 
 
 class SimCSETask(ContrastiveTask):

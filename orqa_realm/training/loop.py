@@ -120,6 +120,17 @@ class TrainState(NamedTuple):
   opt_state: Any
 
 
+class StatefulTrainState(NamedTuple):
+  """The train state of a task that carries state between steps (`Task.init_task_state`).
+
+  Its own type rather than a field added to `TrainState`: checkpoints store the tree's
+  structure, and every run saved before would stop restoring if `TrainState` grew one."""
+  step: jax.Array
+  params: Any
+  opt_state: Any
+  task_state: Any
+
+
 def default_warmup_steps(num_train_steps: int) -> int:
   """ORQA's warmup: min(10000, max(100, num_train_steps / 10))."""
   return min(10000, max(100, num_train_steps // 10))
@@ -261,16 +272,21 @@ class StopOnSigterm:
 
 
 def train_state_shardings(optimizer: optax.GradientTransformation, params: Any,
-                          param_shardings: Any, mesh) -> TrainState:
+                          param_shardings: Any, mesh,
+                          task_state: Any = None) -> TrainState | StatefulTrainState:
   """Where each part of the train state lives: the parameters and every optimizer state that
   mirrors them (Adam's moments) as `param_shardings`; the step and counters replicated. A
-  frozen parameter's place in a trained group's state (`optax.MaskedNode`) stays empty."""
+  frozen parameter's place in a trained group's state (`optax.MaskedNode`) stays empty. A task
+  state (its shapes, `task_state`) is replicated."""
   replicated = parallel.replicated(mesh)
   opt_state = jax.eval_shape(optimizer.init, params)
   masked = lambda node: isinstance(node, optax.MaskedNode)
-  return TrainState(replicated, param_shardings, optax.tree_map_params(
+  state = TrainState(replicated, param_shardings, optax.tree_map_params(
       optimizer, lambda value, sharding: value if masked(value) else sharding, opt_state,
       param_shardings, transform_non_params=lambda _: replicated, is_leaf=masked))
+  if task_state is None:
+    return state
+  return StatefulTrainState(*state, jax.tree.map(lambda _: replicated, task_state))
 
 
 def _format(metrics: dict[str, float]) -> str:
@@ -309,6 +325,15 @@ def micro_batches(batch: Any, count: int, sharding: jax.sharding.Sharding | None
   return jax.tree.map(deal, batch)
 
 
+def hold_frozen(params: Any, frozen: Any) -> Any:
+  """`params` with those `frozen` marks (a tree of bools like it, or None) under
+  `stop_gradient`."""
+  if frozen is None:
+    return params
+  return jax.tree.map(lambda value, is_frozen: (jax.lax.stop_gradient(value) if is_frozen
+                                                else value), params, frozen)
+
+
 def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
                     grad_accum_steps: int = 1, mesh=None,
                     frozen: Any = None) -> tuple[jax.Array, dict, Any]:
@@ -326,15 +351,9 @@ def batch_gradients(task: Task, params: Any, batch: Any, rng: jax.Array,
   dropout key folds in its index.
   """
 
-  def held(p):
-    if frozen is None:
-      return p
-    return jax.tree.map(lambda value, is_frozen: (jax.lax.stop_gradient(value) if is_frozen
-                                                  else value), p, frozen)
-
   def plain(batch, rng):
     loss_fn = functools.partial(task.loss, rng=rng, deterministic=False)
-    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(held(p), batch),
+    (loss, metrics), grads = jax.value_and_grad(lambda p: loss_fn(hold_frozen(p, frozen), batch),
                                                 has_aux=True)(params)
     return loss, metrics, grads
 
@@ -368,14 +387,23 @@ def make_train_step(task: Task, optimizer: optax.GradientTransformation, schedul
   matching `frozen` get no gradient (`batch_gradients`), so the logged norm is the trained
   ones'."""
 
-  def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, jax.Array]]:
+  def train_step(state: TrainState | StatefulTrainState,
+                 batch) -> tuple[TrainState | StatefulTrainState, dict[str, jax.Array]]:
     rng = jax.random.fold_in(dropout_key, state.step)
     mask = frozen_mask(state.params, frozen) if frozen else None
-    _, metrics, grads = batch_gradients(task, state.params, batch, rng, grad_accum_steps, mesh,
-                                        mask)
+    if isinstance(state, StatefulTrainState):
+      # Refused with accumulation (`check_accumulation`): the state advances once a batch.
+      (_, (metrics, task_state)), grads = jax.value_and_grad(
+          lambda p: task.stateful_loss(hold_frozen(p, mask), state.task_state, batch, rng),
+          has_aux=True)(state.params)
+    else:
+      _, metrics, grads = batch_gradients(task, state.params, batch, rng, grad_accum_steps,
+                                          mesh, mask)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+    if isinstance(state, StatefulTrainState):
+      return StatefulTrainState(state.step + 1, params, opt_state, task_state), metrics
     return TrainState(state.step + 1, params, opt_state), metrics
 
   return train_step
@@ -457,8 +485,10 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
 
   init_rng = jax.random.key(config.seed)
 
-  def state_from(params) -> TrainState:
-    return TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+  def state_from(params) -> TrainState | StatefulTrainState:
+    state = TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
+    task_state = task.init_task_state(params)
+    return state if task_state is None else StatefulTrainState(*state, task_state)
 
   checkpointer = checkpoints.Checkpointer(
       run_directory.checkpoint_dir(config.workdir), save_every_steps=config.checkpoint_every_steps,
@@ -470,8 +500,9 @@ def train(task: Task, config: TrainConfig, *, refresh: RefreshConfig = RefreshCo
   boxed = (task.init_params(init_rng) if latest is None
            else jax.eval_shape(task.init_params, init_rng))
   param_shardings = partitioning.param_shardings(boxed, mesh)
-  state_shardings = train_state_shardings(optimizer, partitioning.unbox(boxed), param_shardings,
-                                          mesh)
+  state_shardings = train_state_shardings(
+      optimizer, partitioning.unbox(boxed), param_shardings, mesh,
+      jax.eval_shape(task.init_task_state, partitioning.unbox(boxed)))
   if latest is None:
     params = task.warm_start(partitioning.unbox(boxed), mesh)
     state = jax.jit(state_from, out_shardings=state_shardings)(

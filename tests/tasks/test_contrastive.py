@@ -1,19 +1,24 @@
 """Contriever and SimCSE: the loss (in-batch softmax of each query view against every key view)
 against NumPy, SimCSE's two views differing only by dropout, held-out blocks kept out of
-training, bad settings refused, and a short run that learns."""
+training, bad settings refused, a short run that learns; MoCo's loss against NumPy, and its
+momentum encoder and queue advancing and resuming exactly from a checkpoint."""
 
 import dataclasses
+import functools
 import json
+import os
+import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from orqa_realm.core import parallel
+from orqa_realm.core import parallel, run_directory
 from orqa_realm.core.errors import InputError
 from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.base import StepContext
-from orqa_realm.tasks.contrastive import ContrieverConfig
+from orqa_realm.tasks.contrastive import ContrieverConfig, moco_loss
 from orqa_realm.training import loop
 from tests.tasks.tiny_contrastive import tiny_contrastive_task
 
@@ -80,3 +85,56 @@ def test_a_short_run_learns(squad_block_store, tiny_bert_dir, tmp_path):
   with open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8") as f:
     evaluations = [record for record in map(json.loads, f) if "eval_loss" in record]
   assert evaluations[-1]["eval_loss"] < evaluations[0]["eval_loss"] - 0.1, evaluations
+
+
+def test_moco_loss_against_numpy():
+  rng = np.random.default_rng(0)
+  queries, keys = rng.normal(size=(4, 8)), rng.normal(size=(4, 8))
+  queue = rng.normal(size=(12, 8))
+  loss, accuracy = moco_loss(*(jnp.asarray(x, jnp.float32) for x in (queries, keys, queue)), 2.0)
+  logits = 2.0 * np.concatenate([np.sum(queries * keys, 1, keepdims=True), queries @ queue.T],
+                                axis=1)
+  log_p = logits - logits.max(1, keepdims=True)
+  log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+  np.testing.assert_allclose(loss, -log_p[:, 0].mean(), rtol=1e-5)
+  np.testing.assert_allclose(accuracy, (logits.argmax(1) == 0).mean())
+
+
+def test_moco_queue_must_hold_whole_batches(squad_block_store, tiny_bert_dir):
+  with pytest.raises(InputError, match="not a multiple of --batch_size=8"):
+    tiny_contrastive_task("contriever", squad_block_store.directory, tiny_bert_dir,
+                          moco_queue_size=20)
+
+
+def train_moco(store, bert_dir, workdir, steps):
+  task = tiny_contrastive_task("contriever", store, bert_dir, moco_queue_size=24,
+                               moco_momentum=0.9)
+  return task, loop.train(task, loop.TrainConfig(
+      workdir=workdir, num_train_steps=steps, batch_size=8, learning_rate=1e-3, warmup_steps=0,
+      eval_every_steps=0, log_every_steps=1, checkpoint_every_steps=2, keep_checkpoints=2,
+      async_checkpoints=False))
+
+
+def test_moco_state_advances_and_resumes_exactly(squad_block_store, tiny_bert_dir, tmp_path):
+  """The queue takes each step's keys in turn and the key encoder follows the encoder; a run
+  resumed from its checkpoint at step 2 ends with the state of one that never stopped."""
+  store, workdir = squad_block_store.directory, str(tmp_path / "run")
+  task, one = train_moco(store, tiny_bert_dir, str(tmp_path / "one"), 1)
+  initial_queue = np.asarray(task.init_task_state(
+      partitioning.unbox(task.init_params(jax.random.key(0)))).queue)
+  np.testing.assert_allclose(np.linalg.norm(initial_queue, axis=1), 1.0, rtol=1e-5)
+  assert int(one.task_state.position) == 8
+  np.testing.assert_allclose(one.task_state.queue[8:], initial_queue[8:], rtol=1e-6)
+  assert not np.allclose(one.task_state.queue[:8], initial_queue[:8])
+
+  _, straight = train_moco(store, tiny_bert_dir, workdir, 4)
+  assert int(straight.task_state.position) == 8  # 32 keys through a queue of 24
+  # The key encoder moves towards the encoder as it was before each step.
+  initial = partitioning.unbox(task.init_params(jax.random.key(0)))
+  moved = lambda key, before: jax.tree.map(lambda k, p: 0.9 * k + 0.1 * p, key, before)
+  jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-7),
+               one.task_state.key_params, moved(initial, initial))
+
+  shutil.rmtree(os.path.join(run_directory.checkpoint_dir(workdir), "4"))
+  _, resumed = train_moco(store, tiny_bert_dir, workdir, 4)
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
