@@ -18,6 +18,7 @@ from orqa_realm.tasks.orqa import ORQATask
 from orqa_realm.tasks.realm import REALMTask
 from orqa_realm.tasks.rocketqa import RocketQAv2Task
 from orqa_realm.tasks.splade import SpladeTask
+from orqa_realm.tasks.spider import SpiderTask
 from orqa_realm.tasks.star import STARTask
 from orqa_realm.tasks.tasb import TASBTask
 
@@ -25,4 +26,5 @@ TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, ContrieverTask,
                                  CrossEncoderTask, DistillTask, DPRTask, ICTTask, LMFinetuneTask,
                                  MEBERTTask, MLMTask, ORQATask, PolyEncoderTask, REALMTask,
-                                 RocketQAv2Task, SimCSETask, SpladeTask, STARTask, TASBTask)}
+                                 RocketQAv2Task, SimCSETask, SpiderTask, SpladeTask, STARTask,
+                                 TASBTask)}

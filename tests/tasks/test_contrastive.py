@@ -20,7 +20,8 @@ from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.base import StepContext
 from orqa_realm.tasks.contrastive import ContrieverConfig, moco_loss
 from orqa_realm.training import loop
-from tests.tasks.tiny_contrastive import tiny_contrastive_task
+from orqa_realm.tasks.spider import SpiderConfig
+from tests.tasks.tiny_contrastive import tiny_contrastive_task, tiny_spider_task
 
 MESH = parallel.make_mesh()
 
@@ -138,3 +139,30 @@ def test_moco_state_advances_and_resumes_exactly(squad_block_store, tiny_bert_di
   shutil.rmtree(os.path.join(run_directory.checkpoint_dir(workdir), "4"))
   _, resumed = train_moco(store, tiny_bert_dir, workdir, 4)
   jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+@pytest.fixture(scope="module")
+def tiny_spider(squad_block_store, tiny_bert_dir):
+  return tiny_spider_task(squad_block_store.directory, tiny_bert_dir)
+
+
+def test_spider_loss_against_numpy(tiny_spider):
+  """DPR's in-batch softmax over positives and same-document negatives; a block that is a
+  query's positive is never also counted as its negative."""
+  batch = tiny_spider.train_batch(0, StepContext(MESH))
+  batch = batch._replace(block_ids=batch.block_ids.copy())
+  batch.block_ids[3] = batch.block_ids[0]  # query 1's negative: query 0's positive
+  params = partitioning.unbox(tiny_spider.init_params(jax.random.key(0)))
+  loss, _ = tiny_spider.loss(params, batch, jax.random.key(0), True)
+  queries, blocks = (np.asarray(x, np.float64) for x in tiny_spider.model.apply(
+      {"params": params}, batch.queries, batch.blocks, True))
+  logits = tiny_spider.config.retriever.score_scale * queries @ blocks.T  # [8, 16]
+  logits[0, 3] = -np.inf  # the copy of query 0's positive
+  positives = 2 * np.arange(8)
+  expected = np.mean(np.log(np.exp(logits).sum(1)) - logits[np.arange(8), positives])
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+
+
+def test_spider_groups_must_be_known():
+  with pytest.raises(InputError, match="'document' or 'title'"):
+    SpiderConfig(group_by="article")

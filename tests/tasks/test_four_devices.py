@@ -1,6 +1,6 @@
 """Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
 ADORE, the multi-vector ColBERT, ME-BERT and poly-encoder, ART, the decoder's fine-tuning, and
-the masked LM, SPLADE, Contriever and SimCSE):
+the masked LM, SPLADE, Contriever, SimCSE and Spider):
 the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device; and the
 decoder's fine-tuning (a mean over tokens: micro-batches weigh unequally) accumulated over 2
 micro-batches on 4 devices == the whole batch on 1. One subprocess checks them all
@@ -19,7 +19,7 @@ from tests.tasks.sharding import run_on_four_devices
 LOSS_TOLERANCE = dict(distill=2e-5, splade=2e-5)
 TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore", "colbert",
          "me_bert", "poly_encoder", "art", "lm_finetune", "lm_finetune_accumulated", "mlm",
-         "splade", "contriever", "simcse")
+         "splade", "contriever", "simcse", "spider")
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,8 @@ def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
       splade=("tests.tasks.tiny_splade:tiny_splade_task", [store, bert], {}),
       contriever=("tests.tasks.tiny_contrastive:tiny_contrastive_task",
                   ["contriever", store, bert], {}),
-      simcse=("tests.tasks.tiny_contrastive:tiny_contrastive_task", ["simcse", store, bert], {}))
+      simcse=("tests.tasks.tiny_contrastive:tiny_contrastive_task", ["simcse", store, bert], {}),
+      spider=("tests.tasks.tiny_contrastive:tiny_spider_task", [store, bert], {}))
   accumulated = dict(lm_finetune_accumulated=2)
   specs["lm_finetune_accumulated"] = specs["lm_finetune"]
   return run_on_four_devices("tests.tasks.sharded_task_check", *(
