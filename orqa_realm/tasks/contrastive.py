@@ -4,19 +4,22 @@
 Both train one shared encoder (`--share_encoders`, the default here) with the in-batch softmax
 over the global batch, each query view's positive being the key view of its own block; Contriever
 also as MoCo (`--moco_queue_size`), with keys from a momentum copy of the encoder and a queue of
-past batches' keys as the negatives, the two kept in the checkpointed train state; blocks
-held out of training (`heldout_fraction`) give the evaluation batches, and each evaluation may
-report answer recall@k on a QA set over the whole store, as ICT's does.
+past batches' keys as the negatives, the two kept in the checkpointed train state. The part
+every label-free pretraining task shares (`PretrainingTask`, Spider's too): blocks held out of
+training give the evaluation batches, and each evaluation may report answer recall@k on a QA
+set over the whole store, as ICT's does.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from orqa_realm.core.config import nested, setting
 from orqa_realm.core.errors import InputError
@@ -36,14 +39,27 @@ CONTRASTIVE_RETRIEVER = retriever.RetrieverConfig(
     score_scale=20.0)
 
 
-def check_heldout_fraction(fraction: float) -> None:
-  if not 0.0 <= fraction < 1.0:
-    raise InputError(f"must be in [0, 1), not {fraction}", field="contrastive_heldout_fraction")
+@dataclasses.dataclass(frozen=True)
+class HeldOutBlocks:
+  """The blocks a pretraining task keeps out of training, and how many batches of them each
+  evaluation reports the loss and accuracy on."""
+  fraction: float = setting(
+      0.05, "Fraction of blocks held out of training for evaluation.",
+      flag="contrastive_heldout_fraction")
+  batches: int = setting(
+      4, "Held-out batches (of the training batch size) per evaluation.",
+      flag="contrastive_eval_batches")
+
+  def __post_init__(self):
+    if not 0.0 <= self.fraction < 1.0:
+      raise InputError(f"must be in [0, 1), not {self.fraction}",
+                       field="contrastive_heldout_fraction")
 
 
-class ContrastiveInputs(NamedTuple):
+class PretrainingInputs(NamedTuple):
   queries: TokenBatch  # [batch, query_length]
-  keys: TokenBatch  # [batch, block_length]
+  blocks: TokenBatch  # [batch x g, block_length]: each query's positive, then g - 1 negatives
+  block_ids: np.ndarray  # [batch x g] int64, the store's block each row comes from
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,12 +81,7 @@ class ContrieverConfig:
   moco_momentum: float = setting(
       0.999, "MoCo: the key encoder's parameters move to m x theirs + (1 - m) x the encoder's "
       "before each step.")
-  heldout_fraction: float = setting(
-      0.05, "Fraction of blocks held out of training for evaluation.",
-      flag="contrastive_heldout_fraction")
-  eval_batches: int = setting(
-      4, "Held-out batches (of the training batch size) per evaluation.",
-      flag="contrastive_eval_batches")
+  held_out: HeldOutBlocks = nested(HeldOutBlocks())
   evaluation: QAEvaluation = nested(QAEvaluation(questions=300))
 
   def __post_init__(self):
@@ -85,7 +96,6 @@ class ContrieverConfig:
       raise InputError(f"must be at least 0, not {self.moco_queue_size}", field="moco_queue_size")
     if not 0.0 <= self.moco_momentum < 1.0:
       raise InputError(f"must be in [0, 1), not {self.moco_momentum}", field="moco_momentum")
-    check_heldout_fraction(self.heldout_fraction)
 
   def views(self) -> tuple[ViewSettings, bool]:
     """(how a view is drawn, whether the two are drawn independently)."""
@@ -97,62 +107,72 @@ class SimCSEConfig:
   """The settings of SimCSE pretraining."""
   source: StoreAndBert = nested(StoreAndBert())
   retriever: retriever.RetrieverConfig = nested(CONTRASTIVE_RETRIEVER)
-  heldout_fraction: float = setting(
-      0.05, "Fraction of blocks held out of training for evaluation.",
-      flag="contrastive_heldout_fraction")
-  eval_batches: int = setting(
-      4, "Held-out batches (of the training batch size) per evaluation.",
-      flag="contrastive_eval_batches")
+  held_out: HeldOutBlocks = nested(HeldOutBlocks())
   evaluation: QAEvaluation = nested(QAEvaluation(questions=300))
-
-  def __post_init__(self):
-    check_heldout_fraction(self.heldout_fraction)
 
   def views(self) -> tuple[ViewSettings, bool]:
     """The whole block (up to the shorter of the two lengths), the same text as both views."""
     return ViewSettings(1.0, 1.0, 0.0), False
 
 
-class ContrastiveTask(DualEncoderTask):
-  """What Contriever and SimCSE share: the sampler of view pairs, the in-batch loss, held-out
-  batches. A subclass names itself and its config, whose `views()` says how pairs are drawn."""
+class PretrainingTask(DualEncoderTask):
+  """What the label-free pretraining tasks share: a sampler of (query, blocks) batches over the
+  training blocks and one over the held-out blocks (`config.held_out`), and DPR's in-batch
+  softmax over each query's positive and negatives, a copy of its positive elsewhere in the
+  batch not counted as a negative. A subclass says how batches are drawn (`make_sampler`,
+  `inputs`)."""
 
   def __init__(self, config, context: TaskContext):
     super().__init__(config, context)
-    train_blocks, self.heldout_blocks = split_blocks(len(self.store), config.heldout_fraction,
+    train_blocks, self.heldout_blocks = split_blocks(len(self.store), config.held_out.fraction,
                                                      context.seed)
-    settings, independent = config.views()
-    retriever_config = self.config.retriever
-    sampler = lambda blocks, seed: ContrastiveSampler(
-        self.store, batch_size=context.batch_size, settings=settings, independent=independent,
-        query_length=retriever_config.query_length, key_length=retriever_config.block_length,
-        seed=seed, candidate_blocks=blocks)
     try:
-      self.train_sampler = sampler(train_blocks, context.seed)
-      self.eval_sampler = (sampler(self.heldout_blocks, context.seed + 1)
-                           if config.eval_batches and len(self.heldout_blocks) else None)
+      self.train_sampler = self.make_sampler(train_blocks, context.seed)
+      self.eval_sampler = (self.make_sampler(self.heldout_blocks, context.seed + 1)
+                           if config.held_out.batches and len(self.heldout_blocks) else None)
     except ValueError as e:
       raise InputError(f"{e}: pass a smaller --batch_size, a larger --block_store, or (for the "
                        "held-out split) --contrastive_eval_batches=0",
                        path=self.store.directory) from e
 
-  def train_batch(self, step: int, context: StepContext) -> ContrastiveInputs:
-    batch = self.train_sampler.batch(step, context.rows)  # a function of the step alone
-    return ContrastiveInputs(batch.queries, batch.keys)
+  @abc.abstractmethod
+  def make_sampler(self, blocks: np.ndarray, seed: int) -> Any:
+    """A sampler of global batches (`batch(step, rows)`) drawn from `blocks`."""
 
-  def loss(self, params, batch: ContrastiveInputs, rng, deterministic: bool):
-    query_embeddings, key_embeddings = self.model.apply(
-        {"params": params}, batch.queries, batch.keys, deterministic, rngs={"dropout": rng})
-    result = in_batch_softmax_loss(query_embeddings, key_embeddings,
-                                   self.config.retriever.score_scale)
+  @abc.abstractmethod
+  def inputs(self, batch: Any) -> PretrainingInputs:
+    """The loss's inputs from one of the sampler's batches."""
+
+  def train_batch(self, step: int, context: StepContext) -> PretrainingInputs:
+    return self.inputs(self.train_sampler.batch(step, context.rows))  # a function of the step
+
+  def loss(self, params, batch: PretrainingInputs, rng, deterministic: bool):
+    query_embeddings, block_embeddings = self.model.apply(
+        {"params": params}, batch.queries, batch.blocks, deterministic, rngs={"dropout": rng})
+    result = in_batch_softmax_loss(query_embeddings, block_embeddings,
+                                   self.config.retriever.score_scale, batch.block_ids)
     return result.loss, {"loss": result.loss, "accuracy": result.accuracy}
 
-  def eval_batches(self) -> Iterator[ContrastiveInputs]:
+  def eval_batches(self) -> Iterator[PretrainingInputs]:
     if self.eval_sampler is None:
       return
-    for step in range(self.config.eval_batches):
-      batch = self.eval_sampler.batch(step)
-      yield ContrastiveInputs(batch.queries, batch.keys)
+    for step in range(self.config.held_out.batches):
+      yield self.inputs(self.eval_sampler.batch(step))
+
+
+class ContrastiveTask(PretrainingTask):
+  """Contriever's and SimCSE's pairs: two views of one block, whose config's `views()` says how
+  they are drawn."""
+
+  def make_sampler(self, blocks: np.ndarray, seed: int) -> ContrastiveSampler:
+    settings, independent = self.config.views()
+    return ContrastiveSampler(
+        self.store, batch_size=self.context.batch_size, settings=settings,
+        independent=independent, query_length=self.config.retriever.query_length,
+        key_length=self.config.retriever.block_length, seed=seed, candidate_blocks=blocks)
+
+  def inputs(self, batch) -> PretrainingInputs:
+    return PretrainingInputs(batch.queries, batch.keys, batch.block_indices)
 
 
 class MoCoState(NamedTuple):
@@ -202,7 +222,7 @@ class ContrieverTask(ContrastiveTask):
                      queue=queue / jnp.linalg.norm(queue, axis=1, keepdims=True),
                      position=jnp.zeros((), jnp.int32))
 
-  def stateful_loss(self, params, task_state: MoCoState, batch: ContrastiveInputs, rng):
+  def stateful_loss(self, params, task_state: MoCoState, batch: PretrainingInputs, rng):
     momentum = self.config.moco_momentum
     key_params = jax.tree.map(lambda key, value: momentum * key
                               + (1.0 - momentum) * jax.lax.stop_gradient(value),
@@ -211,7 +231,7 @@ class ContrieverTask(ContrastiveTask):
     queries = self.model.apply({"params": params}, batch.queries, False,
                                method=self.model.embed_queries, rngs={"dropout": query_rng})
     keys = jax.lax.stop_gradient(self.model.apply(
-        {"params": key_params}, batch.keys, False, method=self.model.embed_blocks,
+        {"params": key_params}, batch.blocks, False, method=self.model.embed_blocks,
         rngs={"dropout": key_rng}))  # [batch, dim]
     loss, accuracy = moco_loss(queries, keys, task_state.queue,
                                self.config.retriever.score_scale)

@@ -18,7 +18,7 @@ from orqa_realm.core import parallel, run_directory
 from orqa_realm.core.errors import InputError
 from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.base import StepContext
-from orqa_realm.tasks.contrastive import ContrieverConfig, moco_loss
+from orqa_realm.tasks.contrastive import ContrieverConfig, HeldOutBlocks, moco_loss
 from orqa_realm.training import loop
 from orqa_realm.tasks.spider import SpiderConfig
 from tests.tasks.tiny_contrastive import tiny_contrastive_task, tiny_spider_task
@@ -36,7 +36,7 @@ def test_loss_against_numpy(tiny_task):
   params = partitioning.unbox(tiny_task.init_params(jax.random.key(0)))
   loss, metrics = tiny_task.loss(params, batch, jax.random.key(0), True)
   queries, keys = (np.asarray(x, np.float64) for x in tiny_task.model.apply(
-      {"params": params}, batch.queries, batch.keys, True))
+      {"params": params}, batch.queries, batch.blocks, True))
   logits = tiny_task.config.retriever.score_scale * queries @ keys.T
   log_p = logits - logits.max(1, keepdims=True)
   log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
@@ -50,7 +50,7 @@ def test_simcse_views_differ_only_by_dropout(squad_block_store, tiny_bert_dir):
   batch = task.train_batch(0, StepContext(MESH))
   params = partitioning.unbox(task.init_params(jax.random.key(0)))
   length = batch.queries.token_ids.shape[1]
-  np.testing.assert_array_equal(batch.queries.token_ids, batch.keys.token_ids[:, :length])
+  np.testing.assert_array_equal(batch.queries.token_ids, batch.blocks.token_ids[:, :length])
   evaluated = task.model.apply({"params": params}, batch.queries, batch.queries, True)
   np.testing.assert_allclose(evaluated[0], evaluated[1], atol=1e-6)
   trained = task.model.apply({"params": params}, batch.queries, batch.queries, False,
@@ -69,11 +69,13 @@ def test_held_out_blocks_are_not_trained_on(tiny_task):
 @pytest.mark.parametrize("field, value, message", [
     ("min_crop_ratio", 0.6, "exceeds --contriever_max_crop_ratio"),
     ("delete_prob", 1.5, "must be in"),
-    ("heldout_fraction", 1.0, "must be in"),
+    ("moco_momentum", 1.0, "must be in"),
 ])
 def test_bad_settings_are_refused(field, value, message):
   with pytest.raises(InputError, match=message):
     dataclasses.replace(ContrieverConfig(), **{field: value})
+  with pytest.raises(InputError, match="must be in"):
+    HeldOutBlocks(fraction=1.0)
 
 
 def test_a_short_run_learns(squad_block_store, tiny_bert_dir, tmp_path):

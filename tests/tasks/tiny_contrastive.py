@@ -4,8 +4,8 @@ store."""
 
 import dataclasses
 
-from orqa_realm.tasks.contrastive import (ContrieverConfig, ContrieverTask, SimCSEConfig,
-                                          SimCSETask)
+from orqa_realm.tasks.contrastive import (ContrieverConfig, ContrieverTask, HeldOutBlocks,
+                                          SimCSEConfig, SimCSETask)
 from orqa_realm.tasks.spider import SpiderConfig, SpiderTask
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_context, tiny_source
 
@@ -19,7 +19,7 @@ def tiny_contrastive_task(kind: str, block_store: str, bert_dir: str, batch_size
   config_class, task_class = dict(contriever=(ContrieverConfig, ContrieverTask),
                                   simcse=(SimCSEConfig, SimCSETask))[kind]
   config = config_class(source=tiny_source(block_store, bert_dir),
-                        retriever=TINY_SHARED_RETRIEVER, heldout_fraction=0.1, eval_batches=2)
+                        retriever=TINY_SHARED_RETRIEVER, held_out=HeldOutBlocks(0.1, 2))
   return task_class(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
 
 
@@ -27,5 +27,5 @@ def tiny_spider_task(block_store: str, bert_dir: str, batch_size: int = 8, seed:
                      **overrides) -> SpiderTask:
   """Spider over a SQuAD store, whose articles (titles) are Spider's documents."""
   config = SpiderConfig(source=tiny_source(block_store, bert_dir), retriever=TINY_SHARED_RETRIEVER,
-                        group_by="title", query_window=12, heldout_fraction=0.1, eval_batches=2)
+                        group_by="title", query_window=12, held_out=HeldOutBlocks(0.1, 2))
   return SpiderTask(dataclasses.replace(config, **overrides), tiny_context(batch_size, seed))
