@@ -5,14 +5,16 @@
 Ours is the exact step the training loop runs (`training.loop.make_train_step`: forward, in-batch
 softmax over the batch, backward, clipping, AdamW). PyTorch runs the same architecture (two
 BertModels from the same weights, dense(128) + LayerNorm + dropout on the pooled output), loss,
-clipping and AdamW, in float32 and with bf16 autocast. Prints query-block pairs/s, ratios, and
-MFU (3x forward FLOPs per training step) against the best float32 matmul rate measured here (JAX
-or PyTorch).
+clipping and AdamW, in float32 and with bf16 autocast. Ours runs each of `--dtypes` with each of
+`--remat_policies`. Prints query-block pairs/s, ratios, and MFU (3x forward FLOPs per training
+step, recomputation not counted) against the best float32 matmul rate measured here (JAX or
+PyTorch).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import tempfile
 
@@ -37,10 +39,13 @@ SETTINGS.bind("task ict", ICTConfig,
 _READ = frozenset({"batch_size", "bert", "query_length", "block_length"})
 _ITERATIONS = flags.DEFINE_integer("iterations", 5, "Timed steps per configuration.")
 _DTYPES = flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Our compute dtypes to time.")
+_REMAT_POLICIES = flags.DEFINE_list(
+    "remat_policies", ["none", "full"], "Our rematerialisation policies to time (--remat's "
+    "values): on CPU recomputing can beat stacking every layer's activations.")
 
 
 def flax_step_seconds(store_dir: str, task_config: ICTConfig, train_config: loop.TrainConfig,
-                      dtype_name: str) -> float:
+                      dtype_name: str, remat: str) -> float:
   import jax
   import jax.numpy as jnp
 
@@ -52,7 +57,7 @@ def flax_step_seconds(store_dir: str, task_config: ICTConfig, train_config: loop
       task_config, source=dataclasses.replace(task_config.source, block_store=store_dir),
       heldout_fraction=0.0, eval_batches=0)
   task = ICTTask(task_config, TaskContext(train_config.batch_size, train_config.seed, dtype_name,
-                                          remat="none"))
+                                          remat=remat))
   optimizer = loop.make_optimizer(train_config)
   params = jax.device_put(partitioning.unbox(task.init_params(jax.random.key(0))))
   state = loop.TrainState(jnp.zeros((), jnp.int32), params, optimizer.init(params))
@@ -131,9 +136,10 @@ def main():
   with tempfile.TemporaryDirectory() as scratch:
     store_dir = os.path.join(scratch, "blocks")
     build_block_store(load_documents(f"squad:{DEMO_SQUAD}"), Tokenizer(model_dir), store_dir)
-    for dtype_name in _DTYPES.value:
-      results.append((f"flax {dtype_name}",
-                      flax_step_seconds(store_dir, task_config, train_config, dtype_name)))
+    for dtype_name, remat in itertools.product(_DTYPES.value, _REMAT_POLICIES.value):
+      results.append((f"flax {dtype_name}, remat {remat}",
+                      flax_step_seconds(store_dir, task_config, train_config, dtype_name,
+                                        remat)))
     sampled = ICTSampler(BlockStore(store_dir), batch_size=batch_size, query_length=query_length,
                          block_length=block_length).batch(0)
     batch = ICTInputs(sampled.queries, sampled.blocks)
