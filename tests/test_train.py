@@ -25,6 +25,10 @@ UNREAD = {
     "lm_finetune": "art_candidates=4",
     "mlm": "realm_num_candidates=4",
     "splade": "pooling=mean",
+    # The label-free pretraining tasks read only their own way of drawing pairs.
+    "contriever": "spider_group_by=title",
+    "simcse": "moco_queue_size=64",
+    "spider": "contriever_delete_prob=0.2",
     # Each multi-vector kind reads only its own settings.
     "colbert": "block_vectors=4",
     "me_bert": "query_augmentation=false",
