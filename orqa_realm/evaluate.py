@@ -24,8 +24,11 @@ retrieved blocks: exact match, and `predictions.jsonl` (answer, correctness, top
 ORQA run's own question encoder searches with `--workdir` set to the same run.
 
 The retriever is dense by default; `--retrieval=bm25` ranks blocks by BM25 instead (no index or
-question encoder needed; --bert names the tokenizer of the store and of a reader), and
-`--retrieval=hybrid` fuses both rankings (`--hybrid_alpha`, `--hybrid_depth`).
+question encoder needed; --bert names the tokenizer of the store and of a reader),
+`--retrieval=splade` by a SPLADE model's sparse vectors, `--retrieval=deepct` by BM25 over the
+store rewritten with a DeepCT run's term weights (`--workdir`, `--deepct_index_dir`), and
+`--retrieval=hybrid` fuses the dense ranking with a sparse one (`--hybrid_sparse=bm25`, or
+`splade` / `deepct` with `--hybrid_sparse_model`; `--hybrid_alpha`, `--hybrid_depth`).
 `--retrieval=colbert` (or `me_bert`, `poly_encoder`) searches a multi-vector index with the
 query encoder of the run it was embedded from, exactly or with PLAID
 (`--multi_vector_backend=plaid` over a compressed index):
@@ -51,9 +54,11 @@ import os
 import time
 from typing import Any, Literal
 
+from etils import epath
+
 from orqa_realm import cli
 from orqa_realm.core import config as settings_lib
-from orqa_realm.core import parallel, paths
+from orqa_realm.core import parallel, paths, run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir, tfds_input
@@ -61,6 +66,7 @@ from orqa_realm.data.answer_spans import BlockAnswerMatcher
 from orqa_realm.data.answers import answer_hits, gold_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
+from orqa_realm.encode import deepct as deepct_encode
 from orqa_realm.encode import evaluation, runs
 from orqa_realm.encode import multi_vector as multi_vector_encode
 from orqa_realm.encode import sparse as sparse_encode
@@ -74,16 +80,45 @@ from orqa_realm.index.searcher import SearchResult
 from orqa_realm.modeling import multi_vector, splade
 
 
+# The --retrieval values that rank blocks by sparse term matching, alone or in a hybrid.
+SPARSE_KINDS = ("bm25", "splade", "deepct")
+SparseKind = Literal[SPARSE_KINDS]
+
+
+@dataclasses.dataclass(frozen=True)
+class HybridSparse:
+  """The sparse side of a hybrid. Its model is named apart from --workdir, which names the dense
+  side's run."""
+  kind: SparseKind = setting(
+      "bm25", "What --retrieval=hybrid fuses with the dense ranking: bm25 (--bm25_*), splade "
+      "(--sparse_index_dir, --splade_*) or deepct (--deepct_*), with --hybrid_sparse_model.",
+      flag="hybrid_sparse")
+  model: str = setting(
+      "", "The hybrid's SPLADE or DeepCT model: a run (--task=splade or deepct; its newest "
+      "checkpoint), or for splade a BERT with its masked-LM head (a directory or a name, e.g. "
+      "bert_tiny_splade) read with SPLADE's default lengths.", flag="hybrid_sparse_model")
+
+  def __post_init__(self):
+    if self.kind == "bm25" and self.model:
+      raise InputError("BM25 has no model: --hybrid_sparse_model is read with "
+                       "--hybrid_sparse=splade or deepct", field="hybrid_sparse_model")
+    if self.kind != "bm25" and not self.model:
+      raise InputError(f"--hybrid_sparse={self.kind} needs the model of its side",
+                       field="hybrid_sparse_model")
+
+
 @dataclasses.dataclass(frozen=True)
 class EvaluateCommand:
   """What is evaluated, and where the results go."""
   output_dir: str = setting("", "Where metrics.json, the plot and predictions.jsonl go.")
-  retrieval: Literal[("dense", "bm25", "hybrid", "splade", *multi_vector.CONFIGS)] = setting(
+  retrieval: Literal[("dense", *SPARSE_KINDS, "hybrid", *multi_vector.CONFIGS)] = setting(
       "dense", "dense: the question encoder over --index_dir; bm25: BM25 over --block_store "
-      "(--bm25_*); hybrid: both, fused by normalised dense + --hybrid_alpha x BM25 score; "
-      "splade: learned sparse term weights of a SPLADE run (--workdir) or of --bert's MLM head "
-      "over their inverted index (--sparse_index_dir); colbert, me_bert, poly_encoder: that "
-      "multi-vector run (--workdir) over its index (--index_dir, --multi_vector_backend).")
+      "(--bm25_*); splade: learned sparse term weights of a SPLADE run (--workdir) or of "
+      "--bert's MLM head over their inverted index (--sparse_index_dir); deepct: BM25 over the "
+      "store rewritten by a DeepCT run's term weights (--workdir, --deepct_*); hybrid: dense "
+      "and --hybrid_sparse fused by normalised dense + --hybrid_alpha x sparse score; colbert, "
+      "me_bert, poly_encoder: that multi-vector run (--workdir) over its index (--index_dir, "
+      "--multi_vector_backend).")
   reader_workdir: str = setting(
       "", "An ORQA run whose reader answers the --eval_qa_dataset questions from the top k "
       "retrieved blocks (exact match, predictions.jsonl).")
@@ -102,6 +137,8 @@ SETTINGS.bind("multi-vector search", multi_vector_encode.MultiVectorSearch)
 SETTINGS.bind("plaid", PLAIDSettings)
 SETTINGS.bind("splade", sparse_encode.SparseSearch)
 SETTINGS.bind("splade model", splade.SpladeConfig)
+SETTINGS.bind("deepct", deepct_encode.DeepCTSearch)
+SETTINGS.bind("hybrid sparse", HybridSparse)
 
 MULTI_VECTOR_KINDS = tuple(multi_vector.CONFIGS)  # the --retrieval values of run kinds
 
@@ -113,14 +150,19 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
   groups = ["evaluate", "store", "tfds", "questions" if qa.qa_dataset else "beir"]
   if command.retrieval in ("dense", "hybrid"):
     groups += DENSE_GROUPS
-  if command.retrieval in ("bm25", "hybrid"):
-    groups.append("bm25")
   if command.retrieval == "hybrid":
-    groups.append("hybrid")
-  if command.retrieval == "splade":
+    groups += ["hybrid", "hybrid sparse"]
+  sparse_kind = sparse_kind_of(command)
+  if sparse_kind == "bm25":
+    groups.append("bm25")
+  if sparse_kind == "splade":
     groups.append("splade")
-    if not SETTINGS.build("splade").run.workdir:  # a run's settings are its own
+    # A run's settings are its own; a hybrid's pretrained SPLADE takes the defaults, since
+    # the dense side reads the same length flags.
+    if command.retrieval == "splade" and not SETTINGS.build("splade").run.workdir:
       groups.append("splade model")
+  if sparse_kind == "deepct":
+    groups.append("deepct")
   if command.retrieval in MULTI_VECTOR_KINDS:
     groups.append("multi-vector search")
     if SETTINGS.build("multi-vector search").backend == "plaid":
@@ -130,27 +172,58 @@ def read_groups(command: EvaluateCommand, qa: QAEvaluation) -> list[str]:
   return groups
 
 
+def sparse_kind_of(command: EvaluateCommand) -> str | None:
+  """The sparse retrieval the command reads: --retrieval's own, or a hybrid's sparse side."""
+  if command.retrieval in SPARSE_KINDS:
+    return command.retrieval
+  return SETTINGS.build("hybrid sparse").kind if command.retrieval == "hybrid" else None
+
+
+def sparse_model_source(command: EvaluateCommand, kind: str, source: StoreSource
+                        ) -> tuple[runs.RunCheckpoint, str]:
+  """(the run, or else the pretrained BERT) the `kind` side reads: --workdir and --bert alone,
+  --hybrid_sparse_model in a hybrid."""
+  if command.retrieval != "hybrid":
+    return SETTINGS.build(kind).run, source.bert
+  model = SETTINGS.build("hybrid sparse").model
+  if (epath.Path(model) / run_directory.RUN_FILE).exists():
+    return runs.RunCheckpoint(model), ""
+  return runs.RunCheckpoint(), model
+
+
+def sparse_searcher(command: EvaluateCommand, kind: str, source: StoreSource, store, tokenizer,
+                    mesh):
+  """The `kind` (SPARSE_KINDS) searcher of the store's blocks, and what it was built from."""
+  if kind == "bm25":
+    searcher = bm25.open_or_build(store, SETTINGS.build("bm25"))
+    return searcher, dict(bm25=dataclasses.asdict(searcher.settings))
+  run, bert = sparse_model_source(command, kind, source)
+  if kind == "splade":
+    splade_config = (SETTINGS.build("splade model") if command.retrieval == "splade"
+                     else splade.SpladeConfig())
+    model = (sparse_encode.run_model(run.workdir, run.step, mesh) if run.workdir
+             else sparse_encode.pretrained_model(bert, splade_config))
+    return sparse_encode.text_searcher(store, tokenizer, model, SETTINGS.build("splade"), mesh)
+  if not run.workdir:
+    raise InputError("DeepCT rewrites the store with a DeepCT run's weights: pass the run "
+                     "(--task=deepct) as " + ("--hybrid_sparse_model" if command.retrieval ==
+                                              "hybrid" else "--workdir"), field="workdir")
+  model = deepct_encode.run_model(run.workdir, run.step, mesh)
+  return deepct_encode.text_searcher(store, tokenizer, model, SETTINGS.build("deepct"), mesh)
+
+
 def text_searcher(command: EvaluateCommand, source: StoreSource, store, tokenizer, mesh):
   """The --retrieval searcher of the store's blocks, and what it was built from."""
   info: dict[str, Any] = dict(retrieval=command.retrieval)
-  if command.retrieval == "splade":
-    settings = SETTINGS.build("splade")
-    model = (sparse_encode.run_model(settings.run.workdir, settings.run.step, mesh)
-             if settings.run.workdir else
-             sparse_encode.pretrained_model(source.bert, SETTINGS.build("splade model")))
-    searcher, splade_info = sparse_encode.text_searcher(store, tokenizer, model, settings, mesh)
-    return searcher, dict(info, **splade_info)
+  if command.retrieval in SPARSE_KINDS:
+    searcher, sparse_info = sparse_searcher(command, command.retrieval, source, store,
+                                            tokenizer, mesh)
+    return searcher, dict(info, **sparse_info)
   if command.retrieval in MULTI_VECTOR_KINDS:
     searcher, multi_vector_info = multi_vector_encode.text_searcher(
         store, tokenizer, SETTINGS.build("multi-vector search"), command.retrieval, mesh,
         SETTINGS.build("plaid"))
     return searcher, dict(info, **multi_vector_info)
-  if command.retrieval in ("bm25", "hybrid"):
-    bm25_config = SETTINGS.build("bm25")
-    sparse = bm25.open_or_build(store, bm25_config)
-    info["bm25"] = dataclasses.asdict(sparse.settings)
-  if command.retrieval == "bm25":
-    return sparse, info
   encoder_of = functools.partial(
       evaluation.query_encoder, SETTINGS.build("dense retrieval"), source.bert,
       tokenizer=tokenizer, given=SETTINGS.given_settings("retriever"), mesh=mesh)
@@ -159,8 +232,10 @@ def text_searcher(command: EvaluateCommand, source: StoreSource, store, tokenize
   info.update(dense_info)
   if command.retrieval == "dense":
     return dense, info
+  kind = sparse_kind_of(command)
+  sparse, sparse_info = sparse_searcher(command, kind, source, store, tokenizer, mesh)
   fusion = SETTINGS.build("hybrid")
-  info["fusion"] = dataclasses.asdict(fusion)
+  info.update(sparse_info, hybrid_sparse=kind, fusion=dataclasses.asdict(fusion))
   return HybridSearcher(dense, sparse, alpha=fusion.alpha, depth=fusion.depth,
                         normalization=fusion.normalization), info
 

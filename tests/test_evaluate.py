@@ -129,6 +129,52 @@ def test_cli_takes_the_query_encoder_from_the_index_and_refuses_a_contradiction(
   assert "--hybrid_alpha is not read by `evaluate --retrieval=dense`" in unread.stderr
 
 
+# Parses each command line as `python -m orqa_realm.evaluate` would and checks its flags (no
+# model is loaded); prints each refusal's message, or None.
+CHECK_FLAGS = """
+import json, sys
+from absl import flags
+from orqa_realm import evaluate
+from orqa_realm.core.errors import InputError
+evaluate.SETTINGS.define()
+messages = []
+for line in json.loads(sys.argv[1]):
+  flags.FLAGS.unparse_flags()
+  flags.FLAGS(["evaluate", "--eval_qa_dataset=squad:x.json", *line])
+  try:
+    evaluate.check_flags()
+    messages.append(None)
+  except InputError as e:
+    messages.append(str(e))
+print(json.dumps(messages))
+"""
+
+
+def test_each_sparse_retrieval_reads_its_own_flags_alone_or_in_a_hybrid():
+  lines = [["--retrieval=hybrid", "--hybrid_sparse=deepct", "--hybrid_sparse_model=runs/d",
+            "--deepct_scale=50", "--workdir=runs/dpr"],
+           ["--retrieval=deepct", "--workdir=runs/d", "--deepct_k1=8"],
+           ["--retrieval=hybrid", "--hybrid_sparse=deepct"],
+           ["--retrieval=hybrid", "--hybrid_sparse_model=runs/d"],
+           ["--retrieval=hybrid", "--hybrid_sparse=splade", "--hybrid_sparse_model=m",
+            "--bm25_k1=2"],
+           ["--retrieval=bm25", "--deepct_scale=50"],
+           ["--retrieval=deepct", "--workdir=runs/d", "--hybrid_sparse=deepct"],
+           # A hybrid's pretrained SPLADE takes its default lengths: the dense side reads them.
+           ["--retrieval=splade", "--query_length=16"]]
+  result = subprocess.run([sys.executable, "-c", CHECK_FLAGS, json.dumps(lines)], cwd=REPO_ROOT,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  messages = json.loads(result.stdout.strip().splitlines()[-1])
+  fused, alone, no_model, bm25_model, wrong_side, unread, not_hybrid, splade = messages
+  assert fused is None and alone is None and splade is None
+  assert "--hybrid_sparse=deepct needs the model of its side" in no_model
+  assert "BM25 has no model" in bm25_model
+  assert "--bm25_k1 is not read by `evaluate --retrieval=hybrid`" in wrong_side
+  assert "--deepct_scale is not read by `evaluate --retrieval=bm25`" in unread
+  assert "--hybrid_sparse is not read by `evaluate --retrieval=deepct`" in not_hybrid
+
+
 @pytest.mark.slow
 def test_cli_bm25_and_hybrid_retrieval(squad_block_store, tiny_bert_dir, tiny_index,
                                        tmp_path):

@@ -25,6 +25,7 @@ UNREAD = {
     "lm_finetune": "art_candidates=4",
     "mlm": "realm_num_candidates=4",
     "splade": "pooling=mean",
+    "deepct": "splade_query_flops=0.1",
     # The label-free pretraining tasks read only their own way of drawing pairs.
     "contriever": "spider_group_by=title",
     "simcse": "moco_queue_size=64",

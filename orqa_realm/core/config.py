@@ -116,12 +116,19 @@ def _show(value: Any) -> str:
   return repr(value) if isinstance(value, str) else str(value)
 
 
-def _replace_path(instance: Any, path: Sequence[str], value: Any) -> Any:
-  """`instance` with the (nested) field at `path` set to `value`."""
-  head, *rest = path
-  if rest:
-    value = _replace_path(getattr(instance, head), rest, value)
-  return dataclasses.replace(instance, **{head: value})
+def _replace_paths(instance: Any, values: Mapping[tuple[str, ...], Any]) -> Any:
+  """`instance` with each (nested) field at a path of `values` set to its value, each dataclass
+  replaced once, so that a check across its fields (`__post_init__`) sees all the new values
+  together rather than one at a time."""
+  direct, nested_values = {}, collections.defaultdict(dict)
+  for (head, *rest), value in values.items():
+    if rest:
+      nested_values[head][tuple(rest)] = value
+    else:
+      direct[head] = value
+  for head, inner in nested_values.items():
+    direct[head] = _replace_paths(getattr(instance, head), inner)
+  return dataclasses.replace(instance, **direct) if direct else instance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,10 +231,9 @@ class FlagBinder:
       instance = dataclasses.replace(bound.default, **fields)
     else:
       instance = bound.cls(**fields)
-    for path, value in self.given_values(group).items():
-      if path[0] not in fields:
-        instance = _replace_path(instance, path, value)
-    return instance
+    return _replace_paths(instance, {path: value
+                                     for path, value in self.given_values(group).items()
+                                     if path[0] not in fields})
 
   def check_read(self, groups: Iterable[str], run: str) -> None:
     """Refuses a flag that was given but that no group in `groups` reads (`run` names what the

@@ -22,8 +22,8 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.encode import embedding
 from orqa_realm.encode.predict import ReaderSettings
 from orqa_realm.index.storage import IndexVersion
-from orqa_realm.modeling import (cross_encoder, decoder, mlm, multi_vector, partitioning,
-                                 reader, retriever, splade)
+from orqa_realm.modeling import (cross_encoder, decoder, deepct, mlm, multi_vector,
+                                 partitioning, reader, retriever, splade)
 
 ORQA_TASK = "orqa"
 # ADORE trains only a question tower over a frozen index, as ORQA's retriever half does.
@@ -437,6 +437,8 @@ def model_kind(model: dict[str, Any]) -> str:
     return "a dual-encoder retriever"
   if splade.SPLADE in model:
     return "a SPLADE sparse retriever"
+  if deepct.DEEPCT in model:
+    return "a DeepCT term weighter"
   if mlm.KNOWLEDGE_ENCODER in model:
     return "a knowledge-augmented encoder"
   return "another model"
@@ -568,3 +570,39 @@ def restore_splade_run(workdir: str, step: int | None, mesh) -> SpladeRun:
     params = checkpoint_reader.restore_params(step, shapes)
   return SpladeRun(description.workdir, config, model["tokenizer_fingerprint"], params, step,
                    description.run_id)
+
+
+def deepct_model(config: deepct.DeepCTConfig, analyzer: dict[str, str],
+                 tokenizer_fingerprint: str) -> dict[str, Any]:
+  """The model description of a run that trains the DeepCT term weighter `config`, whose words
+  become BM25 terms through `analyzer` ({stemmer, stopwords})."""
+  return {deepct.DEEPCT: config.to_dict(), "analyzer": analyzer,
+          "tokenizer_fingerprint": tokenizer_fingerprint}
+
+
+class DeepCTRun(NamedTuple):
+  """A DeepCT term weighter, read back from its run directory."""
+  workdir: str
+  config: deepct.DeepCTConfig
+  analyzer: dict[str, str]  # {stemmer, stopwords}: how its words became the terms it learnt
+  tokenizer_fingerprint: str
+  params: dict[str, Any]
+  step: int
+  run_id: str | None
+
+
+def restore_deepct_run(workdir: str, step: int | None, mesh) -> DeepCTRun:
+  """The DeepCT term weighter of `workdir` at checkpoint `step` (None: the newest), replicated
+  over `mesh`; a run of another kind is refused, naming what it is."""
+  description = run_directory.read_run(workdir)
+  model = description.model
+  if deepct.DEEPCT not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
+                     "DeepCT run (--task=deepct) is expected", path=workdir)
+  config = deepct.DeepCTConfig.from_dict(model[deepct.DEEPCT])
+  shapes = replicated_params_shapes(functools.partial(deepct.init_params, config), mesh)
+  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
+    step = checkpoint_step(checkpoint_reader, step)
+    params = checkpoint_reader.restore_params(step, shapes)
+  return DeepCTRun(description.workdir, config, model["analyzer"], model["tokenizer_fingerprint"],
+                   params, step, description.run_id)

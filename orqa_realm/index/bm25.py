@@ -16,7 +16,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import bm25s
 import numpy as np
@@ -79,6 +79,14 @@ def _stopwords(settings: BM25Settings) -> str | list[str]:
   return settings.stopwords or []
 
 
+def analyzer(settings: BM25Settings) -> Callable[[Sequence[str]], list[list[str]]]:
+  """texts -> the terms BM25 indexes and scores of each: lower-cased words of 2+ characters,
+  stop words removed, stemmed (as bm25s tokenizes)."""
+  stemmer, stopwords = _stemmer(settings), _stopwords(settings)
+  return lambda texts: bm25s.tokenize(list(texts), stopwords=stopwords, stemmer=stemmer,
+                                      return_ids=False, show_progress=False)
+
+
 class BM25Searcher:
   """BM25 top-k blocks of question or query texts."""
 
@@ -87,7 +95,7 @@ class BM25Searcher:
     self.retriever, self.settings = retriever, settings
     self._num_rows = num_rows
     self.expansions_fingerprint = expansions_fingerprint
-    self._stemmer = _stemmer(settings)
+    self._analyze = analyzer(settings)
 
   @property
   def num_rows(self) -> int:
@@ -142,8 +150,7 @@ class BM25Searcher:
 
   def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
     """The stemmed words of each text that BM25 scores (words not in the index are ignored)."""
-    return bm25s.tokenize(list(texts), stopwords=_stopwords(self.settings),
-                          stemmer=self._stemmer, return_ids=False, show_progress=False)
+    return self._analyze(texts)
 
   def search_texts(self, texts: Sequence[str], k: int) -> SearchResult:
     """The k best blocks of each text, best first; blocks sharing no word with it score 0."""

@@ -8,6 +8,7 @@ from orqa_realm.tasks.art import ARTTask
 from orqa_realm.tasks.base import Task
 from orqa_realm.tasks.contrastive import ContrieverTask, SimCSETask
 from orqa_realm.tasks.cross_encoder import CrossEncoderTask
+from orqa_realm.tasks.deepct import DeepCTTask
 from orqa_realm.tasks.distill import DistillTask
 from orqa_realm.tasks.dpr import DPRTask
 from orqa_realm.tasks.ict import ICTTask
@@ -24,7 +25,7 @@ from orqa_realm.tasks.tasb import TASBTask
 
 TASKS: dict[str, type[Task]] = {
     task.name: task for task in (ADORETask, ANCETask, ARTTask, ColBERTTask, ContrieverTask,
-                                 CrossEncoderTask, DistillTask, DPRTask, ICTTask, LMFinetuneTask,
-                                 MEBERTTask, MLMTask, ORQATask, PolyEncoderTask, REALMTask,
-                                 RocketQAv2Task, SimCSETask, SpiderTask, SpladeTask, STARTask,
-                                 TASBTask)}
+                                 CrossEncoderTask, DeepCTTask, DistillTask, DPRTask, ICTTask,
+                                 LMFinetuneTask, MEBERTTask, MLMTask, ORQATask, PolyEncoderTask,
+                                 REALMTask, RocketQAv2Task, SimCSETask, SpiderTask, SpladeTask,
+                                 STARTask, TASBTask)}

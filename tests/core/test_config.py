@@ -34,6 +34,16 @@ class Other:
   depth: int = setting(10, "A depth.")
 
 
+@dataclasses.dataclass(frozen=True)
+class Range:
+  low: int = setting(0, "The low end.")
+  high: int = setting(1, "The high end.")
+
+  def __post_init__(self):
+    if self.low > self.high:
+      raise InputError(f"{self.low} exceeds {self.high}", field="low")
+
+
 @pytest.fixture
 def binder():
   binder = config.FlagBinder("command", flags.FlagValues())
@@ -65,6 +75,18 @@ def test_defaults_come_from_the_dataclass_and_given_flags_replace_them(binder):
 def test_fields_given_to_build_are_not_replaced_by_flags(binder):
   parse(binder, "--size=4")
   assert binder.build("outer", inner=Inner(size=99)).inner.size == 99
+
+
+def test_a_check_across_fields_sees_every_given_flag_at_once():
+  binder = config.FlagBinder("command", flags.FlagValues())
+  binder.bind("range", Range)
+  binder.define()
+  # Set one at a time, low=5 would be checked against the default high=1.
+  parse(binder, "--low=5", "--high=9")
+  assert binder.build("range") == Range(5, 9)
+  parse(binder, "--low=5", "--high=4")
+  with pytest.raises(InputError, match="5 exceeds 4"):
+    binder.build("range")
 
 
 def test_help_shows_each_groups_default(binder):

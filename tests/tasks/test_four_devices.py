@@ -1,6 +1,6 @@
 """Every pair-trained task (DPR, the cross-encoder, distillation, STAR, TAS-B, RocketQAv2,
 ADORE, the multi-vector ColBERT, ME-BERT and poly-encoder, ART, the decoder's fine-tuning, and
-the masked LM, SPLADE, Contriever, SimCSE and Spider):
+the masked LM, SPLADE, DeepCT, Contriever, SimCSE and Spider):
 the loss, metrics and gradients of one batch on 4 simulated devices == on 1 device; and the
 decoder's fine-tuning (a mean over tokens: micro-batches weigh unequally) accumulated over 2
 micro-batches on 4 devices == the whole batch on 1. One subprocess checks them all
@@ -19,7 +19,7 @@ from tests.tasks.sharding import run_on_four_devices
 LOSS_TOLERANCE = dict(distill=2e-5, splade=2e-5)
 TASKS = ("dpr", "cross_encoder", "distill", "star", "tasb", "rocketqav2", "adore", "colbert",
          "me_bert", "poly_encoder", "art", "lm_finetune", "lm_finetune_accumulated", "mlm",
-         "splade", "contriever", "simcse", "spider")
+         "splade", "deepct", "contriever", "simcse", "spider")
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,7 @@ def found(squad_block_store, tiny_bert_dir, tiny_cross_encoder_run, small_squad,
                    [store, bert, tiny_decoder_dir, small_squad], {}),
       mlm=("tests.tasks.tiny_mlm:tiny_mlm_task", [store, bert], dict(masking="random_span")),
       splade=("tests.tasks.tiny_splade:tiny_splade_task", [store, bert], {}),
+      deepct=("tests.tasks.tiny_deepct:tiny_deepct_task", [store, bert], {}),
       contriever=("tests.tasks.tiny_contrastive:tiny_contrastive_task",
                   ["contriever", store, bert], {}),
       simcse=("tests.tasks.tiny_contrastive:tiny_contrastive_task", ["simcse", store, bert], {}),
