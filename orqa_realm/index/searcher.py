@@ -56,8 +56,9 @@ class MultiVectorSearcher(Protocol):
 @dataclasses.dataclass(frozen=True)
 class EncodedTextSearcher:
   """A searcher behind the query encoder that encodes texts for it: dense embeddings for an
-  exact or ScaNN index, sparse term weights for a sparse index (`index/sparse.py`)."""
-  embed: Callable[[Sequence[str]], Any]  # texts -> [num_texts, dim] query vectors
+  exact or ScaNN index, sparse term weights for a sparse index (`index/sparse.py`), term lists
+  for a DeepCT index (`index/deepct.py`)."""
+  embed: Callable[[Sequence[str]], Any]  # texts -> what `searcher.search` takes
   searcher: Any  # a Searcher, or a sparse index
 
   @property

@@ -25,17 +25,18 @@ import numpy as np
 from absl import logging
 
 from orqa_realm.core.config import nested
-from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.deepct import query_term_recall, word_targets
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import deepct as deepct_encode
 from orqa_realm.encode import runs
 from orqa_realm.index.deepct import RewrittenBM25
+from orqa_realm.index.searcher import EncodedTextSearcher
 from orqa_realm.modeling import deepct
 from orqa_realm.tasks.base import StepContext, Task, TaskContext
 from orqa_realm.tasks.common import StoreAndBert, with_store_path
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
+from orqa_realm.tasks.retrieval_eval import answer_recall_of_text_searcher
 
 
 class DeepCTInputs(NamedTuple):
@@ -142,11 +143,10 @@ class DeepCTTask(Task):
         self.store, self.splitter, self.config.deepct, params, scale=rewrite.scale,
         dtype=jnp.dtype(self.context.dtype), mesh=mesh)
     rewritten = RewrittenBM25.build(blocks_terms, k1=rewrite.k1, b=rewrite.b, description={})
-    questions = deepct_encode.query_terms([example.question for example in self.eval_examples],
-                                          self.tokenizer, self.splitter)
-    ks = [k for k in self.config.evaluation.sorted_ks if k <= len(self.store)] or [len(self.store)]
-    result = rewritten.search(questions, max(ks))
-    recalls = recall_at_k(answer_hits(result.ids, self.store, self.eval_examples), ks)
-    metrics = {f"answer_recall@{k}": value for k, value in recalls.items()}
+    encode = functools.partial(deepct_encode.query_terms, tokenizer=self.tokenizer,
+                               splitter=self.splitter)
+    metrics = answer_recall_of_text_searcher(EncodedTextSearcher(encode, rewritten), self.store,
+                                             self.eval_examples,
+                                             self.config.evaluation.sorted_ks)
     metrics["terms_per_block"] = rewritten.num_terms / len(self.store)
     return metrics

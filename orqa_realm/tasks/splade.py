@@ -26,11 +26,11 @@ import numpy as np
 from absl import logging
 
 from orqa_realm.core.config import check_minimum, nested, setting
-from orqa_realm.data.answers import answer_hits, recall_at_k
 from orqa_realm.data.qa import QAEvaluation, question_indices
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.encode import runs
 from orqa_realm.encode import sparse as sparse_encode
+from orqa_realm.index.searcher import EncodedTextSearcher
 from orqa_realm.index.sparse import SparseIndex
 from orqa_realm.modeling import mlm, splade
 from orqa_realm.modeling.losses import in_batch_softmax_loss
@@ -38,6 +38,7 @@ from orqa_realm.tasks.base import StepContext, Task, TaskContext
 from orqa_realm.tasks.common import StoreAndBert, with_store_path
 from orqa_realm.tasks.dpr import batch_blocks
 from orqa_realm.tasks.pairs import TrainingPairs, build_examples, mining_searcher
+from orqa_realm.tasks.retrieval_eval import answer_recall_of_text_searcher
 
 
 class SpladeInputs(NamedTuple):
@@ -142,12 +143,10 @@ class SpladeTask(Task):
     blocks = sparse_encode.encode_blocks(self.store, model, mesh=mesh,
                                          dtype=jnp.dtype(self.context.dtype))
     sparse_index = SparseIndex(blocks, dict(size=blocks.shape[1]), {})
-    questions = sparse_encode.encode_queries([example.question for example in self.eval_examples],
-                                             self.tokenizer, model, mesh=mesh,
-                                             dtype=jnp.dtype(self.context.dtype))
-    ks = [k for k in self.config.evaluation.sorted_ks if k <= len(self.store)] or [len(self.store)]
-    result = sparse_index.search(questions, max(ks))
-    recalls = recall_at_k(answer_hits(result.ids, self.store, self.eval_examples), ks)
-    metrics = {f"answer_recall@{k}": value for k, value in recalls.items()}
+    encode = functools.partial(sparse_encode.encode_queries, tokenizer=self.tokenizer, model=model,
+                               mesh=mesh, dtype=jnp.dtype(self.context.dtype))
+    metrics = answer_recall_of_text_searcher(EncodedTextSearcher(encode, sparse_index),
+                                             self.store, self.eval_examples,
+                                             self.config.evaluation.sorted_ks)
     metrics["postings_per_block"] = sparse_index.num_postings / len(self.store)
     return metrics

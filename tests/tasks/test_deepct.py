@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from orqa_realm.core import parallel
-from orqa_realm.data.qa import question_indices
+from orqa_realm.data.answers import answer_hits
+from orqa_realm.data.qa import QAEvaluation, question_indices
+from orqa_realm.encode import deepct as deepct_encode
 from orqa_realm.modeling import partitioning
 from orqa_realm.tasks.base import StepContext
 from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
@@ -58,6 +60,26 @@ def test_loss_against_numpy(tiny_task):
   np.testing.assert_allclose(loss, expected, rtol=1e-5)
   assert metrics["words"] == mask.sum()
   np.testing.assert_allclose(tiny_task.loss_weight(batch), mask.sum())
+
+
+def test_evaluation_searches_the_store_rewritten_as_evaluate_would(squad_block_store,
+                                                                 tiny_bert_dir):
+  evaluation = QAEvaluation(qa_dataset=f"squad:{DEMO_SQUAD}", questions=40, recall_ks=(1, 5))
+  task = tiny_deepct_task(squad_block_store.directory, tiny_bert_dir, evaluation=evaluation)
+  params = partitioning.unbox(task.init_params(jax.random.key(1)))
+  metrics = task.evaluate(params, MESH)
+  model = deepct_encode.DeepCTModel(task.config.deepct, params, task.analyzer,
+                                    task.tokenizer.fingerprint, {})
+  searcher, info = deepct_encode.text_searcher(
+      task.store, task.tokenizer, model,
+      deepct_encode.DeepCTSearch(rewrite=task.config.rewrite), MESH)
+  examples = evaluation.examples()
+  hits = answer_hits(searcher.search_texts([e.question for e in examples], 5).ids, task.store,
+                     examples)
+  assert metrics["answer_recall@1"] == pytest.approx(hits[:, 0].mean())
+  assert metrics["answer_recall@5"] == pytest.approx(hits.any(axis=1).mean())
+  assert metrics["terms_per_block"] == pytest.approx(info["terms_per_block"])
+  assert metrics["terms_per_block"] > 0
 
 
 @pytest.mark.slow  # a training run, an embedding and four evaluations
