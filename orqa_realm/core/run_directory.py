@@ -45,6 +45,15 @@ class RunDescription:
   run_id: str | None  # None for a run created before runs had ids (until it is resumed)
 
 
+def same_model_source(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
+  """Whether two descriptions of what built an index (a run's `workdir`, `run_id`, `step`, and
+  settings) name the same thing: a run by its id, which survives moving its directory, so the
+  `workdir` of a run with an id is not compared."""
+  located = lambda description: {key: value for key, value in description.items()
+                                 if not (key == "workdir" and description.get("run_id"))}
+  return located(saved) == located(expected)
+
+
 def checkpoint_dir(workdir: paths.PathLike) -> str:
   """The run's checkpoint directory, as orbax takes it (absolute, or the URI)."""
   return str(paths.resolve(workdir) / CHECKPOINTS)

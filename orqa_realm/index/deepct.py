@@ -4,7 +4,8 @@ of their words, analysed as the blocks' were.
 
 Saved beside the runs that use it, an index records the block store's fingerprint and what
 rewrote the blocks (`description`: the DeepCT run and checkpoint, the analyzer, the scale and
-BM25's k1 and b), and is refused for any other rather than silently searched.
+BM25's k1 and b), and is refused for any other rather than silently searched (a run is known by
+its id, so a run moved to another directory still finds its index).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from orqa_realm.core import paths
+from orqa_realm.core import paths, run_directory
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import Owner, atomic_directory, read_manifest
@@ -81,7 +82,7 @@ class RewrittenBM25:
     path, meta = read_manifest(directory, OWNER, "DeepCT index", FORMAT_VERSION)
     store.check_matches(num_rows=meta["num_rows"], fingerprint=meta["store_fingerprint"],
                         source=f"the DeepCT index {directory}")
-    if meta["description"] != description:
+    if not run_directory.same_model_source(meta["description"], description):
       raise InputError(f"the DeepCT index was built as {meta['description']}, not as this run "
                        f"asks ({description}): pass another --deepct_index_dir, or delete it to "
                        "rebuild", path=path, field="deepct_index_dir")

@@ -20,7 +20,7 @@ import numpy as np
 import scipy.sparse
 from etils import epath
 
-from orqa_realm.core import paths
+from orqa_realm.core import paths, run_directory
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.data.files import Owner, atomic_directory, read_manifest
@@ -98,7 +98,7 @@ class SparseIndex:
     store.check_matches(num_rows=meta["num_rows"], fingerprint=meta["store_fingerprint"],
                         source=f"the sparse index {directory}")
     for name, expected in (("vocabulary", vocabulary), ("encoder", encoder)):
-      if meta[name] != expected:
+      if not run_directory.same_model_source(meta[name], expected):
         raise InputError(f"the sparse index's {name} is {meta[name]}, not this run's "
                          f"{expected}: pass another --sparse_index_dir, or delete it to rebuild",
                          path=path, field="sparse_index_dir")

@@ -15,7 +15,7 @@ from tests.conftest import DEMO_SQUAD
 from tests.index.test_bm25 import lucene_bm25
 
 TERMS = ("norman", "franc", "river", "king", "duke", "castl")
-DESCRIPTION = dict(workdir="runs/deepct", step=2, scale=100.0, k1=8.0, b=0.75)
+DESCRIPTION = dict(workdir="runs/deepct", run_id="abc", step=2, scale=100.0, k1=8.0, b=0.75)
 
 
 def random_rewrites(num_blocks: int, seed: int = 0) -> list[list[str]]:
@@ -47,8 +47,12 @@ def test_saved_index_loads_and_is_refused_for_another(squad_block_store, tokeniz
   loaded = RewrittenBM25.load(directory, squad_block_store, DESCRIPTION)
   queries = [["norman", "duke"], ["river"]]
   np.testing.assert_array_equal(loaded.search(queries, 5).scores, built.search(queries, 5).scores)
-  with pytest.raises(InputError, match="deepct_index_dir"):
-    RewrittenBM25.load(directory, squad_block_store, dict(DESCRIPTION, scale=10.0))
+  # A run is its id: moved elsewhere it is the same run, another run of that directory is not.
+  RewrittenBM25.load(directory, squad_block_store, dict(DESCRIPTION, workdir="/moved/deepct"))
+  for other in (dict(DESCRIPTION, scale=10.0), dict(DESCRIPTION, run_id="def"),
+                dict(DESCRIPTION, step=3)):
+    with pytest.raises(InputError, match="deepct_index_dir"):
+      RewrittenBM25.load(directory, squad_block_store, other)
   spec = f"squad:{DEMO_SQUAD}"
   other = build_block_store(itertools.islice(load_documents(spec), 5), tokenizer,
                             tmp_path / "other", source=spec)
