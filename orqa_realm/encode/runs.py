@@ -555,21 +555,34 @@ class SpladeRun(NamedTuple):
   run_id: str | None
 
 
-def restore_splade_run(workdir: str, step: int | None, mesh) -> SpladeRun:
-  """The SPLADE encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
-  `mesh`; a run of another kind is refused, naming what it is."""
+def _restore_single_model_run(workdir: str, step: int | None, mesh, *, key: str, what: str,
+                              config_of: Callable[[dict[str, Any]], Any],
+                              init_params_of: Callable[[Any], Callable[[jax.Array], Any]]):
+  """(description, config, params, step) of a run whose model description holds `key` (one
+  model: `config_of` reads its settings, `init_params_of(config)` its parameters' shapes);
+  a run of another kind is refused, naming what it is and `what` was expected."""
   description = run_directory.read_run(workdir)
   model = description.model
-  if splade.SPLADE not in model:
-    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
-                     "SPLADE run (--task=splade) is expected", path=workdir)
-  config = splade.SpladeConfig.from_dict(model[splade.SPLADE])
-  shapes = replicated_params_shapes(functools.partial(mlm.init_params, config.encoder), mesh)
+  if key not in model:
+    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where {what} "
+                     "is expected", path=workdir)
+  config = config_of(model[key])
+  shapes = replicated_params_shapes(init_params_of(config), mesh)
   with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
     step = checkpoint_step(checkpoint_reader, step)
     params = checkpoint_reader.restore_params(step, shapes)
-  return SpladeRun(description.workdir, config, model["tokenizer_fingerprint"], params, step,
-                   description.run_id)
+  return description, config, params, step
+
+
+def restore_splade_run(workdir: str, step: int | None, mesh) -> SpladeRun:
+  """The SPLADE encoder of `workdir` at checkpoint `step` (None: the newest), replicated over
+  `mesh`; a run of another kind is refused, naming what it is."""
+  description, config, params, step = _restore_single_model_run(
+      workdir, step, mesh, key=splade.SPLADE, what="a SPLADE run (--task=splade)",
+      config_of=splade.SpladeConfig.from_dict,
+      init_params_of=lambda config: functools.partial(mlm.init_params, config.encoder))
+  return SpladeRun(description.workdir, config, description.model["tokenizer_fingerprint"],
+                   params, step, description.run_id)
 
 
 def deepct_model(config: deepct.DeepCTConfig, analyzer: dict[str, str],
@@ -594,15 +607,10 @@ class DeepCTRun(NamedTuple):
 def restore_deepct_run(workdir: str, step: int | None, mesh) -> DeepCTRun:
   """The DeepCT term weighter of `workdir` at checkpoint `step` (None: the newest), replicated
   over `mesh`; a run of another kind is refused, naming what it is."""
-  description = run_directory.read_run(workdir)
+  description, config, params, step = _restore_single_model_run(
+      workdir, step, mesh, key=deepct.DEEPCT, what="a DeepCT run (--task=deepct)",
+      config_of=deepct.DeepCTConfig.from_dict,
+      init_params_of=lambda config: functools.partial(deepct.init_params, config))
   model = description.model
-  if deepct.DEEPCT not in model:
-    raise InputError(f"the run (task {description.task!r}) is {model_kind(model)}, where a "
-                     "DeepCT run (--task=deepct) is expected", path=workdir)
-  config = deepct.DeepCTConfig.from_dict(model[deepct.DEEPCT])
-  shapes = replicated_params_shapes(functools.partial(deepct.init_params, config), mesh)
-  with checkpoints.CheckpointReader(run_directory.checkpoint_dir(workdir)) as checkpoint_reader:
-    step = checkpoint_step(checkpoint_reader, step)
-    params = checkpoint_reader.restore_params(step, shapes)
   return DeepCTRun(description.workdir, config, model["analyzer"], model["tokenizer_fingerprint"],
                    params, step, description.run_id)
