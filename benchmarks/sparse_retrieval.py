@@ -95,10 +95,10 @@ def main(argv):
       deepct_model = deepct_encode.run_model(_DEEPCT_WORKDIR.value, None, mesh)
       deepct_settings = deepct_encode.DeepCTSearch(index_dir=os.path.join(scratch, "deepct"))
       started = time.perf_counter()
-      rewritten = deepct_encode.open_or_build(store, tokenizer, deepct_model, deepct_settings,
+      splitter = deepct_encode.word_splitter(tokenizer, deepct_model.analyzer)
+      rewritten = deepct_encode.open_or_build(store, splitter, deepct_model, deepct_settings,
                                               mesh)
       deepct_build = time.perf_counter() - started
-      splitter = deepct_encode.word_splitter(tokenizer, deepct_model.analyzer)
       terms = deepct_encode.query_terms(questions, tokenizer, splitter)
       deepct_end_to_end = lambda: rewritten.search(
           deepct_encode.query_terms(questions, tokenizer, splitter), _K.value)

@@ -125,10 +125,11 @@ def rewrite_blocks(store: BlockStore, splitter: WordSplitter, config: deepct.Dee
   return rewritten
 
 
-def open_or_build(store: BlockStore, tokenizer: Tokenizer, model: DeepCTModel,
+def open_or_build(store: BlockStore, splitter: WordSplitter, model: DeepCTModel,
                   settings: DeepCTSearch, mesh) -> RewrittenBM25:
   """The DeepCT index of `store` by `model`: loaded from `settings.index_dir` when one is there,
-  otherwise rewritten and indexed (and saved there when a directory is given)."""
+  otherwise rewritten (its words split by `splitter`, `word_splitter` of the model's analyzer)
+  and indexed (and saved there when a directory is given)."""
   if model.tokenizer_fingerprint != store.tokenizer_fingerprint:
     raise InputError(f"the DeepCT model's tokenizer ({model.tokenizer_fingerprint}) is not the "
                      f"block store's ({store.tokenizer_fingerprint})", path=store.directory)
@@ -136,9 +137,9 @@ def open_or_build(store: BlockStore, tokenizer: Tokenizer, model: DeepCTModel,
                      **dataclasses.asdict(settings.rewrite))
   if exists(settings.index_dir):
     return RewrittenBM25.load(settings.index_dir, store, description)
-  blocks_terms = rewrite_blocks(store, word_splitter(tokenizer, model.analyzer), model.config,
-                                model.params, scale=settings.rewrite.scale,
-                                batch_size=settings.batch_size, mesh=mesh, show_progress=True)
+  blocks_terms = rewrite_blocks(store, splitter, model.config, model.params,
+                                scale=settings.rewrite.scale, batch_size=settings.batch_size,
+                                mesh=mesh, show_progress=True)
   index = RewrittenBM25.build(blocks_terms, k1=settings.rewrite.k1, b=settings.rewrite.b,
                               description=description)
   logging.info("DeepCT index of %d blocks: %.1f term occurrences a block", index.num_rows,
@@ -157,9 +158,10 @@ def query_terms(texts: Sequence[str], tokenizer: Tokenizer,
 def text_searcher(store: BlockStore, tokenizer: Tokenizer, model: DeepCTModel,
                   settings: DeepCTSearch, mesh) -> tuple[EncodedTextSearcher, dict[str, Any]]:
   """A searcher of query texts over the store's DeepCT index, and what it is."""
-  index = open_or_build(store, tokenizer, model, settings, mesh)
-  encode = functools.partial(query_terms, tokenizer=tokenizer,
-                             splitter=word_splitter(tokenizer, model.analyzer))
+  # One splitter for the blocks and the queries: each distinct word is analysed once.
+  splitter = word_splitter(tokenizer, model.analyzer)
+  index = open_or_build(store, splitter, model, settings, mesh)
+  encode = functools.partial(query_terms, tokenizer=tokenizer, splitter=splitter)
   return EncodedTextSearcher(encode, index), dict(
       deepct=index.description, term_occurrences=index.num_terms,
       terms_per_block=index.num_terms / max(index.num_rows, 1))
