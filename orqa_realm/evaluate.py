@@ -42,7 +42,9 @@ With --rerank_workdir (a cross-encoder run, `--task=cross_encoder`), the first s
 metric is taken (and before a reader reads them); the first stage's own metrics are kept under
 `first_stage`, and the rerank cost (pairs, seconds, pairs/s) under `rerank`.
 
-Writes `metrics.json` and `recall_at_k.png` to --output_dir.
+Writes `metrics.json`, `recall_at_k.png` and `per_query.jsonl` (each query's or question's
+own metrics, which `python -m orqa_realm.significance` compares between evaluations) to
+--output_dir.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import os
 import time
 from typing import Any, Literal
 
+import numpy as np
 from etils import epath
 
 from orqa_realm import cli
@@ -63,11 +66,11 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir, tfds_input
 from orqa_realm.data.answer_spans import BlockAnswerMatcher
-from orqa_realm.data.answers import answer_hits, gold_hits, recall_at_k
+from orqa_realm.data.answers import answer_hits, exact_match, gold_hits, recall_at_k
 from orqa_realm.data.blocks import StoreSource
 from orqa_realm.data.qa import QAEvaluation
 from orqa_realm.encode import deepct as deepct_encode
-from orqa_realm.encode import evaluation, runs
+from orqa_realm.encode import evaluation, runs, significance
 from orqa_realm.encode import multi_vector as multi_vector_encode
 from orqa_realm.encode import sparse as sparse_encode
 from orqa_realm.encode.predict import write_predictions
@@ -254,20 +257,31 @@ def check_flags() -> EvaluateCommand:
 
 
 def qa_retrieval_metrics(result: SearchResult, store, examples, ks
-                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+                         ) -> tuple[dict[str, Any], dict[str, Any], dict[str, np.ndarray]]:
   """Answer recall@k (and gold-paragraph recall@k where every question names its paragraph) of
-  a ranking, and their curves for the plot."""
+  a ranking, their curves for the plot, and each question's hit or miss ({"answer_recall@k":
+  [questions] bool, ...}) for per_query.jsonl."""
   depth = result.ids.shape[1]
-  hits = answer_hits(result.ids, store, examples)
-  metrics = {"answer_recall": {
-      f"@{k}": v for k, v in recall_at_k(hits, [k for k in ks if k <= depth]).items()}}
+  ks = [k for k in ks if k <= depth]
+  hits = answer_hits(result.ids, store, examples)  # [questions, depth]
+  metrics = {"answer_recall": {f"@{k}": v for k, v in recall_at_k(hits, ks).items()}}
+  per_question = {f"answer_recall@{k}": hits[:, :k].any(axis=1) for k in ks}
   curves = {"answer": evaluation.recall_curve(hits)}
   if all(example.gold_document_id for example in examples):
-    gold = gold_hits(result.ids, store, examples)
-    metrics["gold_paragraph_recall"] = {
-        f"@{k}": v for k, v in recall_at_k(gold, [k for k in ks if k <= depth]).items()}
+    gold = gold_hits(result.ids, store, examples)  # [questions, depth]
+    metrics["gold_paragraph_recall"] = {f"@{k}": v for k, v in recall_at_k(gold, ks).items()}
+    per_question.update({f"gold_paragraph_recall@{k}": gold[:, :k].any(axis=1) for k in ks})
     curves["gold paragraph"] = evaluation.recall_curve(gold)
-  return metrics, curves
+  return metrics, curves, per_question
+
+
+def question_ids(examples) -> list[str]:
+  """Each question's id in per_query.jsonl: the dataset's own ids where every question has a
+  distinct one (SQuAD's), otherwise its position in the file."""
+  ids = [example.qid for example in examples]
+  if all(ids) and len(set(ids)) == len(ids):
+    return ids
+  return [str(i) for i in range(len(examples))]
 
 
 def main() -> None:
@@ -320,7 +334,7 @@ def main() -> None:
                  first_stage_queries_per_second=round(len(texts) / seconds, 1))
   if reranker is not None:
     if qa.qa_dataset:
-      metrics["first_stage"], _ = qa_retrieval_metrics(result, store, examples, ks)
+      metrics["first_stage"], _, _ = qa_retrieval_metrics(result, store, examples, ks)
     else:
       metrics["first_stage"] = evaluation.beir_metrics(
           evaluation.document_run(query_ids, result.ids, result.scores, store), qrels)
@@ -333,7 +347,7 @@ def main() -> None:
   output_dir = paths.resolve(command.output_dir)
   output_dir.mkdir(parents=True, exist_ok=True)
   if qa.qa_dataset:
-    recalls, curves = qa_retrieval_metrics(result, store, examples, ks)
+    recalls, curves, per_query = qa_retrieval_metrics(result, store, examples, ks)
     metrics.update(recalls)
     if reader_run is not None:
       # The reader adds its retriever's scaled scores only to the dense scores it was trained
@@ -342,12 +356,21 @@ def main() -> None:
           reader_run, store, tokenizer, result, examples, mesh,
           add_retrieval_scores=command.retrieval == "dense" and reranker is None)
       metrics.update(reader_metrics)
+      per_query["exact_match"] = np.array([
+          exact_match(prediction.answer, example.answers, example.kind)
+          for prediction, example in zip(predictions, examples)])
       write_predictions(str(output_dir / "predictions.jsonl"), examples, predictions, result,
                         store, BlockAnswerMatcher(store),
                         num_blocks=reader_metrics["reader_beam_size"])
+    significance.write_per_query(output_dir, question_ids(examples), per_query)
   else:
-    metrics.update(evaluation.beir_metrics(
-        evaluation.document_run(query_ids, result.ids, result.scores, store), qrels))
+    by_query = evaluation.beir_per_query(
+        evaluation.document_run(query_ids, result.ids, result.scores, store), qrels)
+    judged = list(by_query)
+    per_query = {name: np.array([by_query[qid][name] for qid in judged])
+                 for name in evaluation.BEIR_MEASURES.values()}
+    metrics.update({name: float(values.mean()) for name, values in per_query.items()})
+    significance.write_per_query(output_dir, judged, per_query)
     beir_ks = [1, 5, 10, 20, 100]
     curves = {"documents": (beir_ks, [metrics[f"recall_{k}"] for k in beir_ks])}
   (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")

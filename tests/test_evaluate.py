@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from orqa_realm.encode import evaluation
+from orqa_realm.encode import evaluation, significance
 from orqa_realm.data import answers
 from orqa_realm.data import beir
 from orqa_realm.data.qa import QAExample, load_qa_dataset
@@ -26,6 +26,9 @@ def test_ndcg_and_recall_equal_a_hand_computation():
   assert metrics["ndcg_cut_10"] == pytest.approx((ndcg_q1 + 0.0) / 2)
   assert metrics["recall_100"] == pytest.approx((1.0 + 0.0) / 2)
   assert metrics["recall_1"] == pytest.approx(0.0)
+  per_query = evaluation.beir_per_query(run, qrels)
+  assert per_query["q1"]["ndcg_cut_10"] == pytest.approx(ndcg_q1)
+  assert per_query["q2"] == {name: 0.0 for name in evaluation.BEIR_MEASURES.values()}
 
 
 def test_a_document_scores_its_best_block(squad_block_store):
@@ -100,6 +103,43 @@ def test_cli_writes_metrics_and_a_plot(squad_block_store, tiny_index, tmp_path):
   assert 0.0 <= recalls["@1"] <= recalls["@5"] <= 1.0
   assert set(metrics["gold_paragraph_recall"]) == {"@1", "@5"}
   assert (tmp_path / "eval" / "recall_at_k.png").stat().st_size > 1000
+  # Each question's hits, by its SQuAD id, average to the metrics.
+  per_query = significance.read_per_query(str(tmp_path / "eval"))
+  assert len(set(per_query.query_ids)) == 8038 and per_query.source == metrics["source"]
+  assert per_query.query_ids[0] == load_qa_dataset(f"squad:{DEMO_SQUAD}")[0].qid
+  assert set(per_query.values) == {"answer_recall@1", "answer_recall@5",
+                                   "gold_paragraph_recall@1", "gold_paragraph_recall@5"}
+  for name, values in per_query.values.items():
+    kind, k = name.split("@")
+    assert set(np.unique(values)) <= {0.0, 1.0}
+    assert values.mean() == pytest.approx(metrics[kind][f"@{k}"])
+
+
+def test_cli_writes_each_beir_querys_metrics(squad_block_store, tiny_bert_dir, tmp_path):
+  """BM25 over the SQuAD store, judged as BEIR: three queries, each judged against the
+  paragraph it copies a sentence of, and one against a paragraph it does not."""
+  store = squad_block_store
+  judged = {"q0": 0, "q1": 40, "q2": 200}
+  queries = tmp_path / "queries.tsv"
+  queries.write_text("".join(f"{qid}\t{' '.join(store.text(block).split()[:12])}\n"
+                             for qid, block in judged.items()))
+  qrels = tmp_path / "qrels.txt"
+  qrels.write_text("".join(f"{qid} 0 {store.document_id(block if qid != 'q2' else 7)} 1\n"
+                           for qid, block in judged.items()))
+  result = subprocess.run(
+      [sys.executable, "-m", "orqa_realm.evaluate", "--retrieval=bm25",
+       f"--block_store={store.directory}", f"--bert={tiny_bert_dir}",
+       f"--eval_beir_queries={queries}", f"--eval_beir_qrels={qrels}",
+       f"--output_dir={tmp_path / 'eval'}"],
+      cwd=REPO_ROOT, env=subprocess_env(), capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+  per_query = significance.read_per_query(str(tmp_path / "eval"))
+  assert per_query.query_ids == ["q0", "q1", "q2"]
+  assert set(per_query.values) == set(evaluation.BEIR_MEASURES.values())
+  np.testing.assert_array_equal(per_query.values["recall_1"], [1.0, 1.0, 0.0])
+  for name, values in per_query.values.items():
+    assert values.mean() == pytest.approx(metrics[name])
 
 
 def test_cli_takes_the_query_encoder_from_the_index_and_refuses_a_contradiction(

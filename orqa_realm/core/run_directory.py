@@ -45,13 +45,26 @@ class RunDescription:
   run_id: str | None  # None for a run created before runs had ids (until it is resumed)
 
 
+def is_same_run(recorded: dict[str, Any], workdir: str, run_id: str | None) -> bool:
+  """Whether `recorded` (what an index or a cache says made it: {workdir, run_id}) names the run
+  (`workdir`, `run_id`): by id, which survives moving the run; by directory for runs created
+  before runs had ids."""
+  if recorded.get("run_id") and run_id:
+    return recorded["run_id"] == run_id
+  return recorded["workdir"] == workdir
+
+
 def same_model_source(saved: dict[str, Any], expected: dict[str, Any]) -> bool:
-  """Whether two descriptions of what built an index (a run's `workdir`, `run_id`, `step`, and
-  settings) name the same thing: a run by its id, which survives moving its directory, so the
-  `workdir` of a run with an id is not compared."""
-  located = lambda description: {key: value for key, value in description.items()
-                                 if not (key == "workdir" and description.get("run_id"))}
-  return located(saved) == located(expected)
+  """Whether two descriptions of what built an index (a run's `workdir` and `run_id`, or neither
+  for pretrained weights; its step and settings) name the same thing: the same run as
+  `is_same_run` knows it, everything else equal."""
+  if ("workdir" in saved) != ("workdir" in expected):
+    return False
+  settings = lambda description: {key: value for key, value in description.items()
+                                  if key not in ("workdir", "run_id")}
+  same_run = "workdir" not in saved or is_same_run(saved, expected["workdir"],
+                                                   expected.get("run_id"))
+  return same_run and settings(saved) == settings(expected)
 
 
 def checkpoint_dir(workdir: paths.PathLike) -> str:

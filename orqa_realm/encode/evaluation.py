@@ -164,17 +164,29 @@ def document_run(query_ids: Sequence[str], block_ids: np.ndarray, block_scores: 
   return run
 
 
-def beir_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
-                 ) -> dict[str, float]:
-  """Mean nDCG@10, recall@100 (and recall@k curve points) over the judged queries."""
+# pytrec_eval's names of what it measures, as it asks for them: as it reports them.
+BEIR_MEASURES = {"ndcg_cut.10": "ndcg_cut_10", "recall.1": "recall_1", "recall.5": "recall_5",
+                 "recall.10": "recall_10", "recall.20": "recall_20", "recall.100": "recall_100"}
+
+
+def beir_per_query(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
+                   ) -> dict[str, dict[str, float]]:
+  """{query id: {measure: value}} of each judged query: nDCG@10 and recall@k (pytrec_eval's
+  reported names); a judged query the run does not rank scores 0."""
   import pytrec_eval  # pylint: disable=g-import-not-at-top
 
   judged = {qid: run.get(qid, {}) for qid in qrels}
-  measures = {"ndcg_cut.10", "recall.1", "recall.5", "recall.10", "recall.20", "recall.100"}
-  per_query = pytrec_eval.RelevanceEvaluator(qrels, measures).evaluate(judged)
-  names = ["ndcg_cut_10", "recall_1", "recall_5", "recall_10", "recall_20", "recall_100"]
-  return {name: float(np.mean([scores[name] for scores in per_query.values()]))
-          for name in names}
+  evaluator = pytrec_eval.RelevanceEvaluator(qrels, set(BEIR_MEASURES))
+  return {qid: {name: float(values[name]) for name in BEIR_MEASURES.values()}
+          for qid, values in evaluator.evaluate(judged).items()}
+
+
+def beir_metrics(run: dict[str, dict[str, float]], qrels: dict[str, dict[str, int]]
+                 ) -> dict[str, float]:
+  """Mean nDCG@10, recall@100 (and recall@k curve points) over the judged queries."""
+  per_query = beir_per_query(run, qrels)
+  return {name: float(np.mean([values[name] for values in per_query.values()]))
+          for name in BEIR_MEASURES.values()}
 
 
 def plot_recall(curves: dict[str, tuple[np.ndarray, np.ndarray]], path: str, title: str) -> None:

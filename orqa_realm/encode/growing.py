@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from orqa_realm.core import run_directory
 from orqa_realm.core.errors import InputError
 from orqa_realm.data.blocks import BlockStore
 from orqa_realm.encode import embedding, runs
@@ -33,7 +34,7 @@ def check_same_block_encoder(version: IndexVersion, config: retriever.RetrieverC
   recorded = runs.indexed_run(version)
   same_run = (recorded is None and run is None) or (
       recorded is not None and run is not None
-      and runs.is_same_run(recorded, run["workdir"], run.get("run_id")))
+      and run_directory.is_same_run(recorded, run["workdir"], run.get("run_id")))
   if not same_run or version.checkpoint_step != checkpoint_step:
     made_by = ("pretrained weights" if recorded is None else
                f"checkpoint {version.checkpoint_step} of the run {recorded['workdir']}")

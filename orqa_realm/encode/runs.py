@@ -105,14 +105,6 @@ def indexed_run(version: IndexVersion) -> dict[str, Any] | None:
   return version.metadata[embedding.INDEXED_RUN]
 
 
-def is_same_run(recorded: dict[str, Any], workdir: str, run_id: str | None) -> bool:
-  """Whether `recorded` (an index's `indexed_run`) names the run (`workdir`, `run_id`): by id,
-  which survives moving the run; by directory for runs created before runs had ids."""
-  if recorded.get("run_id") and run_id:
-    return recorded["run_id"] == run_id
-  return recorded["workdir"] == workdir
-
-
 def check_embedded_from(version: IndexVersion, run: RetrieverRun | MultiVectorRun) -> None:
   """Refuses an index that was not embedded from a checkpoint of `run`: another run's query
   tower, even of the same architecture and step, was never trained against these blocks."""
@@ -120,7 +112,7 @@ def check_embedded_from(version: IndexVersion, run: RetrieverRun | MultiVectorRu
   if recorded is None:
     raise InputError(f"the index was embedded from pretrained weights, not from a checkpoint of "
                      f"the run {run.workdir}", path=version.directory)
-  if not is_same_run(recorded, run.workdir, run.run_id):
+  if not run_directory.is_same_run(recorded, run.workdir, run.run_id):
     raise InputError(f"the index was embedded from the run {recorded['workdir']} (id "
                      f"{recorded.get('run_id')}), not from {run.workdir} (id {run.run_id}): "
                      "pass that run, or re-embed with this one", path=version.directory)
@@ -139,7 +131,8 @@ def check_embedded_by_run_in(version: IndexVersion, workdir: str) -> None:
                      f"({workdir}) started: give this run its own --index_dir",
                      path=version.directory)
   description = run_directory.read_run(workdir)
-  if recorded is None or not is_same_run(recorded, description.workdir, description.run_id):
+  if recorded is None or not run_directory.is_same_run(recorded, description.workdir,
+                                                         description.run_id):
     raise InputError(f"the version was embedded from {source}, not from the run being trained "
                      f"({description.workdir}, id {description.run_id}): give this run its own "
                      "--index_dir", path=version.directory)

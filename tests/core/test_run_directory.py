@@ -37,3 +37,17 @@ def test_a_run_from_before_ids_gets_one_when_resumed(tmp_path):
   (tmp_path / run_directory.CHECKPOINTS / "7").mkdir(parents=True)
   run_directory.start_run(tmp_path, task="ict", model={"m": 1}, settings={})
   assert run_directory.read_run(tmp_path).run_id
+
+
+def test_what_built_an_index_names_a_run_by_its_id_and_everything_else_by_value():
+  built = dict(workdir="/runs/a", run_id="x1", step=100, scale=100)
+  same = run_directory.same_model_source
+  assert same(built, dict(built, workdir="/moved/a"))  # the run moved: still its id
+  assert not same(built, dict(built, run_id="x2"))  # the directory trained again: another run
+  assert not same(built, dict(built, step=200))
+  assert not same(built, dict(built, scale=50))
+  before_ids = dict(workdir="/runs/a", run_id=None, step=100)
+  assert same(before_ids, dict(before_ids))
+  assert not same(before_ids, dict(before_ids, workdir="/runs/b"))
+  assert same(dict(bert="minilm"), dict(bert="minilm"))  # pretrained weights: no run
+  assert not same(dict(bert="minilm"), dict(bert="minilm", workdir="/runs/a", run_id="x1"))

@@ -20,6 +20,7 @@ from orqa_realm.core.errors import InputError
 from orqa_realm.index.bm25 import BM25Searcher
 from orqa_realm.index.storage import IndexRoot
 from orqa_realm.data.answers import has_answer, normalize_answer
+from orqa_realm.encode import significance
 from orqa_realm.modeling import retriever
 from orqa_realm.modeling.hf_import import load_hf_bert
 from orqa_realm.modeling.reader import ReaderConfig
@@ -182,6 +183,8 @@ def test_evaluate_cli_answers_with_a_trained_run(tiny_task, tiny_bert_dir, tmp_p
     records = [json.loads(line) for line in f]
   assert len(records) == 10 and all(len(r["top_blocks"]) == 2 for r in records)
   assert all(r["prediction"] in tiny_task.store.text(r["block"]) for r in records)
+  per_query = significance.read_per_query(str(tmp_path / "eval"))
+  np.testing.assert_array_equal(per_query.values["exact_match"], [r["correct"] for r in records])
 
   # The same reader over BM25's top blocks, ranking spans by itself (BM25 scores are not on the
   # scale of its retriever's).
