@@ -14,6 +14,8 @@ contradict an index are refused, as by `evaluate`). The fusion (`index/fusion.py
 the training claims (their qrels): every normalisation and --alphas is tried there, the best
 nDCG@10 wins, and only that one is evaluated on the test claims, so no test claim picks a
 setting. Documents are ranked by their best block (one block per abstract in `scifact_docs`).
+Each row's nDCG@10 is compared with BM25's claim by claim (`python -m orqa_realm.significance`'s
+paired randomisation test).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+import numpy as np
 from absl import flags
 
 from common import print_table
@@ -30,7 +33,7 @@ from orqa_realm.core.config import FlagBinder
 from orqa_realm.core.errors import InputError
 from orqa_realm.data import beir
 from orqa_realm.data.blocks import StoreSource
-from orqa_realm.encode import embedding, evaluation, runs
+from orqa_realm.encode import embedding, evaluation, runs, significance
 from orqa_realm.index import bm25
 from orqa_realm.index.fusion import NORMALIZATIONS, fuse_rankings
 from orqa_realm.index.handle import open_index
@@ -90,11 +93,21 @@ def query_encoder(index_dir: str, workdir: str, bert: str, tokenizer, mesh
   return encoder, version
 
 
-def scores(name: str, ranking: SearchResult, split: Split, store) -> list[str]:
+def scores(name: str, ranking: SearchResult, split: Split, store,
+           baseline: np.ndarray | None) -> tuple[list[str], np.ndarray]:
+  """(the table row, [queries] nDCG@10) of a ranking; with `baseline` ([queries] nDCG@10 of
+  BM25), the row says whether the difference from it is more than chance."""
   run = evaluation.document_run(split.query_ids, ranking.ids, ranking.scores, store)
-  metrics = evaluation.beir_metrics(run, split.qrels)
-  return [name, f"{metrics['ndcg_cut_10']:.4f}", f"{metrics['recall_10']:.3f}",
-          f"{metrics['recall_100']:.3f}"]
+  per_query = evaluation.beir_per_query(run, split.qrels)
+  metric = lambda name: np.array([per_query[qid][name] for qid in split.query_ids])
+  ndcg = metric("ndcg_cut_10")
+  row = [name, f"{ndcg.mean():.4f}", f"{metric('recall_10').mean():.3f}",
+         f"{metric('recall_100').mean():.3f}"]
+  if baseline is None:
+    return row + ["-"], ndcg
+  paired = significance.paired_comparison("ndcg_cut_10", baseline, ndcg)
+  return row + [f"{paired.difference:+.4f} ({paired.better}/{paired.worse}, "
+                f"p {paired.p_value:.3f})"], ndcg
 
 
 def best_fusion(dense: SearchResult, sparse: SearchResult, split: Split, store
@@ -124,7 +137,8 @@ def main():
                      for split, data in (("train", train), ("test", test))}
   print(f"{len(test.texts)} test and {len(train.texts)} training claims, {len(store)} blocks; "
         f"BM25 {time.perf_counter() - started:.1f} s")
-  rows = [scores("BM25", sparse_rankings["test"], test, store)]
+  bm25_row, bm25_ndcg = scores("BM25", sparse_rankings["test"], test, store, None)
+  rows = [bm25_row]
   for spec in _DENSE.value:
     name, _, location = spec.partition("=")
     index_dir, _, workdir = location.partition("@")
@@ -140,11 +154,12 @@ def main():
                                                    sparse_rankings["train"], train, store)
     fused = fuse_rankings(dense_rankings["test"], sparse_rankings["test"], _DEPTH, alpha=alpha,
                           normalization=normalization)
-    rows.append(scores(name, dense_rankings["test"], test, store))
+    rows.append(scores(name, dense_rankings["test"], test, store, bm25_ndcg)[0])
     rows.append(scores(f"{name} + BM25 ({normalization}, alpha {alpha:g}; train nDCG "
-                       f"{train_ndcg:.3f})", fused, test, store))
+                       f"{train_ndcg:.3f})", fused, test, store, bm25_ndcg)[0])
     print(f"{name}: {time.perf_counter() - started:.0f} s")
-  print_table("SciFact test (300 claims)", ["retriever", "nDCG@10", "recall@10", "recall@100"],
+  print_table("SciFact test (300 claims)", ["retriever", "nDCG@10", "recall@10", "recall@100",
+                                            "nDCG@10 - BM25's (claims better/worse, paired p)"],
               rows)
 
 
