@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -23,6 +24,12 @@ _OWN_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
 if _OWN_CACHE:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="orqa_realm_xla_cache_")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+# XLA's LLVM optimisation is most of the compile time of the tiny test programs, and each runs a
+# few times at most: at level 0 two tasks' four-device check took 20.6 s instead of 41.5 s, with
+# the same losses. Matrix products are library calls at every level, so the real-weight tests run
+# at about their speed. The tests' own processes and their subprocesses all take this flag.
+TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), TEST_XLA_FLAGS)))
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 DEMO_SQUAD = REPO_ROOT / "demo_data" / "squad" / "dev-v1.1.public36.json.gz"
@@ -30,10 +37,12 @@ SHARED_DATA = pathlib.Path(os.environ.get("ORQA_REALM_SHARED_DATA", REPO_ROOT.pa
 
 
 def subprocess_env(**extra) -> dict[str, str]:
-  """This environment for a test's subprocess, without inherited XLA flags (device counts are
-  the test's choice), with the repository importable."""
+  """This environment for a test's subprocess, with the repository importable and XLA's flags
+  the tests' own (TEST_XLA_FLAGS) and `extra`'s, not inherited ones: device counts are the
+  test's choice."""
   env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
-  return dict(env, PYTHONPATH=str(REPO_ROOT), **extra)
+  flags = " ".join(filter(None, (TEST_XLA_FLAGS, extra.pop("XLA_FLAGS", None))))
+  return dict(env, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=flags, **extra)
 
 
 def pytest_configure(config):
@@ -43,6 +52,25 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
   if _OWN_CACHE:
     shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+@contextlib.contextmanager
+def built_once(tmp_path_factory, name: str):
+  """A directory for a session fixture's costly output, held by one test process at a time.
+
+  Under pytest-xdist (CI runs the suite on 2 workers) the workers share it, under a file lock:
+  the first builds into it and the others find it built. Without xdist it is a fresh temporary
+  directory. The fixture checks what is already there."""
+  if "PYTEST_XDIST_WORKER" not in os.environ:
+    yield tmp_path_factory.mktemp(name)
+    return
+  from filelock import FileLock
+
+  # The workers' temporary roots are siblings under this session's own directory.
+  directory = tmp_path_factory.getbasetemp().parent / name
+  with FileLock(f"{directory}.lock"):
+    directory.mkdir(exist_ok=True)
+    yield directory
 
 
 @pytest.fixture(scope="session")
@@ -208,8 +236,12 @@ def tiny_bert_512_dir(minilm_dir, tmp_path_factory) -> str:
 
   from tests.tasks.tiny_ict import TINY_BERT, make_tiny_bert_dir
 
-  return make_tiny_bert_dir(minilm_dir, str(tmp_path_factory.mktemp("tiny_bert_512")),
-                            dataclasses.replace(TINY_BERT, max_position_embeddings=512))
+  # Shared by the xdist workers: the tiny pipeline records the path of the BERT it was run with.
+  with built_once(tmp_path_factory, "tiny_bert_512") as directory:
+    if not (directory / "config.json").exists():
+      make_tiny_bert_dir(minilm_dir, str(directory),
+                         dataclasses.replace(TINY_BERT, max_position_embeddings=512))
+    return str(directory)
 
 
 def run_tiny_pipeline(workdir, bert_dir, *flags: str) -> subprocess.CompletedProcess:
@@ -222,9 +254,15 @@ def run_tiny_pipeline(workdir, bert_dir, *flags: str) -> subprocess.CompletedPro
 
 @pytest.fixture(scope="session")
 def tiny_pipeline(tiny_bert_512_dir, tmp_path_factory):
-  """(workdir, completed process) of the tiny pipeline with the tiny random BERT (2 minutes)."""
-  workdir = tmp_path_factory.mktemp("pipeline")
-  return workdir, run_tiny_pipeline(workdir, tiny_bert_512_dir)
+  """(workdir, completed process) of the tiny pipeline with the tiny random BERT (2 minutes),
+  run once per session however many xdist workers use it."""
+  with built_once(tmp_path_factory, "tiny_pipeline") as directory:
+    workdir, outcome = directory / "pipeline", directory / "outcome.json"
+    if not outcome.exists():
+      result = run_tiny_pipeline(workdir, tiny_bert_512_dir)
+      outcome.write_text(json.dumps(dict(args=result.args, returncode=result.returncode,
+                                         stdout=result.stdout, stderr=result.stderr)))
+    return workdir, subprocess.CompletedProcess(**json.loads(outcome.read_text()))
 
 
 @pytest.fixture(scope="session")
