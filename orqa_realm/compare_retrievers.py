@@ -7,7 +7,8 @@ listwise KL, TAS-B, RocketQAv2, STAR, ADORE) with the same training config, inde
 evaluates it on the held-out questions, alone and fused with BM25
 (`orqa_realm/workflow/retriever_comparison.py` lists the stages). As `pipeline`, each stage is
 its command in a subprocess, complete stages are skipped and a killed comparison resumes; the end
-is a table of every method's held-out recall, also written to WORKDIR/summary.json.
+is a table of every method's held-out recall, and of each one's difference from BM25's and
+DPR's with its paired randomisation p-value, also written to WORKDIR/summary.json.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def main() -> None:
   stages = retriever_comparison.comparison_stages(comparison)
   summary.run_and_summarize(os.path.abspath(comparison.workdir), stages,
                             retriever_comparison.evaluation_stages(comparison), method_label,
-                            row_title="method")
+                            row_title="method",
+                            paired_test=retriever_comparison.paired_test(comparison))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ as the baseline) under one --workdir (`orqa_realm/workflow/open_qa.py` lists the
 stage is the command it names, run as a subprocess with the stage's config; a stage whose record
 says it completed with the same settings and inputs, and whose output is still what it wrote, is
 skipped; a killed pipeline, run again, resumes the stage it was in. The end is a table of the
-held-out metrics and the time of each stage, also written to WORKDIR/summary.json.
+held-out metrics and the time of each stage, with the dense system's difference from BM25's
+tested question by question, also written to WORKDIR/summary.json.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ SETTINGS.bind("pipeline", open_qa.OpenQAPipeline)
 def main() -> None:
   settings = SETTINGS.build("pipeline")
   stages = open_qa.open_qa_stages(settings)
-  summary.run_and_summarize(os.path.abspath(settings.workdir), stages, open_qa.EVALUATIONS)
+  summary.run_and_summarize(os.path.abspath(settings.workdir), stages, open_qa.EVALUATIONS,
+                            paired_test=open_qa.paired_test(settings))
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
 from orqa_realm.serving.system import (PIPELINE_BLOCKS, PIPELINE_INDEX, PIPELINE_READER,
                                        PIPELINE_RETRIEVER)
+from orqa_realm.workflow.summary import PairedTest
 from orqa_realm.workflow.stages import (Stage, block_store_output, files_output, index_output,
                                         training_output)
 
@@ -44,6 +45,13 @@ TINY_FLAGS: dict[str, tuple[str, ...]] = {
                "--reader_length=192"),
 }
 TINY_EVAL_QUESTIONS = 60
+
+
+def paired_test(settings: OpenQAPipeline) -> PairedTest:
+  """The dense system against BM25 with the same reader, question by question: answer recall
+  at the smallest cut-off and the reader's exact match."""
+  return PairedTest(baselines=("bm25",), metrics=(
+      f"answer_recall@{min(settings.eval_recall_ks)}", "exact_match"))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,7 @@ index, and its held-out retrieval (alone, and fused with BM25).
     index_M     embed      its index of the blocks                               WORKDIR/indexes/M
     eval_M      evaluate   dense retrieval of the held-out questions             WORKDIR/eval/M
     hybrid_M    evaluate   the same fused with BM25 (with --bm25_dir)            WORKDIR/hybrid/M
+    eval_bm25   evaluate   BM25 alone on the same questions (with --bm25_dir)    WORKDIR/eval/bm25
 
 Every method trains with `--train_config` (data, model, batch, steps, learning rate: DPR's
 config) plus only the flags that make it that method (`METHODS`), so that the table compares
@@ -15,6 +16,10 @@ the scores depend on (the teacher's run description, the training config, the li
 teacher or config scores into a new file rather than meeting a stale one. ADORE trains the
 question tower of the DPR run over that run's frozen index (read at the index's block length),
 so it runs after DPR and has no index of its own.
+
+Every evaluation is then compared question by question with BM25's and with DPR's (where they
+are in the comparison) on recall at the smallest cut-off (`paired_test`), so that a method's
+difference from the baselines comes with how likely chance alone would give it.
 
 Like the open-QA pipeline, a completed stage is skipped and a killed comparison, run again,
 resumes the stage it was in: a comparison too long for one sitting is run in several.
@@ -28,7 +33,7 @@ import os
 from orqa_realm.core import run_directory
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.workflow import flagfiles, records
+from orqa_realm.workflow import flagfiles, records, summary
 from orqa_realm.workflow.open_qa import bundled_path
 from orqa_realm.workflow.stages import Stage, files_output, index_output, training_output
 
@@ -88,12 +93,24 @@ class RetrieverComparison:
   hybrid_alpha: float = setting(1.0, "Weight of BM25 in the fused evaluations.")
 
 
+BM25_EVALUATION = "eval_bm25"
+
+
 def evaluation_stages(comparison: RetrieverComparison) -> list[str]:
   """The names of the comparison's evaluation stages, in table order."""
   names = [f"eval_{method}" for method in comparison.methods]
   if comparison.bm25_dir:
-    names += [f"hybrid_{method}" for method in comparison.methods]
+    names += [BM25_EVALUATION] + [f"hybrid_{method}" for method in comparison.methods]
   return names
+
+
+def paired_test(comparison: RetrieverComparison) -> summary.PairedTest:
+  """Every evaluation against BM25's and DPR's (those of them compared), question by question,
+  on answer and gold-paragraph recall at the smallest cut-off (the gold-paragraph one where the
+  questions name their paragraphs)."""
+  k = min(comparison.eval_recall_ks)
+  return summary.PairedTest(baselines=(BM25_EVALUATION, "eval_dpr"),
+                            metrics=(f"answer_recall@{k}", f"gold_paragraph_recall@{k}"))
 
 
 def check_comparison(comparison: RetrieverComparison) -> None:
@@ -150,10 +167,10 @@ def comparison_stages(comparison: RetrieverComparison) -> list[Stage]:
   train_config = f"--flagfile={bundled_path(comparison.train_config, 'train_config')}"
   index_config = f"--flagfile={bundled_path(comparison.index_config, 'index_config')}"
   shared = (f"--block_store={block_store}", f"--bert={comparison.bert}")
-  evaluation = (*shared, "--embed_dtype=float32",
-                f"--eval_qa_dataset={absolute_spec(comparison.eval_qa_dataset)}",
-                f"--eval_questions={comparison.eval_questions}",
-                "--eval_recall_ks=" + ",".join(map(str, comparison.eval_recall_ks)))
+  questions = (f"--eval_qa_dataset={absolute_spec(comparison.eval_qa_dataset)}",
+               f"--eval_questions={comparison.eval_questions}",
+               "--eval_recall_ks=" + ",".join(map(str, comparison.eval_recall_ks)))
+  evaluation = (*shared, "--embed_dtype=float32", *questions)
   indexed_by = lambda method: "dpr" if method == "adore" else method  # whose index it searches
   run_of = lambda method: out("runs", method)
   index_of = lambda method: out("indexes", indexed_by(method))
@@ -197,6 +214,11 @@ def comparison_stages(comparison: RetrieverComparison) -> list[Stage]:
         (*evaluation, *searched(method), f"--output_dir={out('eval', method)}"),
         out("eval", method), files_output("metrics.json"), after=searched_after(method)))
   if comparison.bm25_dir:
+    stages.append(Stage(
+        BM25_EVALUATION, "BM25 retrieval of the held-out questions", "evaluate",
+        (*shared, "--retrieval=bm25", f"--bm25_dir={os.path.abspath(comparison.bm25_dir)}",
+         *questions, f"--output_dir={out('eval', 'bm25')}"),
+        out("eval", "bm25"), files_output("metrics.json")))
     fusion = ("--retrieval=hybrid", "--hybrid_normalization=zscore",
               f"--hybrid_alpha={comparison.hybrid_alpha}",
               f"--bm25_dir={os.path.abspath(comparison.bm25_dir)}")

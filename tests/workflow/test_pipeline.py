@@ -43,7 +43,15 @@ def test_every_stage_runs_and_the_summary_compares_dense_with_bm25(first_run):
   assert bm25["gold_paragraph_recall"]["@20"] > 0.9
   assert dense["index_run"]["run_id"] == summary["stages"]["retriever"]["output_identity"][
       "run_id"]
-  assert "R@1" in result.stdout and "bm25" in result.stdout.splitlines()[-3]
+  # The dense system tested against BM25 question by question, on recall@1 and exact match.
+  paired = summary["paired"]["bm25"]["evaluate"]
+  assert set(paired) == {"answer_recall@1", "exact_match"}
+  recall = paired["answer_recall@1"]
+  assert recall["difference"] == pytest.approx(
+      dense["answer_recall"]["@1"] - bm25["answer_recall"]["@1"])
+  assert recall["better"] + recall["worse"] + recall["equal"] == open_qa.TINY_EVAL_QUESTIONS
+  assert 0 < recall["p_value"] <= 1
+  assert "R@1" in result.stdout and "against bm25, question by question" in result.stdout
 
 
 def test_the_console_shows_progress_not_library_logs(first_run):

@@ -1,5 +1,6 @@
 """The comparison of dual-encoder training methods: every stage's command line passes its
-command's own flag checks (each method's flags are read by its task), ADORE runs over DPR's index
+command's own flag checks (each method's flags are read by its task), BM25 is evaluated as the
+baseline every method is tested against question by question, ADORE runs over DPR's index
 at its block length, the methods that score the same candidate lists share one teacher cache
 (named by what the scores depend on), and comparisons that cannot run are refused before any
 stage does."""
@@ -15,7 +16,9 @@ import pytest
 from orqa_realm.compare_retrievers import method_label
 from orqa_realm.core.errors import InputError
 from orqa_realm.workflow.retriever_comparison import (METHODS, RetrieverComparison,
-                                                      comparison_stages, evaluation_stages)
+                                                      comparison_stages, evaluation_stages,
+                                                      paired_test)
+from orqa_realm.workflow.summary import PairedTest
 from tests.conftest import REPO_ROOT, subprocess_env
 from tests.test_configs import CHECK
 
@@ -44,7 +47,7 @@ def test_every_command_line_passes_its_commands_flag_checks(stages, tmp_path):
     flagfile.write_text("\n".join(stage.args) + "\n")
     by_command[f"orqa_realm.{stage.command}"].append(str(flagfile))
   assert {command: len(files) for command, files in by_command.items()} == {
-      "orqa_realm.train": 8, "orqa_realm.embed": 7, "orqa_realm.evaluate": 16}
+      "orqa_realm.train": 8, "orqa_realm.embed": 7, "orqa_realm.evaluate": 17}
   for command, flagfiles in by_command.items():
     result = subprocess.run([sys.executable, "-c", CHECK, command, *flagfiles], cwd=REPO_ROOT,
                             env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -91,10 +94,16 @@ def test_teacher_caches_are_shared_and_named_by_what_they_depend_on(comparison, 
     f.write("{}")
 
 
-def test_the_table_names_each_method(comparison):
+def test_the_table_names_each_method_and_tests_each_against_bm25_and_dpr(comparison, stages):
   comparison = dataclasses.replace(comparison, methods=("dpr", "star"))
   assert [method_label(name, {}) for name in evaluation_stages(comparison)] == [
-      "dpr", "star", "dpr + BM25", "star + BM25"]
+      "dpr", "star", "bm25", "dpr + BM25", "star + BM25"]
+  bm25 = stages["eval_bm25"]
+  assert "--retrieval=bm25" in bm25.args and f"--bm25_dir={comparison.bm25_dir}" in bm25.args
+  assert bm25.output == f"{comparison.workdir}/eval/bm25"
+  assert paired_test(comparison) == PairedTest(
+      baselines=("eval_bm25", "eval_dpr"),
+      metrics=("answer_recall@1", "gold_paragraph_recall@1"))
 
 
 @pytest.mark.parametrize("settings, message", [
