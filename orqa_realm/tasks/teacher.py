@@ -135,7 +135,8 @@ def teach(settings: TeacherSettings, teacher: runs.CrossEncoderRun, examples: li
   if not settings.denoises:
     return Taught(examples, scores, 0, 0)
   taught = denoise(examples, scores, settings.denoise_margin, num_negatives)
-  logging.info("denoising dropped %d of %d mined negatives (%d kept above the margin: too few "
-               "survivors)", taught.num_dropped, candidates.size - len(examples),
-               taught.num_kept_noisy)
+  # On the console (not the quiet log): what denoising did is part of the run's result.
+  print(f"denoising dropped {taught.num_dropped} of {candidates.size - len(examples)} mined "
+        f"negatives ({taught.num_kept_noisy} kept above the margin: too few survivors)",
+        flush=True)
   return taught

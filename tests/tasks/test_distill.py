@@ -4,6 +4,7 @@ denoising keeps only negatives the teacher scores below the positive minus the m
 that would go unread are refused; 4 simulated devices against 1."""
 
 import dataclasses
+import re
 
 import jax
 import numpy as np
@@ -105,7 +106,7 @@ def test_denoising_drops_negatives_scored_near_the_positive():
 
 
 def test_denoised_dpr_negatives_obey_the_margin(squad_block_store, tiny_bert_dir,
-                                                 tiny_cross_encoder_run, small_squad):
+                                                 tiny_cross_encoder_run, small_squad, capsys):
   task = tiny_dpr_task(squad_block_store.directory, tiny_bert_dir, teacher=TeacherSettings(
       workdir=tiny_cross_encoder_run, denoise_margin=0.0, denoise_pool=6),
                        pairs=TrainingPairs(qa_dataset=small_squad, negative_depth=20))
@@ -113,6 +114,10 @@ def test_denoised_dpr_negatives_obey_the_margin(squad_block_store, tiny_bert_dir
   kept_noisy = task.teacher_scores[:, 1:] > task.teacher_scores[:, :1]
   # Only queries with too few survivors keep a negative above the margin.
   assert kept_noisy.mean() < 0.5
+  # The count dropped is on the console, whatever the log's verbosity.
+  pools = len(task.examples) * 6
+  assert re.search(rf"denoising dropped \d+ of {pools} mined negatives \(\d+ kept above",
+                   capsys.readouterr().out)
 
 
 def test_settings_that_would_go_unread_are_refused(squad_block_store, tiny_bert_dir,
