@@ -94,8 +94,9 @@ def retrieval_label(name: str, metrics: dict[str, Any]) -> str:
 def format_table(summary: dict[str, Any],
                  label_of: Callable[[str, dict[str, Any]], str] = retrieval_label,
                  row_title: str = "retrieval") -> str:
-  """The summary as two plain-text tables: stages and times, then the metrics in percent, a
-  row per evaluation stage labelled `label_of(stage name, its metrics)` under `row_title`."""
+  """The summary as plain-text tables: stages and times; the metrics in percent, a row per
+  evaluation stage labelled `label_of(stage name, its metrics)` under `row_title`; and, for each
+  baseline of the paired test, every other evaluation's difference from it with its p-value."""
   width = max(10, *map(len, summary["stages"]))
   lines = [f"{'stage':<{width}} {'status':<8} {'seconds':>8}  output"]
   for name, stage in summary["stages"].items():
