@@ -36,9 +36,12 @@ def paired_differences(outputs: dict[str, str], test: PairedTest
   `outputs` ({evaluation stage: its output directory}) and each other evaluation: the mean
   difference, the queries better and worse, the two-sided paired randomisation p-value and the
   95% bootstrap interval (`encode/significance.py`)."""
+  baselines = [name for name in test.baselines if name in outputs]
+  if not baselines:
+    return {}  # nothing to compare with: no per-query file is read
   per_query = {name: significance.read_per_query(where) for name, where in outputs.items()}
   found = {}
-  for baseline in (name for name in test.baselines if name in outputs):
+  for baseline in baselines:
     found[baseline] = {}
     metrics = [metric for metric in test.metrics if metric in per_query[baseline].values]
     for name, where in outputs.items():
