@@ -49,6 +49,13 @@ BLOCK_FORMATS = {
 }
 
 
+def check_block_format(block_format: str) -> None:
+  """Raises an InputError naming --block_format unless it is one of BLOCK_FORMATS."""
+  if block_format not in BLOCK_FORMATS:
+    raise InputError(f"block format {block_format!r} is not one of {sorted(BLOCK_FORMATS)}",
+                     field="block_format")
+
+
 class Sentence(NamedTuple):
   """A packing unit: a sentence, or a block-sized piece of an over-long one."""
   token_ids: Sequence[int]  # wordpieces, no special tokens
@@ -272,12 +279,11 @@ class BlockStore:
   def pack_blocks(self, titles: Sequence[Sequence[int]], texts: Sequence[Sequence[int]], *,
                   max_length: int, block_format: BlockFormat = "pair") -> TokenBatch:
     """Block inputs from title and text ids in `block_format` (see BLOCK_FORMATS)."""
+    check_block_format(block_format)
     if block_format == "pair":
       return self.pack(titles, texts, max_length=max_length)
-    if block_format == "joined":
-      return self.pack([np.concatenate([title, text]).astype(np.int32)
-                        for title, text in zip(titles, texts)], max_length=max_length)
-    raise ValueError(f"block format {block_format!r} is not one of {sorted(BLOCK_FORMATS)}")
+    return self.pack([np.concatenate([title, text]).astype(np.int32)
+                      for title, text in zip(titles, texts)], max_length=max_length)
 
   def encode(self, blocks: Sequence[int], max_length: int | None = None,
              block_format: BlockFormat = "pair") -> TokenBatch:

@@ -162,7 +162,7 @@ def block_settings(config: dict[str, Any]) -> dict[str, Any]:
 def indexed_retriever(version: IndexVersion) -> MultiVectorConfig:
   """The multi-vector retriever whose block encoder embedded `version`."""
   version.check_kind(storage.MULTI_VECTOR)
-  return multi_vector.config_from_dict(version.metadata["retriever"])
+  return multi_vector.MultiVectorConfig.from_dict(version.metadata["retriever"])
 
 
 def check_publishable(root: IndexRoot, config: MultiVectorConfig, store: BlockStore,

@@ -472,7 +472,7 @@ def open_multi_vector_run(workdir: str) -> MultiVectorRunInfo:
                      "multi-vector retriever run (--task=colbert, me_bert or poly_encoder) is "
                      "expected", path=workdir)
   return MultiVectorRunInfo(description.workdir,
-                            multi_vector.config_from_dict(model[multi_vector.MULTI_VECTOR]),
+                            multi_vector.MultiVectorConfig.from_dict(model[multi_vector.MULTI_VECTOR]),
                             model["tokenizer_fingerprint"], description.run_id)
 
 

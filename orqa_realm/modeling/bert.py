@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, Self
 
 import flax.linen as nn
 import jax
@@ -85,6 +85,27 @@ class BertConfig:
 
   def to_dict(self) -> dict[str, Any]:
     return dataclasses.asdict(self)
+
+
+class BertBacked:
+  """What a model's config shares when a BERT is its encoder: a frozen dataclass whose `bert`
+  field is None in a task's settings, filled in from --bert's config.json when the task starts
+  (`with_bert`), and saved with the run as JSON (`to_dict`, read back by `from_dict`)."""
+  bert: BertConfig | None
+
+  def with_bert(self, bert: BertConfig) -> Self:
+    return dataclasses.replace(self, bert=bert)
+
+  def to_dict(self) -> dict[str, Any]:
+    """JSON-ready, as saved with a run (and an index version)."""
+    if self.bert is None:
+      raise ValueError(f"a {type(self).__name__} without its BERT architecture cannot be saved")
+    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> Self:
+    """The inverse of `to_dict`."""
+    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 class BertOutput(NamedTuple):

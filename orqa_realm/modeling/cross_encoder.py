@@ -19,8 +19,8 @@ import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
-                                      with_bert_params)
+from orqa_realm.modeling.bert import (BertBacked, BertConfig, BertModel, RematPolicy, dense,
+                                      initial_params, with_bert_params)
 from orqa_realm.modeling.partitioning import EMBED
 
 CrossPooling = Literal["pooled", "cls"]
@@ -33,7 +33,7 @@ JOINT_RANKER = "ranker"
 
 
 @dataclasses.dataclass(frozen=True)
-class CrossEncoderConfig:
+class CrossEncoderConfig(BertBacked):
   """The cross-encoder: its architecture and how it packs a (query, passage) pair.
 
   `bert` is None in a task's settings, where it is read from --bert's config.json when the task
@@ -58,20 +58,6 @@ class CrossEncoderConfig:
     if self.query_length >= self.max_length - 3:
       raise ValueError(f"a query of {self.query_length} wordpieces leaves no room for a passage "
                        f"in {self.max_length}")
-
-  def with_bert(self, bert: BertConfig) -> CrossEncoderConfig:
-    return dataclasses.replace(self, bert=bert)
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready, as saved with a run."""
-    if self.bert is None:
-      raise ValueError("a cross-encoder without its BERT architecture cannot be saved")
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> CrossEncoderConfig:
-    """The inverse of `to_dict`."""
-    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 class CrossEncoder(nn.Module):

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
-from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
+from orqa_realm.data.blocks import BlockFormat, check_block_format
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
-                                      with_bert_params)
+from orqa_realm.modeling.bert import (BertBacked, BertConfig, BertModel, RematPolicy, dense,
+                                      initial_params, with_bert_params)
 from orqa_realm.modeling.partitioning import EMBED
 
 # Where a DeepCT run's model description keeps its settings.
@@ -26,7 +26,7 @@ DEEPCT = "deepct"
 
 
 @dataclasses.dataclass(frozen=True)
-class DeepCTConfig:
+class DeepCTConfig(BertBacked):
   """A DeepCT term weighter: its BERT and how it reads a block. `bert` is None in settings, where
   it is read from --bert's directory (`with_bert`)."""
   bert: BertConfig | None = None
@@ -38,18 +38,7 @@ class DeepCTConfig:
       "(ORQA); 'joined' = [CLS] title text [SEP] in segment 0.")
 
   def __post_init__(self):
-    if self.block_format not in BLOCK_FORMATS:
-      raise ValueError(f"block format {self.block_format!r} is not one of {BLOCK_FORMATS}")
-
-  def with_bert(self, bert: BertConfig) -> DeepCTConfig:
-    return dataclasses.replace(self, bert=bert)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> DeepCTConfig:
-    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
+    check_block_format(self.block_format)
 
 
 class TermWeighter(nn.Module):

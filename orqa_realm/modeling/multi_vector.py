@@ -28,13 +28,13 @@ import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
+from orqa_realm.data.blocks import BlockFormat, check_block_format
 from orqa_realm.data.multi_vector_inputs import VectorInputs
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import late_interaction
 from orqa_realm.modeling.late_interaction import VectorSet
-from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, initial_params,
-                                      with_bert_params)
+from orqa_realm.modeling.bert import (BertBacked, BertConfig, BertModel, RematPolicy,
+                                      initial_params, with_bert_params)
 from orqa_realm.modeling.partitioning import EMBED, MLP, logical
 
 # Where a run that trains a multi-vector retriever keeps its settings in its model description.
@@ -42,7 +42,7 @@ MULTI_VECTOR = "multi_vector"
 
 
 @dataclasses.dataclass(frozen=True)
-class MultiVectorConfig:
+class MultiVectorConfig(BertBacked):
   """What every multi-vector retriever shares: saved with a run and an index version, and read
   back by whoever uses them. `bert` is None in a task's settings, read from --bert when the task
   starts (`with_bert`); `kind` is the subclass's."""
@@ -66,9 +66,7 @@ class MultiVectorConfig:
       "unchanged.", flag="retrieval_score_scale")
 
   def __post_init__(self):
-    if self.block_format not in BLOCK_FORMATS:
-      raise InputError(f"block format {self.block_format!r} is not one of "
-                       f"{sorted(BLOCK_FORMATS)}", field="block_format")
+    check_block_format(self.block_format)
     # [CLS], [SEP] and the marker; a block in the pair format has a second [SEP].
     reserved = dict(query_length=2 + int(self.markers),
                     block_length=2 + int(self.markers) + int(self.block_format == "pair"))
@@ -84,14 +82,19 @@ class MultiVectorConfig:
     """Vectors per query: one ([CLS]) unless the kind keeps every position (None)."""
     return 1
 
-  def with_bert(self, bert: BertConfig) -> MultiVectorConfig:
-    return dataclasses.replace(self, bert=bert)
-
   def to_dict(self) -> dict[str, Any]:
     """JSON-ready, as saved with a run and an index version; `kind` says which class."""
-    if self.bert is None:
-      raise ValueError("a retriever without its BERT architecture cannot be saved")
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict(), kind=self.kind)
+    return dict(super().to_dict(), kind=self.kind)
+
+  @classmethod
+  def from_dict(cls, values: dict[str, Any]) -> MultiVectorConfig:
+    """The inverse of `to_dict`: a config of the class its `kind` names, whichever class reads
+    it."""
+    values = dict(values)
+    kind = values.pop("kind")
+    if kind not in CONFIGS:
+      raise ValueError(f"multi-vector kind {kind!r} is not one of {sorted(CONFIGS)}")
+    return CONFIGS[kind](**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,15 +155,6 @@ class PolyEncoderConfig(MultiVectorConfig):
 
 CONFIGS: dict[str, type[MultiVectorConfig]] = {
     config.kind: config for config in (ColBERTConfig, MEBERTConfig, PolyEncoderConfig)}
-
-
-def config_from_dict(values: dict[str, Any]) -> MultiVectorConfig:
-  """The inverse of `MultiVectorConfig.to_dict`."""
-  values = dict(values)
-  kind = values.pop("kind")
-  if kind not in CONFIGS:
-    raise ValueError(f"multi-vector kind {kind!r} is not one of {sorted(CONFIGS)}")
-  return CONFIGS[kind](**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 def _normalized(vectors: jax.Array) -> jax.Array:

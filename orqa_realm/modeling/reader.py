@@ -19,8 +19,8 @@ import jax.numpy as jnp
 from orqa_realm.core.config import setting
 from orqa_realm.data.reader_inputs import Spans, enumerate_spans
 from orqa_realm.data.tokenization import TokenBatch
-from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
-                                      layer_norm, with_bert_params)
+from orqa_realm.modeling.bert import (BertBacked, BertConfig, BertModel, RematPolicy, dense,
+                                      initial_params, layer_norm, with_bert_params)
 from orqa_realm.modeling.partitioning import MLP
 
 # The logit of a span outside the block: exp() of it is 0, and adding a retrieval logit to it stays
@@ -29,7 +29,7 @@ MASKED_SPAN_LOGIT = -1e9
 
 
 @dataclasses.dataclass(frozen=True)
-class ReaderConfig:
+class ReaderConfig(BertBacked):
   """The reader's architecture.
 
   Attributes:
@@ -40,16 +40,6 @@ class ReaderConfig:
   bert: BertConfig | None = None
   span_hidden_size: int = setting(256, "Width of the span scorer's start and end parts.")
   max_span_width: int = setting(10, "Longest answer span, in wordpieces.")
-
-  def with_bert(self, bert: BertConfig) -> ReaderConfig:
-    return dataclasses.replace(self, bert=bert)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> ReaderConfig:
-    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 def valid_spans(block_mask: jax.Array, spans: Spans) -> jax.Array:

@@ -16,18 +16,18 @@ import jax
 import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
-from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
+from orqa_realm.data.blocks import BlockFormat, check_block_format
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import partitioning
-from orqa_realm.modeling.bert import (BertConfig, BertModel, RematPolicy, dense, initial_params,
-                                      layer_norm, mean_pool, with_bert_params)
+from orqa_realm.modeling.bert import (BertBacked, BertConfig, BertModel, RematPolicy, dense,
+                                      initial_params, layer_norm, mean_pool, with_bert_params)
 
 Pooling = Literal["pooled", "cls", "mean"]
 Tower = Literal["query", "block"]
 
 
 @dataclasses.dataclass(frozen=True)
-class RetrieverConfig:
+class RetrieverConfig(BertBacked):
   """The retriever: its architecture and how it reads queries and blocks.
 
   Everything here is saved with a run and an index version, and read back by whoever uses their
@@ -65,23 +65,7 @@ class RetrieverConfig:
   def __post_init__(self):
     if self.pooling not in typing.get_args(Pooling):
       raise ValueError(f"pooling {self.pooling!r} is not one of {typing.get_args(Pooling)}")
-    if self.block_format not in BLOCK_FORMATS:
-      raise ValueError(f"block format {self.block_format!r} is not one of "
-                       f"{sorted(BLOCK_FORMATS)}")
-
-  def with_bert(self, bert: BertConfig) -> RetrieverConfig:
-    return dataclasses.replace(self, bert=bert)
-
-  def to_dict(self) -> dict[str, Any]:
-    """JSON-ready, as saved with a run and an index version."""
-    if self.bert is None:
-      raise ValueError("a retriever without its BERT architecture cannot be saved")
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> RetrieverConfig:
-    """The inverse of `to_dict`."""
-    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
+    check_block_format(self.block_format)
 
   @property
   def embedding_size(self) -> int:

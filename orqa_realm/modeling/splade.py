@@ -22,17 +22,17 @@ import jax
 import jax.numpy as jnp
 
 from orqa_realm.core.config import setting
-from orqa_realm.data.blocks import BLOCK_FORMATS, BlockFormat
+from orqa_realm.data.blocks import BlockFormat, check_block_format
 from orqa_realm.data.tokenization import TokenBatch
 from orqa_realm.modeling import mlm
-from orqa_realm.modeling.bert import BertConfig
+from orqa_realm.modeling.bert import BertBacked, BertConfig
 
 # Where a SPLADE run's model description keeps its settings.
 SPLADE = "splade"
 
 
 @dataclasses.dataclass(frozen=True)
-class SpladeConfig:
+class SpladeConfig(BertBacked):
   """A SPLADE encoder: its BERT (with the MLM head) and how it reads queries and blocks. `bert`
   is None in settings, where it is read from --bert's directory (`with_bert`)."""
   bert: BertConfig | None = None
@@ -44,22 +44,11 @@ class SpladeConfig:
       "(ORQA); 'joined' = [CLS] title text [SEP] in segment 0.")
 
   def __post_init__(self):
-    if self.block_format not in BLOCK_FORMATS:
-      raise ValueError(f"block format {self.block_format!r} is not one of {BLOCK_FORMATS}")
-
-  def with_bert(self, bert: BertConfig) -> SpladeConfig:
-    return dataclasses.replace(self, bert=bert)
+    check_block_format(self.block_format)
 
   @property
   def encoder(self) -> mlm.KnowledgeEncoderConfig:
     return mlm.KnowledgeEncoderConfig(self.bert)
-
-  def to_dict(self) -> dict[str, Any]:
-    return dict(dataclasses.asdict(self), bert=self.bert.to_dict())
-
-  @classmethod
-  def from_dict(cls, values: dict[str, Any]) -> SpladeConfig:
-    return cls(**dict(values, bert=BertConfig.from_dict(values["bert"])))
 
 
 def splade_pool(logits: jax.Array, input_mask: jax.Array) -> jax.Array:

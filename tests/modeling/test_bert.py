@@ -388,3 +388,28 @@ def test_sequence_longer_than_position_table_is_refused(minilm):
   ids = jnp.zeros((1, minilm.config.max_position_embeddings + 1), jnp.int32)
   with pytest.raises(ValueError, match="max_position_embeddings"):
     bert.BertModel(minilm.config).apply({"params": minilm.params}, ids, ids, ids)
+
+
+def test_every_bert_backed_config_is_saved_with_its_bert_and_read_back():
+  """A model config is saved (`to_dict`) only once its BERT is known, refused naming its class
+  before, and `from_dict` reads back what JSON kept; a bad --block_format names the field."""
+  from orqa_realm.core.errors import InputError
+  from orqa_realm.modeling.cross_encoder import CrossEncoderConfig
+  from orqa_realm.modeling.deepct import DeepCTConfig
+  from orqa_realm.modeling.multi_vector import ColBERTConfig, MultiVectorConfig
+  from orqa_realm.modeling.reader import ReaderConfig
+  from orqa_realm.modeling.retriever import RetrieverConfig
+  from orqa_realm.modeling.splade import SpladeConfig
+
+  tiny = bert.BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, intermediate_size=64)
+  for config in (RetrieverConfig(), CrossEncoderConfig(), ReaderConfig(), DeepCTConfig(),
+                 SpladeConfig(), ColBERTConfig()):
+    with pytest.raises(ValueError, match=f"a {type(config).__name__} without its BERT"):
+      config.to_dict()
+    saved = json.loads(json.dumps(config.with_bert(tiny).to_dict()))
+    read = (MultiVectorConfig if isinstance(config, MultiVectorConfig) else type(config))
+    assert read.from_dict(saved) == config.with_bert(tiny)
+  for config_class in (RetrieverConfig, DeepCTConfig, SpladeConfig, ColBERTConfig):
+    with pytest.raises(InputError, match="field 'block_format'.*'sentence'"):
+      config_class(block_format="sentence")

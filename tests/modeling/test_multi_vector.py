@@ -127,7 +127,7 @@ def test_me_bert_block_shorter_than_its_vectors_has_no_vectors_past_it():
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_settings_round_trip_through_json(kind):
   config = CONFIGS[kind]
-  restored = multi_vector.config_from_dict(config.to_dict())
+  restored = multi_vector.MultiVectorConfig.from_dict(config.to_dict())
   assert restored == config and type(restored) is type(config)
 
 
@@ -138,7 +138,7 @@ def test_settings_refuse_what_cannot_work():
     ColBERTConfig(BERT, query_length=3)
   ColBERTConfig(BERT, query_length=4)  # [CLS] [Q] one wordpiece [SEP]
   with pytest.raises(ValueError, match="kind 'splade'"):
-    multi_vector.config_from_dict(dict(CONFIGS["colbert"].to_dict(), kind="splade"))
+    multi_vector.MultiVectorConfig.from_dict(dict(CONFIGS["colbert"].to_dict(), kind="splade"))
   with pytest.raises(InputError, match="--poly_code_init_std=-0.1 must be >= 0"):
     PolyEncoderConfig(BERT, code_init_std=-0.1)
 
@@ -157,4 +157,4 @@ def test_poly_encoder_codes_start_at_their_initialisation_scale():
   # A run recorded before the setting existed reads as the default.
   recorded = default.to_dict()
   del recorded["code_init_std"]
-  assert multi_vector.config_from_dict(recorded) == default
+  assert multi_vector.MultiVectorConfig.from_dict(recorded) == default
