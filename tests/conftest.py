@@ -27,8 +27,9 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # XLA's LLVM optimisation is most of the compile time of the tiny test programs, and each runs a
 # few times at most: at level 0 two tasks' four-device check took 20.6 s instead of 41.5 s, with
 # the same losses. The few tests that train real weights pay for it (MiniLM's cross-encoder
-# learning run: 117 s alone at full optimisation, 411 s at level 0 beside a second worker). The
-# tests' own processes and their subprocesses all take this flag.
+# learning run: 117 s alone at full optimisation, 411 s at level 0 beside a second worker): they
+# run their training in a subprocess without it (`run_optimised`). The tests' own processes and
+# their other subprocesses all take this flag.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = " ".join(filter(None, (os.environ.get("XLA_FLAGS"), TEST_XLA_FLAGS)))
 
@@ -37,13 +38,25 @@ DEMO_SQUAD = REPO_ROOT / "demo_data" / "squad" / "dev-v1.1.public36.json.gz"
 SHARED_DATA = pathlib.Path(os.environ.get("ORQA_REALM_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
 
 
-def subprocess_env(**extra) -> dict[str, str]:
+def subprocess_env(*, optimised: bool = False, **extra) -> dict[str, str]:
   """This environment for a test's subprocess, with the repository importable and XLA's flags
-  the tests' own (TEST_XLA_FLAGS) and `extra`'s, not inherited ones: device counts are the
-  test's choice."""
+  the tests' own (TEST_XLA_FLAGS, unless `optimised`) and `extra`'s, not inherited ones:
+  device counts are the test's choice."""
   env = {name: value for name, value in os.environ.items() if name != "XLA_FLAGS"}
-  flags = " ".join(filter(None, (TEST_XLA_FLAGS, extra.pop("XLA_FLAGS", None))))
+  flags = " ".join(filter(None, (None if optimised else TEST_XLA_FLAGS,
+                                 extra.pop("XLA_FLAGS", None))))
   return dict(env, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=flags, **extra)
+
+
+def run_optimised(module: str, *args: str, timeout: float = 900) -> dict:
+  """Runs `python -m module args...` at XLA's full optimisation and returns the JSON object its
+  last output line holds. For the few tests that train real weights, where running the steps,
+  not compiling them, is the time: level 0 would triple it."""
+  result = subprocess.run(
+      [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
+      timeout=timeout, env=subprocess_env(optimised=True))
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def pytest_configure(config):

@@ -13,23 +13,17 @@ import pytest
 
 from orqa_realm.core import parallel
 from orqa_realm.core.errors import InputError
-from orqa_realm.data.answers import answer_hits, has_answer
+from orqa_realm.data.answers import has_answer
 from orqa_realm.data.pair_inputs import pair_inputs
-from orqa_realm.data.qa import load_qa_dataset
 from orqa_realm.encode import embedding
-from orqa_realm.encode.rerank import score_pairs
-from orqa_realm.index.bm25 import BM25Config, BM25Searcher
+from orqa_realm.index.bm25 import BM25Config
 from orqa_realm.index.fusion import FusionConfig
-from orqa_realm.index.rerank import rerank
 from orqa_realm.modeling import partitioning, retriever
-from orqa_realm.modeling.cross_encoder import CrossEncoder, CrossEncoderConfig
+from orqa_realm.modeling.cross_encoder import CrossEncoder
 from orqa_realm.modeling.hf_import import load_hf_bert
-from orqa_realm.tasks.base import StepContext, TaskContext
-from orqa_realm.tasks.common import StoreAndBert
-from orqa_realm.tasks.cross_encoder import CrossEncoderTask, CrossEncoderTaskConfig
+from orqa_realm.tasks.base import StepContext
 from orqa_realm.tasks.pairs import TrainingPairs
-from orqa_realm.training import loop
-from tests.conftest import DEMO_SQUAD, REPO_ROOT, subprocess_env
+from tests.conftest import DEMO_SQUAD, REPO_ROOT, run_optimised, subprocess_env
 from tests.tasks.tiny_cross_encoder import tiny_cross_encoder_task
 from tests.tasks.tiny_ict import TINY_RETRIEVER, tiny_source
 
@@ -186,30 +180,9 @@ def test_minilm_cross_encoder_learns_to_rerank_its_training_questions(
     squad_block_store, minilm_dir, small_squad, tmp_path):
   """MiniLM's BERT with a fresh head, trained 40 steps on 16 questions (4 x 4 pairs a step):
   reranking BM25's top 10 of those questions puts an answer first far more often than before
-  training (measured 0.375 -> 0.94), and at least as often as BM25 (0.94 on these)."""
-  task = CrossEncoderTask(
-      CrossEncoderTaskConfig(
-          source=StoreAndBert(block_store=squad_block_store.directory, bert=minilm_dir),
-          cross_encoder=CrossEncoderConfig(pooling="cls", query_length=32, max_length=192),
-          pairs=TrainingPairs(qa_dataset=small_squad, negative_depth=20),
-          negatives_per_query=3),
-      TaskContext(batch_size=4, seed=0, dtype="float32", remat="none"))
-  task.examples, task.query_ids = task.examples[:16], task.query_ids[:16]
-  questions = load_qa_dataset(small_squad)
-  examples = [next(q for q in questions if q.question == e.question) for e in task.examples]
-  first_stage = BM25Searcher.build(squad_block_store).search_texts(
-      [e.question for e in examples], 10)
-
-  def reranked_recall_at_1(params) -> float:
-    scores = score_pairs(params, task.config.cross_encoder, squad_block_store, task.query_ids,
-                         first_stage.ids, mesh=MESH)
-    return float(answer_hits(rerank(first_stage, scores).ids, squad_block_store,
-                             examples)[:, 0].mean())
-
-  before = reranked_recall_at_1(partitioning.unbox(task.init_params(jax.random.key(0))))
-  state = loop.train(task, loop.TrainConfig(
-      workdir=str(tmp_path / "run"), num_train_steps=40, batch_size=4, learning_rate=1e-4,
-      warmup_steps=4, checkpoint_every_steps=40, async_checkpoints=False))
-  after = reranked_recall_at_1(state.params)
-  bm25 = float(answer_hits(first_stage.ids, squad_block_store, examples)[:, 0].mean())
-  assert after >= before + 0.25 and after >= bm25, (before, after, bm25)
+  training (measured 0.375 -> 0.94), and at least as often as BM25 (0.94 on these). Real
+  weights trained: at XLA's full optimisation, in a subprocess
+  (tests/tasks/cross_encoder_learning.py)."""
+  found = run_optimised("tests.tasks.cross_encoder_learning", str(squad_block_store.directory),
+                        minilm_dir, small_squad, str(tmp_path / "run"))
+  assert found["after"] >= found["before"] + 0.25 and found["after"] >= found["bm25"], found
