@@ -51,7 +51,8 @@ def subprocess_env(*, optimised: bool = False, **extra) -> dict[str, str]:
 def run_optimised(module: str, *args: str, timeout: float = 900) -> dict:
   """Runs `python -m module args...` at XLA's full optimisation and returns the JSON object its
   last output line holds. For the few tests that train real weights, where running the steps,
-  not compiling them, is the time: level 0 would triple it."""
+  not compiling them, is the time: level 0 would triple it. The module must not import this
+  file, which sets the tests' XLA flags before XLA starts."""
   result = subprocess.run(
       [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
       timeout=timeout, env=subprocess_env(optimised=True))
@@ -219,28 +220,22 @@ def tiny_colbert_run(tiny_colbert_task, tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def squad_minilm_embeddings(minilm_dir, tokenizer, squad_block_store):
+def squad_minilm_embeddings(minilm_dir, squad_block_store, tmp_path_factory):
   """Real embeddings: MiniLM (mean pooling, as trained) over the SQuAD blocks cut to 64
-  wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)"""
-  import jax
+  wordpieces, and over 300 of the slice's questions. ([blocks, 384], [300, 384], questions)
 
-  from orqa_realm.data.qa import read_squad
-  from orqa_realm.encode.embedding import embed_blocks
-  from orqa_realm.modeling import retriever
-  from orqa_realm.modeling.hf_import import load_hf_bert
+  Computed once for the session's workers, in a subprocess at XLA's full optimisation
+  (tests/minilm_embeddings.py): at the tests' level 0 it took 89 s."""
+  from tests.minilm_embeddings import embedded_questions
 
-  hf = load_hf_bert(minilm_dir)
-  config = retriever.RetrieverConfig(hf.config, projection_size=0, pooling="mean",
-                                     share_encoders=True, block_format="joined",
-                                     block_length=64)
-  params = retriever.init_params(config, jax.random.key(0), hf.params)
-  blocks = embed_blocks(squad_block_store, params, config, batch_size=64,
-                        dtype=jax.numpy.float32)
-  questions = read_squad(DEMO_SQUAD)[::27][:300]
-  queries = tokenizer.encode_queries([q.question for q in questions], max_length=32)
-  query_embeddings = retriever.DualEncoder(config).apply(
-      {"params": params}, queries, method=retriever.DualEncoder.embed_queries)
-  return blocks, np.asarray(query_embeddings), questions
+  with built_once(tmp_path_factory, "squad_minilm_embeddings") as directory:
+    path = directory / "embeddings.npz"
+    if not path.exists():
+      run_optimised("tests.minilm_embeddings", str(squad_block_store.directory), minilm_dir,
+                    str(DEMO_SQUAD), str(path))
+    saved = np.load(path)
+    blocks, queries = saved["blocks"], saved["queries"]
+  return blocks, queries, embedded_questions(str(DEMO_SQUAD))
 
 
 @pytest.fixture(scope="session")
