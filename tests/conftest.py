@@ -48,16 +48,21 @@ def subprocess_env(*, optimised: bool = False, **extra) -> dict[str, str]:
   return dict(env, PYTHONPATH=str(REPO_ROOT), XLA_FLAGS=flags, **extra)
 
 
-def run_optimised(module: str, *args: str, timeout: float = 900) -> dict:
-  """Runs `python -m module args...` at XLA's full optimisation and returns the JSON object its
-  last output line holds. For the few tests that train real weights, where running the steps,
-  not compiling them, is the time: level 0 would triple it. The module must not import this
-  file, which sets the tests' XLA flags before XLA starts."""
+def run_json_module(module: str, *args: str, env: dict[str, str], timeout: float) -> dict:
+  """Runs `python -m module args...` in `env` and returns the JSON object its last output line
+  holds (what the module found, for the test to assert on)."""
   result = subprocess.run(
       [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-      timeout=timeout, env=subprocess_env(optimised=True))
+      timeout=timeout, env=env)
   assert result.returncode == 0, result.stderr[-3000:]
   return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def run_optimised(module: str, *args: str, timeout: float = 900) -> dict:
+  """`run_json_module` at XLA's full optimisation. For the few tests that train real weights,
+  where running the steps, not compiling them, is the time: level 0 would triple it. The module
+  must not import this file, which sets the tests' XLA flags before XLA starts."""
+  return run_json_module(module, *args, env=subprocess_env(optimised=True), timeout=timeout)
 
 
 def pytest_configure(config):
@@ -233,8 +238,8 @@ def squad_minilm_embeddings(minilm_dir, squad_block_store, tmp_path_factory):
     if not path.exists():
       run_optimised("tests.minilm_embeddings", str(squad_block_store.directory), minilm_dir,
                     str(DEMO_SQUAD), str(path))
-    saved = np.load(path)
-    blocks, queries = saved["blocks"], saved["queries"]
+    with np.load(path) as saved:
+      blocks, queries = saved["blocks"], saved["queries"]
   return blocks, queries, embedded_questions(str(DEMO_SQUAD))
 
 

@@ -94,7 +94,8 @@ class MultiVectorConfig(BertBacked):
     kind = values.pop("kind")
     if kind not in CONFIGS:
       raise ValueError(f"multi-vector kind {kind!r} is not one of {sorted(CONFIGS)}")
-    return CONFIGS[kind](**dict(values, bert=BertConfig.from_dict(values["bert"])))
+    # BertBacked's from_dict, building the class `kind` names.
+    return super(MultiVectorConfig, CONFIGS[kind]).from_dict(values)
 
 
 @dataclasses.dataclass(frozen=True)

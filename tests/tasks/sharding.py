@@ -1,15 +1,11 @@
 """The jitted loss and gradients of a task's batch on a mesh, for the multi-device checks."""
 
-import json
-import subprocess
-import sys
-
 import jax
 import numpy as np
 
 from orqa_realm.core import parallel
 from orqa_realm.training import loop
-from tests.conftest import REPO_ROOT, subprocess_env
+from tests.conftest import run_json_module, subprocess_env
 
 
 def loss_and_grads(task, params, batch, mesh, grad_accum_steps=1):
@@ -43,10 +39,7 @@ def one_device_against_all(task, params, batch, grad_accum_steps=1):
 
 
 def run_on_four_devices(module: str, *args: str, timeout: float = 600) -> dict:
-  """Runs `python -m module args...` with 4 simulated CPU devices and returns the JSON object
-  its last output line holds (what the check found, for the test to assert on)."""
-  result = subprocess.run(
-      [sys.executable, "-m", module, *args], cwd=REPO_ROOT, capture_output=True, text=True,
-      timeout=timeout, env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
-  assert result.returncode == 0, result.stderr[-3000:]
-  return json.loads(result.stdout.strip().splitlines()[-1])
+  """`run_json_module` with 4 simulated CPU devices."""
+  return run_json_module(
+      module, *args, timeout=timeout,
+      env=subprocess_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
