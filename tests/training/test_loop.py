@@ -211,3 +211,19 @@ def test_a_batch_that_does_not_deal_evenly_is_refused():
   config = loop.TrainConfig(batch_size=6, grad_accum_steps=4)
   with pytest.raises(InputError, match="--batch_size=6 does not split into 4 micro-batches"):
     loop.check_accumulation(SquaredError(True), config, make_mesh())
+
+
+def test_one_step_in_flight_waits_for_the_step_before_the_newest():
+  """So that the loop reads a SIGTERM within a step or two, not at its next log."""
+  slow_step = jax.jit(lambda x: jnp.linalg.matrix_power(x, 40))  # about 0.2 s on 2 cores
+  x = jnp.eye(1024) * 0.999
+  slow_step(x).block_until_ready()
+  in_flight, outputs = loop.OneStepInFlight(), []
+  for _ in range(3):
+    outputs.append(slow_step(x))
+    in_flight.add(outputs[-1])
+    if len(outputs) > 1:
+      assert outputs[-2].is_ready()
+  # Dispatch is asynchronous (the newest step is still running), so the wait above is the
+  # helper's doing, and it did not wait for the newest.
+  assert not outputs[-1].is_ready()
