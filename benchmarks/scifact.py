@@ -171,18 +171,18 @@ def main():
       queries = embedding.embed_queries(data.texts, encoder.params, encoder.config, tokenizer,
                                         dtype=embed_dtype, mesh=mesh)
       dense_rankings[split] = searcher.search(queries, depth)
+    def fused_row(normalization: str, alpha: float, chosen_by: str) -> list[str]:
+      fused = fuse_rankings(dense_rankings["test"], sparse_rankings["test"], _DEPTH,
+                            alpha=alpha, normalization=normalization)
+      return scores(f"{name} + BM25 ({normalization}, alpha {alpha:g}; {chosen_by})", fused,
+                    test, store, bm25_ndcg)[0]
+
     normalization, alpha, train_ndcg = best_fusion(dense_rankings["train"],
                                                    sparse_rankings["train"], train, store)
-    fused = fuse_rankings(dense_rankings["test"], sparse_rankings["test"], _DEPTH, alpha=alpha,
-                          normalization=normalization)
     rows.append(scores(name, dense_rankings["test"], test, store, bm25_ndcg)[0])
-    rows.append(scores(f"{name} + BM25 ({normalization}, alpha {alpha:g}; train nDCG "
-                       f"{train_ndcg:.3f})", fused, test, store, bm25_ndcg)[0])
+    rows.append(fused_row(normalization, alpha, f"train nDCG {train_ndcg:.3f}"))
     if fixed:
-      fused = fuse_rankings(dense_rankings["test"], sparse_rankings["test"], _DEPTH,
-                            alpha=fixed[1], normalization=fixed[0])
-      rows.append(scores(f"{name} + BM25 ({fixed[0]}, alpha {fixed[1]:g}; fixed)", fused, test,
-                         store, bm25_ndcg)[0])
+      rows.append(fused_row(*fixed, "fixed"))
     print(f"{name}: {time.perf_counter() - started:.0f} s")
   print_table("SciFact test (300 claims)", ["retriever", "nDCG@10", "recall@10", "recall@100",
                                             "nDCG@10 - BM25's (claims better/worse, paired p)"],
